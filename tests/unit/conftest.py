@@ -1,0 +1,66 @@
+"""Shared fixtures for unit tests: valid reservation documents with overrides."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from vclvirt.models import Reservation, parse_reservation
+
+VALID_RESERVATION: dict[str, Any] = {
+    "reservation_id": 200,
+    "request_id": 100,
+    "state": "new",
+    "host": "kvmhost1",
+    "computer": {
+        "id": 22,
+        "hostname": "vm4-22.example.org",
+        "eth0_mac": "52:54:00:AA:00:01",
+        "eth1_mac": "52:54:00:AA:00:02",
+        "private_ip": "10.0.0.22",
+    },
+    "image": {
+        "id": 3081,
+        "name": "centos7-CentOS7Base64bitVM-3081-v5",
+        "revision": 5,
+        "revision_id": 9001,
+        "pretty_name": "CentOS 7 Base (64 bit VM)",
+        "os_type": "linux",
+        "os_name": "centos7",
+        "min_ram_mb": 2048,
+        "vcpus": 1,
+        "project": "vcl",
+    },
+}
+
+
+def reservation_document(
+    computer: dict[str, Any] | None = None, image: dict[str, Any] | None = None, **top: Any
+) -> dict[str, Any]:
+    """A valid reservation dict with the given fields replaced."""
+    data = copy.deepcopy(VALID_RESERVATION)
+    data["computer"].update(computer or {})
+    data["image"].update(image or {})
+    data.update(top)
+    return data
+
+
+@pytest.fixture
+def document() -> Callable[..., dict[str, Any]]:
+    """Factory for valid reservation dicts with overrides."""
+    return reservation_document
+
+
+@pytest.fixture
+def reservation() -> Callable[..., Reservation]:
+    """Factory for parsed reservations with overrides."""
+
+    def build(
+        computer: dict[str, Any] | None = None, image: dict[str, Any] | None = None, **top: Any
+    ) -> Reservation:
+        return parse_reservation(reservation_document(computer, image, **top))
+
+    return build

@@ -1,0 +1,106 @@
+"""Domain helpers: XML readers by value, and converging operations on libvirt's test driver."""
+
+from __future__ import annotations
+
+import libvirt
+import pytest
+
+from vclvirt.errors import HypervisorError
+from vclvirt.hypervisor import domains
+from vclvirt.hypervisor.domains import disk_files, mac_addresses
+
+DOMAIN_XML = """<domain type='kvm'>
+  <name>vm1_X_1-v1</name>
+  <devices>
+    <disk type='file' device='cdrom'><source file='/iso/a.iso'/><target dev='hdc'/></disk>
+    <disk type='file' device='disk'><source file='/srv/vms/vm1_1-v1.qcow2'/></disk>
+    <disk type='block' device='disk'><source dev='/dev/sdb'/></disk>
+    <disk type='file' device='DISK'><source file='/srv/vms/data.raw'/></disk>
+    <disk type='network' device='disk'><source protocol='rbd' name='pool/img'/></disk>
+    <interface type='bridge'><mac address='52:54:00:AA:00:01'/></interface>
+    <interface type='network'><source network='default'/></interface>
+    <interface type='network'><mac address='52:54:00:aa:00:02'/></interface>
+  </devices>
+</domain>"""
+
+
+def test_disk_files_lists_file_backed_disks_in_order():
+    """Only device='disk' (any case) with a source file is listed, in document order."""
+    assert disk_files(DOMAIN_XML) == ["/srv/vms/vm1_1-v1.qcow2", "/srv/vms/data.raw"]
+
+
+def test_disk_files_of_domain_without_disks():
+    """A domain without disks has no disk files."""
+    assert disk_files("<domain><devices/></domain>") == []
+
+
+def test_mac_addresses_lower_cased_skipping_missing():
+    """Every interface MAC, lower-cased; interfaces without a MAC are skipped."""
+    assert mac_addresses(DOMAIN_XML) == ["52:54:00:aa:00:01", "52:54:00:aa:00:02"]
+
+
+def minimal_domain(name: str) -> str:
+    """The smallest domain XML the test driver accepts."""
+    return (
+        f"<domain type='test'><name>{name}</name><memory>524288</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os></domain>"
+    )
+
+
+@pytest.fixture
+def conn():
+    """A test-driver connection with two domains of vm1, one of vm10 and one of vm1-2."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    connection = libvirt.open("test:///default")
+    names = ["vm1_A_1-v1", "vm1:legacy", "vm10_A_1-v1", "vm1-2_A_1-v1"]
+    defined = [connection.defineXML(minimal_domain(n)) for n in names]
+    yield connection
+    for domain in defined:
+        try:
+            if domain.isActive():
+                domain.destroy()
+            domain.undefine()
+        except libvirt.libvirtError:
+            pass
+    connection.close()
+
+
+def test_computer_domains_finds_current_and_legacy_names(conn):
+    """computer_domains returns only vm1's domains (C_ and C:), sorted by name."""
+    assert [d.name() for d in domains.computer_domains(conn, "vm1", "h")] == [
+        "vm1:legacy",
+        "vm1_A_1-v1",
+    ]
+
+
+def test_lookup_missing_domain_is_none(conn):
+    """Looking up a domain that is not defined gives None."""
+    assert domains.lookup(conn, "vm1_absent", "h") is None
+
+
+def test_start_destroy_and_power_state_converge(conn):
+    """start and destroy are idempotent, and power_state follows them."""
+    domain = domains.lookup(conn, "vm1_A_1-v1", "h")
+    assert domains.power_state(domain, "h") == "off"
+    assert domains.start(domain, "h") is True
+    assert domains.start(domain, "h") is False
+    assert domains.power_state(domain, "h") == "on"
+    domains.destroy(domain, "h")
+    domains.destroy(domain, "h")
+    assert domains.power_state(domain, "h") == "off"
+
+
+def test_define_invalid_xml_raises_hypervisor_error(conn):
+    """Invalid XML is a permanent HypervisorError naming the host and action."""
+    with pytest.raises(HypervisorError) as caught:
+        domains.define(conn, "<domain", "kvm1")
+    assert caught.value.host == "kvm1"
+    assert "defining the domain" in str(caught.value)
+
+
+def test_domain_xml_reads_back_disks_and_macs(conn):
+    """domain_xml returns libvirt's XML, which the readers parse."""
+    domain = domains.lookup(conn, "vm1_A_1-v1", "h")
+    xml = domains.domain_xml(domain, "h")
+    assert "<name>vm1_A_1-v1</name>" in xml
+    assert disk_files(xml) == []

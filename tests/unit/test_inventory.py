@@ -1,0 +1,233 @@
+"""The host inventory TOML: defaults, derived libvirt URI, and validation messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from vclvirt.config.inventory import Inventory, load_inventory
+from vclvirt.errors import InvalidInput, UnknownHost
+
+MINIMAL = """
+[hosts.kvm1]
+address = "10.0.0.5"
+key_file = "/etc/vclvirt/id_ed25519"
+known_hosts = "/etc/vclvirt/known_hosts"
+datastore_path = "/var/lib/libvirt/images"
+"""
+
+
+@pytest.fixture
+def write(tmp_path):
+    """Write TOML text to a file in tmp_path and return its path."""
+
+    def _write(text: str):
+        path = tmp_path / "inventory.toml"
+        path.write_text(text)
+        return path
+
+    return _write
+
+
+def host_with(write, extra: str):
+    """Load MINIMAL plus extra lines for host kvm1 and return that host."""
+    return load_inventory(write(MINIMAL + extra)).host("kvm1")
+
+
+def rejection(write, text: str) -> str:
+    """str() of the InvalidInput raised when loading `text`."""
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(write(text))
+    return str(caught.value)
+
+
+def test_minimal_host_loads_with_defaults(write):
+    """Unset fields take their defaults: port 22, user root, /tmp/vcl, auto type."""
+    host = load_inventory(write(MINIMAL)).host("kvm1")
+    assert host.name == "kvm1"
+    assert host.address == "10.0.0.5"
+    assert host.port == 22
+    assert host.user == "root"
+    assert host.xml_dir == "/tmp/vcl"
+    assert host.domain_type == "auto"
+    assert host.libvirt_uri is None
+    assert host.repository_path is None
+    assert host.private_switch is None and host.public_switch is None
+    assert host.max_concurrent_loads == 2
+
+
+def test_vm_path_defaults_to_datastore_path(write):
+    """Without vm_path, overlays go to the datastore path."""
+    host = load_inventory(write(MINIMAL)).host("kvm1")
+    assert host.vm_path == host.vm_dir == "/var/lib/libvirt/images"
+
+
+def test_explicit_vm_path_is_kept(write):
+    """An explicit vm_path is used instead of the datastore."""
+    host = host_with(write, 'vm_path = "/srv/vms"\n')
+    assert host.vm_path == host.vm_dir == "/srv/vms"
+    assert host.datastore_path == "/var/lib/libvirt/images"
+
+
+def test_paths_are_normalised(write):
+    """Redundant slashes and '.' components are removed from host paths."""
+    host = host_with(write, 'vm_path = "/srv/./vms//a/"\n')
+    assert host.vm_path == "/srv/vms/a"
+
+
+def test_queue_is_named_after_host(write):
+    """Each host's tasks go to queue host.<name>."""
+    assert load_inventory(write(MINIMAL)).host("kvm1").queue == "host.kvm1"
+
+
+def test_derived_libvirt_uri(write):
+    """Without libvirt_uri, qemu+libssh with the SSH key and known_hosts is used."""
+    host = load_inventory(write(MINIMAL)).host("kvm1")
+    assert host.effective_libvirt_uri == (
+        "qemu+libssh://root@10.0.0.5:22/system"
+        "?keyfile=/etc/vclvirt/id_ed25519&known_hosts=/etc/vclvirt/known_hosts&sshauth=privkey"
+    )
+
+
+def test_derived_libvirt_uri_uses_port_and_user(write):
+    """The derived URI carries the configured SSH user and port."""
+    host = host_with(write, 'port = 2222\nuser = "vcl"\n')
+    assert host.effective_libvirt_uri.startswith("qemu+libssh://vcl@10.0.0.5:2222/system?")
+
+
+def test_derived_libvirt_uri_escapes_query_characters(write):
+    """'&' and '=' in key paths are percent-encoded so they cannot add parameters."""
+    host = load_inventory(
+        write(MINIMAL.replace("/etc/vclvirt/id_ed25519", "/k/a&sshauth=agent=x"))
+    ).host("kvm1")
+    uri = host.effective_libvirt_uri
+    assert "keyfile=/k/a%26sshauth%3Dagent%3Dx&" in uri
+    assert uri.count("sshauth=") == 1
+
+
+def test_explicit_libvirt_uri_wins(write):
+    """A configured libvirt_uri is used as it is."""
+    host = host_with(write, 'libvirt_uri = "qemu:///system"\n')
+    assert host.effective_libvirt_uri == "qemu:///system"
+
+
+def test_several_hosts(write):
+    """Every [hosts.<name>] table becomes a host of that name."""
+    text = MINIMAL + MINIMAL.replace("kvm1", "kvm2").replace("10.0.0.5", "kvm2.example.org")
+    inventory = load_inventory(write(text))
+    assert sorted(inventory.hosts) == ["kvm1", "kvm2"]
+    assert inventory.host("kvm2").address == "kvm2.example.org"
+
+
+def test_empty_inventory_has_no_hosts(write):
+    """A file without hosts loads as an empty inventory."""
+    assert load_inventory(write("")).hosts == {}
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('datastore_path = "var/lib/images"', "datastore_path"),
+        ('datastore_path = "/var/lib/../../etc"', "datastore_path"),
+        ('datastore_path = "/var/lib/my images"', "datastore_path"),
+        ('datastore_path = "/var/lib;rm -rf /"', "datastore_path"),
+        ('datastore_path = "/var/$(reboot)"', "datastore_path"),
+        ('vm_path = ".."', "vm_path"),
+        ('vm_path = "/srv/vm*"', "vm_path"),
+        ('xml_dir = "/tmp/vcl dir"', "xml_dir"),
+        ('repository_path = "/mnt/repo/.."', "repository_path"),
+        ("colour = 'red'", "colour"),
+        ('domain_type = "xen"', "domain_type"),
+        ("port = 0", "port"),
+        ("port = 70000", "port"),
+        ('port = "ssh"', "port"),
+        ('user = "root;id"', "user"),
+        ('address = "host;reboot"', "address"),
+        ('private_switch = "br0 br1"', "private_switch"),
+        ("max_concurrent_loads = 0", "max_concurrent_loads"),
+    ],
+)
+def test_bad_value_names_host_and_field(write, line, field):
+    """Each bad value is rejected with the host's name and the field in the message."""
+    key = line.split("=")[0].strip()
+    base = "\n".join(ln for ln in MINIMAL.splitlines() if not ln.startswith(f"{key} "))
+    message = rejection(write, f"{base}\n{line}\n")
+    assert "'kvm1'" in message
+    assert field in message
+
+
+def test_missing_required_field_is_named(write):
+    """A host without datastore_path is rejected, naming the field."""
+    text = "\n".join(ln for ln in MINIMAL.splitlines() if not ln.startswith("datastore_path"))
+    message = rejection(write, text)
+    assert "'kvm1'" in message and "datastore_path" in message
+
+
+def test_path_with_trailing_newline_is_rejected(write):
+    """A host path ending in a newline is rejected like any other control character."""
+    base = "\n".join(ln for ln in MINIMAL.splitlines() if not ln.startswith("datastore_path"))
+    message = rejection(write, base + '\ndatastore_path = "/var/lib/images\\n"\n')
+    assert "datastore_path" in message
+
+
+def test_boolean_port_is_rejected(write):
+    """`port = true` is not a port number."""
+    message = rejection(write, MINIMAL + "port = true\n")
+    assert "port" in message
+
+
+def test_invalid_host_name_is_rejected(write):
+    """A host table whose name is not a plain host name is rejected, naming it."""
+    message = rejection(write, MINIMAL.replace("[hosts.kvm1]", '[hosts."kvm 1"]'))
+    assert "'kvm 1'" in message and "name" in message
+
+
+def test_unknown_top_level_key_is_rejected(write):
+    """Keys other than `hosts` at the top level are rejected."""
+    assert "extra" in rejection(write, "extra = 1\n" + MINIMAL)
+
+
+def test_invalid_toml_is_rejected(write):
+    """Text that is not TOML raises InvalidInput, not a parser error."""
+    assert "not valid TOML" in rejection(write, "[hosts.kvm1\naddress = ")
+
+
+@pytest.mark.parametrize("text", ['[hosts]\nkvm1 = "x"\n', "hosts = 3\n"])
+def test_host_entry_that_is_not_a_table_is_rejected(write, text):
+    """A host (or the hosts key) that is not a table raises InvalidInput."""
+    try:
+        load_inventory(write(text))
+    except InvalidInput:
+        return
+    except Exception as error:
+        pytest.fail(f"{text!r} raised {type(error).__name__}: {error}, not InvalidInput")
+    pytest.fail(f"{text!r} was accepted")
+
+
+def test_missing_file_mentions_vclvirt_inventory(tmp_path):
+    """A missing inventory file raises InvalidInput whose text points at VCLVIRT_INVENTORY."""
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(tmp_path / "absent.toml")
+    assert "absent.toml" in str(caught.value)
+    assert "VCLVIRT_INVENTORY" in str(caught.value)
+
+
+def test_unknown_host_lists_known_hosts(write):
+    """Asking for a host that is not there raises UnknownHost naming the known ones."""
+    text = MINIMAL + MINIMAL.replace("kvm1", "kvm2")
+    with pytest.raises(UnknownHost) as caught:
+        load_inventory(write(text)).host("kvm9")
+    assert "'kvm9'" in str(caught.value)
+    assert "kvm1, kvm2" in str(caught.value)
+
+
+def test_unknown_host_in_empty_inventory_says_none():
+    """An empty inventory reports that no hosts are known."""
+    with pytest.raises(UnknownHost, match="known: none"):
+        Inventory(hosts={}).host("kvm1")
+
+
+def test_host_config_is_immutable(write):
+    """A loaded host cannot be modified."""
+    host = load_inventory(write(MINIMAL)).host("kvm1")
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        host.port = 23  # type: ignore[misc]

@@ -1,0 +1,287 @@
+"""Reservation validation: hostile or malformed input stops here, naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vclvirt.errors import InvalidInput
+from vclvirt.models import Reservation, parse_reservation
+
+
+def rejected(data) -> str:
+    """The message of the InvalidInput that parsing `data` raises."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_reservation(data)
+    return caught.value.message
+
+
+def test_valid_dict_parses(document):
+    """A complete, valid reservation dict parses into a Reservation."""
+    parsed = parse_reservation(document())
+    assert isinstance(parsed, Reservation)
+    assert parsed.computer.id == 22
+    assert parsed.image.name == "centos7-CentOS7Base64bitVM-3081-v5"
+    assert parsed.image.project == "vcl"
+
+
+def test_valid_json_text_and_bytes_parse_the_same(document):
+    """JSON text, JSON bytes and the dict give equal reservations."""
+    data = document()
+    text = json.dumps(data)
+    assert parse_reservation(text) == parse_reservation(text.encode()) == parse_reservation(data)
+
+
+def test_project_defaults_to_vcl(document):
+    """An image without a project is in project `vcl`."""
+    data = document()
+    del data["image"]["project"]
+    assert parse_reservation(data).image.project == "vcl"
+
+
+def test_private_ip_is_optional(document):
+    """private_ip may be absent or null."""
+    data = document()
+    del data["computer"]["private_ip"]
+    assert parse_reservation(data).computer.private_ip is None
+    assert parse_reservation(document({"private_ip": None})).computer.private_ip is None
+
+
+def test_reservation_is_immutable(document):
+    """A parsed reservation cannot be modified."""
+    parsed = parse_reservation(document())
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+        parsed.computer.hostname = "other"  # type: ignore[misc]
+
+
+def test_macs_are_lower_cased(document):
+    """MAC addresses are normalised to lower case."""
+    computer = parse_reservation(document()).computer
+    assert (computer.eth0_mac, computer.eth1_mac) == ("52:54:00:aa:00:01", "52:54:00:aa:00:02")
+
+
+@pytest.mark.parametrize(
+    ("hostname", "short"),
+    [("vm4-22.example.org", "vm4-22"), ("vm1", "vm1"), ("a.b.c", "a")],
+)
+def test_short_name_is_text_before_first_dot(document, hostname, short):
+    """short_name is the host name up to the first dot."""
+    computer = parse_reservation(document({"hostname": hostname})).computer
+    assert computer.short_name == short
+
+
+@pytest.mark.parametrize(
+    ("os_type", "windows"), [("windows", True), ("Windows10", True), ("linux", False)]
+)
+def test_is_windows(document, os_type, windows):
+    """is_windows is true when the OS type contains 'windows' in any case."""
+    image = parse_reservation(document(image={"os_type": os_type})).image
+    assert image.is_windows is windows
+
+
+@pytest.mark.parametrize("state", ["new", "reload", "reinstall", "image", "checkpoint"])
+def test_known_states_are_accepted(document, state):
+    """Every state the module handles is accepted."""
+    assert parse_reservation(document(state=state)).state == state
+
+
+@pytest.mark.parametrize("ip", ["10.0.0.22", "192.168.1.1", "fd00::1"])
+def test_valid_private_ips(document, ip):
+    """IPv4 and IPv6 private addresses are accepted."""
+    assert parse_reservation(document({"private_ip": ip})).computer.private_ip == ip
+
+
+def test_unknown_top_level_field_is_rejected(document):
+    """An extra field is rejected and named."""
+    assert "colour" in rejected(document(colour="red"))
+
+
+def test_unknown_nested_field_is_rejected(document):
+    """An extra field inside computer is rejected with its dotted path."""
+    assert "computer.owner" in rejected(document({"owner": "x"}))
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [(None, "host"), (None, "state"), ("computer", "eth1_mac"), ("image", "vcpus")],
+)
+def test_missing_field_is_rejected(document, section, field):
+    """A missing required field is rejected and named."""
+    data = document()
+    del (data[section] if section else data)[field]
+    message = rejected(data)
+    assert (f"{section}.{field}" if section else field) in message
+    assert "required" in message.lower()
+
+
+@pytest.mark.parametrize(
+    ("computer", "image", "top", "field"),
+    [
+        ({"id": "22"}, {}, {}, "computer.id"),
+        ({}, {"vcpus": "2"}, {}, "image.vcpus"),
+        ({}, {"revision": 1.5}, {}, "image.revision"),
+        ({}, {"min_ram_mb": True}, {}, "image.min_ram_mb"),
+        ({}, {}, {"reservation_id": "200"}, "reservation_id"),
+        ({"hostname": 22}, {}, {}, "computer.hostname"),
+        ({}, {}, {"host": 5}, "host"),
+    ],
+)
+def test_wrong_type_is_rejected(document, computer, image, top, field):
+    """Strings for ints, floats, bools and wrong containers are rejected, naming the field."""
+    assert field in rejected(document(computer, image, **top))
+
+
+def test_section_of_wrong_type_is_rejected(document):
+    """A computer given as a string instead of an object is rejected, naming it."""
+    data = document()
+    data["computer"] = "vm1"
+    assert "computer" in rejected(data)
+
+
+@pytest.mark.parametrize(
+    "mac",
+    [
+        "52:54:00:aa:00",
+        "52-54-00-aa-00-01",
+        "52:54:00:aa:00:0g",
+        "5254.00aa.0001",
+        "",
+        "52:54:00:aa:00:01\n",
+    ],
+)
+def test_bad_mac_is_rejected(document, mac):
+    """Malformed MAC addresses are rejected."""
+    assert "computer.eth0_mac" in rejected(document({"eth0_mac": mac}))
+
+
+@pytest.mark.parametrize(
+    "hostname",
+    [
+        "vm1;rm -rf /",
+        "../etc",
+        "vm1_x",
+        "vm1:x",
+        "-vm1",
+        "vm1-",
+        "vm1.",
+        "vm 1",
+        "$(touch x)",
+        "vm1\n",
+        "",
+        "a" * 64,
+        ".".join(["a" * 60] * 5),
+    ],
+)
+def test_hostile_or_invalid_hostname_is_rejected(document, hostname):
+    """Host names that are not plain DNS names (incl. '_', ':', shell chars) are rejected."""
+    assert "computer.hostname" in rejected(document({"hostname": hostname}))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a/b",
+        "../master",
+        "-rf",
+        ".hidden",
+        "img*",
+        "img?",
+        "img[1]",
+        "img name",
+        "img;ls",
+        "img\n",
+        "",
+        "a" * 129,
+    ],
+)
+def test_bad_image_name_is_rejected(document, name):
+    """Image names with path separators, globs, spaces or a leading '-'/'.' are rejected."""
+    assert "image.name" in rejected(document(image={"name": name}))
+
+
+@pytest.mark.parametrize(
+    ("computer", "image", "top", "field"),
+    [
+        ({"id": -1}, {}, {}, "computer.id"),
+        ({"id": 0}, {}, {}, "computer.id"),
+        ({}, {"id": -5}, {}, "image.id"),
+        ({}, {"revision": -1}, {}, "image.revision"),
+        ({}, {"revision_id": 0}, {}, "image.revision_id"),
+        ({}, {}, {"reservation_id": -200}, "reservation_id"),
+        ({}, {}, {"request_id": 0}, "request_id"),
+        ({}, {"min_ram_mb": -1}, {}, "image.min_ram_mb"),
+    ],
+)
+def test_negative_or_zero_ids_are_rejected(document, computer, image, top, field):
+    """Ids must be positive (revision and RAM non-negative)."""
+    assert field in rejected(document(computer, image, **top))
+
+
+@pytest.mark.parametrize("vcpus", [0, -1, 513])
+def test_vcpus_out_of_range_is_rejected(document, vcpus):
+    """vcpus must be between 1 and 512."""
+    assert "image.vcpus" in rejected(document(image={"vcpus": vcpus}))
+
+
+@pytest.mark.parametrize("state", ["deleted", "NEW", "", "new "])
+def test_bad_state_is_rejected(document, state):
+    """Only the known states are accepted (case-sensitive)."""
+    assert "state" in rejected(document(state=state))
+
+
+@pytest.mark.parametrize("project", ["VCL", "other", ""])
+def test_bad_project_is_rejected(document, project):
+    """Only the projects vcl, hpc and vclhpc exist."""
+    assert "image.project" in rejected(document(image={"project": project}))
+
+
+@pytest.mark.parametrize("ip", ["10.0.0.300", "not-an-ip", "10.0.0.1 ", "10.0.0.1;reboot", ""])
+def test_bad_private_ip_is_rejected(document, ip):
+    """private_ip must be an IP address."""
+    assert "computer.private_ip" in rejected(document({"private_ip": ip}))
+
+
+@pytest.mark.parametrize("ip", ["fe80::1%$(touch x)", "fe80::1%a b;reboot"])
+def test_private_ip_with_hostile_ipv6_scope_is_rejected(document, ip):
+    """A private_ip whose IPv6 zone id holds shell characters is rejected."""
+    with pytest.raises(InvalidInput, match=r"computer\.private_ip"):
+        parse_reservation(document({"private_ip": ip}))
+
+
+@pytest.mark.parametrize("os_field", ["os_type", "os_name"])
+@pytest.mark.parametrize("value", ["win 7", "win/7", "", "w;ls"])
+def test_bad_os_words_are_rejected(document, os_field, value):
+    """OS type and name are single words of letters, digits and '_'."""
+    assert f"image.{os_field}" in rejected(document(image={os_field: value}))
+
+
+@pytest.mark.parametrize("host", ["kvm host", "-kvm", "kvm/1", "kvm;1", ""])
+def test_bad_inventory_host_name_is_rejected(document, host):
+    """The reservation's host must be a plain inventory host name."""
+    assert "host" in rejected(document(host=host))
+
+
+def test_pretty_name_may_hold_any_text_but_not_be_empty(document):
+    """Pretty names are free text (never used in commands) but must not be empty."""
+    pretty = "Win 10 & <Office> 'quoted' $(x)"
+    image = parse_reservation(document(image={"pretty_name": pretty})).image
+    assert image.pretty_name == pretty
+    assert "image.pretty_name" in rejected(document(image={"pretty_name": ""}))
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '"text"', "null", ""])
+def test_malformed_json_is_rejected(text):
+    """Text that is not a JSON object raises InvalidInput, not a raw error."""
+    assert rejected(text).startswith("invalid reservation")
+
+
+def test_unserialisable_dict_is_rejected(document):
+    """A dict holding non-JSON values raises InvalidInput."""
+    assert rejected(document(request_id={1, 2})).startswith("invalid reservation")
+
+
+def test_several_errors_are_all_named(document):
+    """When several fields are wrong, each one is named in the message."""
+    message = rejected(document({"id": "x"}, {"vcpus": 0}, state="bad"))
+    assert all(field in message for field in ("computer.id", "image.vcpus", "state"))

@@ -1,0 +1,5 @@
+"""`python -m vclvirt` is the `vclvirt` command."""
+
+from vclvirt.cli import app
+
+app()

@@ -1,0 +1,185 @@
+"""`vclvirt` command line: run a host's worker, enqueue loads, read status."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vclvirt.config.inventory import get_inventory
+from vclvirt.config.settings import get_settings
+from vclvirt.errors import VclvirtError
+from vclvirt.status import ReservationStatus
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Distributed VM provisioning for lab reservations on KVM hosts.",
+)
+
+
+@app.callback()
+def main(
+    inventory: Annotated[
+        Path | None, typer.Option(help="Host inventory TOML (default: $VCLVIRT_INVENTORY)")
+    ] = None,
+    json_logs: Annotated[bool, typer.Option(help="Log structured JSON to stdout")] = False,
+) -> None:
+    if inventory is not None:
+        os.environ["VCLVIRT_INVENTORY"] = str(inventory.resolve())
+        get_settings.cache_clear()
+    if json_logs:
+        from vclvirt.workers.logging import configure_logging
+
+        configure_logging(json=True)
+
+
+def _fail(error: VclvirtError, code: int = 1) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def worker(
+    host: Annotated[str, typer.Option(help="Inventory name of the host this worker serves")],
+    concurrency: Annotated[
+        int | None, typer.Option(help="Parallel steps (default: the host's max_concurrent_loads)")
+    ] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Run a Celery worker that consumes only this host's queue."""
+    try:
+        config = get_inventory().host(host)
+    except VclvirtError as error:
+        _fail(error, 2)
+    os.environ["VCLVIRT_WORKER_HOST"] = host
+    from vclvirt.workers.app import app as celery_app
+    from vclvirt.workers.routing import host_queue
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues",
+            host_queue(host),
+            "--hostname",
+            f"{host}@%h",
+            "--concurrency",
+            str(concurrency or config.max_concurrent_loads),
+            "--pool",
+            "prefork",
+            "--loglevel",
+            loglevel,
+            "--events",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+
+
+def _read_reservation(path: str) -> str:
+    return sys.stdin.read() if path == "-" else Path(path).read_text()
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    mark = {
+        "succeeded": "ok",
+        "failed": "FAILED",
+        "superseded": "SUPERSEDED",
+        "running": "..",
+        "retrying": "retry",
+    }.get(step.get("state", ""), step.get("state", ""))
+    duration = f"{step['duration_s']:.2f}s" if step.get("duration_s") is not None else ""
+    return f"  {step['name']:<24} {mark:<10} {duration}"
+
+
+@app.command()
+def load(
+    reservation: Annotated[str, typer.Argument(help="Reservation JSON file, or - for stdin")],
+    wait: Annotated[bool, typer.Option(help="Follow the steps until the load ends")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
+) -> None:
+    """Enqueue a load; prints the reservation id."""
+    from vclvirt import dispatch
+
+    try:
+        handle = dispatch.load(_read_reservation(reservation))
+    except VclvirtError as error:
+        _fail(error, 2)
+    except OSError as error:
+        typer.echo(f"error: cannot read {reservation}: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(handle.reservation_id)
+    if not wait:
+        return
+    printed: set[tuple[str, str]] = set()
+
+    def show(current: ReservationStatus) -> None:
+        for step in current.to_dict()["steps"]:
+            key = (step["name"], step.get("state", "pending"))
+            if (
+                step.get("state") in ("succeeded", "failed", "superseded", "retrying")
+                and key not in printed
+            ):
+                printed.add(key)
+                typer.echo(_step_line(step))
+
+    try:
+        final = handle.wait(timeout=timeout, on_change=show)
+    except TimeoutError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3) from None
+    if final.state != "succeeded":
+        failure = final.error or {}
+        typer.echo(
+            f"error: reservation {final.reservation_id} {final.state} at step "
+            f"{final.failed_step}: [{failure.get('code')}] {failure.get('message')}. "
+            f"{failure.get('hint', '')}",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"reservation {final.reservation_id} loaded on {final.host}")
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@app.command()
+def status(
+    reservation_id: int,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON")] = False,
+) -> None:
+    """State, current or failed step, per-step timings and the error of a reservation."""
+    from vclvirt import dispatch
+
+    record = dispatch.status(reservation_id)
+    if record is None:
+        typer.echo(f"error: no status for reservation {reservation_id}", err=True)
+        raise typer.Exit(4)
+    data = record.to_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(
+        f"reservation {reservation_id}: {data['state']} ({data['operation']} of "
+        f"{data['computer']} on {data['host']}, queued {_when(data['queued_at'])})"
+    )
+    if data["current_step"]:
+        typer.echo(f"current step: {data['current_step']}")
+    for step in data["steps"]:
+        typer.echo(_step_line(step))
+    if data["error"]:
+        e = data["error"]
+        typer.echo(
+            f"failed step: {data['failed_step']}\nerror: [{e['code']}] {e['message']}. "
+            f"{e.get('hint', '')}"
+        )
+    if data["state"] in ("failed", "superseded"):
+        raise typer.Exit(1)

@@ -1,0 +1,76 @@
+"""The scheduler's Python API: enqueue a reservation's load, read its status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+from vclvirt.config.inventory import get_inventory
+from vclvirt.config.settings import get_settings
+from vclvirt.models import Reservation, parse_reservation
+from vclvirt.status import ReservationStatus, StatusStore
+
+
+@lru_cache(maxsize=1)
+def _store() -> StatusStore:
+    settings = get_settings()
+    return StatusStore(
+        redis.Redis.from_url(settings.broker_url), ttl_seconds=settings.status_ttl_days * 86400
+    )
+
+
+@dataclass(frozen=True)
+class LoadHandle:
+    """What `load` returns: the reservation id and the chain's last task id."""
+
+    reservation_id: int
+    task_id: str
+
+    def status(self) -> ReservationStatus | None:
+        return status(self.reservation_id)
+
+    def wait(
+        self,
+        timeout: float = 3600.0,
+        on_change: Callable[[ReservationStatus], None] | None = None,
+        poll: float = 0.5,
+    ) -> ReservationStatus:
+        """Block until the reservation finishes; `on_change` sees every new status."""
+        deadline = time.monotonic() + timeout
+        seen: Any = None
+        while True:
+            current = status(self.reservation_id)
+            if current is not None:
+                snapshot = current.to_dict()
+                if snapshot != seen and on_change is not None:
+                    on_change(current)
+                seen = snapshot
+                if current.finished:
+                    return current
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"reservation {self.reservation_id} did not finish in {timeout:.0f}s"
+                )
+            time.sleep(poll)
+
+
+def load(reservation: Reservation | dict[str, Any] | str | bytes) -> LoadHandle:
+    """Validate and enqueue the load chain on the reservation's host queue."""
+    from vclvirt.tasks.load import LOAD_STEPS, load_chain
+
+    if not isinstance(reservation, Reservation):
+        reservation = parse_reservation(reservation)
+    get_inventory().host(reservation.host)  # unknown host: clear error, nothing enqueued
+    _store().begin(reservation, "load", LOAD_STEPS)
+    result = load_chain(reservation).apply_async()
+    return LoadHandle(reservation.reservation_id, result.id)
+
+
+def status(reservation_id: int) -> ReservationStatus | None:
+    """The reservation's status record, or None if it was never enqueued (or expired)."""
+    return _store().get(reservation_id)

@@ -1,0 +1,175 @@
+"""The one error hierarchy: transient errors are retried, permanent errors fail at once.
+
+Every error carries a stable ``code`` (shown in status records, logs and the CLI),
+the host and reservation it concerns when known, and a hint saying what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class VclvirtError(Exception):
+    """Base class; never raised directly."""
+
+    code: ClassVar[str] = "VCLVIRT_ERROR"
+    transient: ClassVar[bool] = False
+    default_hint: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        reservation_id: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.host = host
+        self.reservation_id = reservation_id
+        self.hint = hint if hint is not None else self.default_hint
+
+    def with_context(self, *, host: str | None, reservation_id: int | None) -> VclvirtError:
+        """Fill in host and reservation where the raiser did not know them."""
+        self.host = self.host or host
+        self.reservation_id = self.reservation_id or reservation_id
+        return self
+
+    def __str__(self) -> str:
+        where = []
+        if self.host:
+            where.append(f"host {self.host}")
+        if self.reservation_id is not None:
+            where.append(f"reservation {self.reservation_id}")
+        text = f"[{self.code}] {self.message}"
+        if where:
+            text += f" ({', '.join(where)})"
+        if self.hint:
+            text += f". {self.hint}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "host": self.host,
+            "reservation_id": self.reservation_id,
+            "hint": self.hint,
+            "transient": self.transient,
+        }
+
+
+class TransientError(VclvirtError):
+    """May succeed if tried again later (connection lost, resource busy)."""
+
+    transient = True
+
+
+class PermanentError(VclvirtError):
+    """Will fail again until someone changes the request or the host."""
+
+
+class InvalidInput(PermanentError):
+    """A reservation, inventory entry or argument is malformed."""
+
+    code = "INVALID_INPUT"
+    default_hint = "Correct the named field and submit again"
+
+
+class UnknownHost(PermanentError):
+    """The reservation names a host the inventory does not have."""
+
+    code = "UNKNOWN_HOST"
+    default_hint = "Add the host to the inventory file or fix the reservation's host"
+
+
+class WrongWorker(PermanentError):
+    """A task reached a worker that serves another host (misrouted message)."""
+
+    code = "WRONG_WORKER"
+    default_hint = "Check the routing: each host's worker must consume only host.<name>"
+
+
+class ImageNotFound(PermanentError):
+    """The master image is neither on the host nor in the repository."""
+
+    code = "IMAGE_NOT_FOUND"
+    default_hint = "Put the image in the repository or the host's datastore, then retry"
+
+
+class ImageInvalid(PermanentError):
+    """An image file exists but qemu-img does not accept it."""
+
+    code = "IMAGE_INVALID"
+    default_hint = "Check the image with 'qemu-img check' and replace it"
+
+
+class HostKeyRejected(PermanentError):
+    """The host's SSH key is unknown or does not match known_hosts."""
+
+    code = "HOST_KEY_REJECTED"
+    default_hint = "Verify the host key and update the known_hosts file named in the inventory"
+
+
+class AuthenticationFailed(PermanentError):
+    """The host refused our SSH key."""
+
+    code = "SSH_AUTH_FAILED"
+    default_hint = "Install the worker's public key in the host's authorized_keys"
+
+
+class CommandFailed(PermanentError):
+    """A command on the host exited non-zero."""
+
+    code = "COMMAND_FAILED"
+    default_hint = "Read the command's error output above; fix the host, then retry"
+
+
+class HypervisorError(PermanentError):
+    """libvirt refused an operation (invalid XML, unsupported configuration...)."""
+
+    code = "LIBVIRT_ERROR"
+    default_hint = "Read libvirt's message; fix the host or the image's reference XML"
+
+
+class Superseded(PermanentError):
+    """A newer reservation for the same computer took over; this one stops."""
+
+    code = "SUPERSEDED"
+    default_hint = "Nothing to do: the newer reservation owns the computer"
+
+
+class NodeUnreachable(TransientError):
+    """SSH connection to the host failed or dropped."""
+
+    code = "NODE_UNREACHABLE"
+    default_hint = "Check that the host is up and sshd answers; the step is retried"
+
+
+class CommandTimeout(TransientError):
+    """A command on the host did not finish in time."""
+
+    code = "COMMAND_TIMEOUT"
+    default_hint = "The host may be overloaded; the step is retried"
+
+
+class HypervisorUnavailable(TransientError):
+    """The libvirt connection failed or dropped."""
+
+    code = "LIBVIRT_UNAVAILABLE"
+    default_hint = "Check that libvirtd runs on the host; the step is retried"
+
+
+class ResourceBusy(TransientError):
+    """Another operation holds the resource (computer, image) right now."""
+
+    code = "RESOURCE_BUSY"
+    default_hint = "Another reservation is working on it; the step is retried"
+
+
+class InternalError(PermanentError):
+    """An unexpected exception: a bug in vclvirt."""
+
+    code = "INTERNAL_ERROR"
+    default_hint = "Report it with the worker log lines of this reservation"

@@ -1,0 +1,1 @@
+"""libvirt connections, domain operations, the domain XML builder and hypervisor drivers."""

@@ -1,0 +1,110 @@
+"""libvirt connections: one per process and host, errors classified transient or permanent."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import defusedxml.ElementTree as SafeET
+import libvirt
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.errors import (
+    AuthenticationFailed,
+    HostKeyRejected,
+    HypervisorError,
+    HypervisorUnavailable,
+    VclvirtError,
+)
+
+# libvirt prints every error to stderr by default, which breaks JSON log streams.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_TRANSIENT_CODES = {
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+    libvirt.VIR_ERR_INTERNAL_ERROR,  # includes "cannot acquire state change lock"
+    libvirt.VIR_ERR_LIBSSH,  # transport broke (host key and auth problems are caught first)
+    libvirt.VIR_ERR_SSH,
+}
+
+
+def classify(error: libvirt.libvirtError, host: str, action: str) -> VclvirtError:
+    """Map a libvirt error onto our hierarchy; the message says what we were doing."""
+    message = f"{action}: {error.get_error_message() or error}"
+    text = message.lower()
+    code = error.get_error_code()
+    if "host key" in text or "known_hosts" in text or "known hosts" in text:
+        return HostKeyRejected(message, host=host)
+    if code == libvirt.VIR_ERR_AUTH_FAILED or "authentication failed" in text:
+        return AuthenticationFailed(message, host=host)
+    if code in _TRANSIENT_CODES:
+        return HypervisorUnavailable(message, host=host)
+    return HypervisorError(message, host=host)
+
+
+@contextmanager
+def libvirt_errors(host: str, action: str) -> Iterator[None]:
+    """Turn libvirt errors raised inside the block into vclvirt errors."""
+    try:
+        yield
+    except libvirt.libvirtError as error:
+        raise classify(error, host, action) from None
+
+
+_connections: dict[tuple[int, str], libvirt.virConnect] = {}
+_lock = threading.Lock()
+
+
+def connect(host: HostConfig) -> libvirt.virConnect:
+    """The process's libvirt connection to this host, reopened if it died."""
+    key = (os.getpid(), host.name)
+    with _lock:
+        conn = _connections.get(key)
+        if conn is not None:
+            try:
+                if conn.isAlive():
+                    return conn
+            except libvirt.libvirtError:
+                pass
+            with suppress(libvirt.libvirtError):
+                conn.close()
+        with libvirt_errors(host.name, f"cannot connect to libvirt at {host.address}"):
+            conn = libvirt.open(host.effective_libvirt_uri)
+        if host.effective_libvirt_uri.startswith(("qemu+", "test+")):
+            with suppress(libvirt.libvirtError):  # local drivers have no keepalive
+                conn.setKeepAlive(10, 3)
+        _connections[key] = conn
+        return conn
+
+
+def forget(host: HostConfig) -> None:
+    """Drop the cached connection (after the host reported it broken)."""
+    with _lock:
+        conn = _connections.pop((os.getpid(), host.name), None)
+    if conn is not None:
+        with suppress(libvirt.libvirtError):
+            conn.close()
+
+
+def resolve_domain_type(conn: libvirt.virConnect, configured: str, host: str) -> str:
+    """`kvm` or `qemu`; `auto` picks kvm when the host's capabilities offer it."""
+    if configured != "auto":
+        return configured
+    with libvirt_errors(host, "reading host capabilities"):
+        caps = SafeET.fromstring(conn.getCapabilities())
+    for domain in caps.iterfind("./guest/arch/domain"):
+        if domain.get("type") == "kvm":
+            return "kvm"
+    return "qemu"
+
+
+def network_names(conn: libvirt.virConnect, host: str) -> frozenset[str]:
+    """Names of the host's libvirt networks (active or not)."""
+    with libvirt_errors(host, "listing libvirt networks"):
+        return frozenset(net.name() for net in conn.listAllNetworks(0))

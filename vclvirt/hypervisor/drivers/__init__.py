@@ -1,0 +1,53 @@
+"""Hypervisor drivers, discovered through the `vclvirt.drivers` entry-point group."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.errors import InvalidInput
+from vclvirt.hypervisor.domain_xml import DomainSpec
+from vclvirt.models import Reservation
+from vclvirt.node.transport import Transport
+
+
+class HypervisorDriver(Protocol):
+    """What the provisioner asks of a hypervisor beyond plain libvirt calls."""
+
+    name: str
+
+    def image_info(self, path: str) -> dict[str, object]:
+        """`qemu-img info` of a disk file, as a dict."""
+        ...
+
+    def convert(self, source: str, destination: str, fmt: str) -> None: ...
+
+    def verify(self, path: str) -> None:
+        """Raise ImageInvalid unless the image is readable and consistent."""
+        ...
+
+    def ensure_overlay(self, master: str, master_format: str, overlay: str) -> bool:
+        """Make `overlay` a qcow2 backed by master; True when it had to be (re)created."""
+        ...
+
+    def extend_domain_xml(self, spec: DomainSpec, reservation: Reservation) -> DomainSpec:
+        """Hook: last changes to the domain before it is rendered and defined."""
+        ...
+
+    def pre_define(self, reservation: Reservation, master: str) -> list[str]:
+        """Hook run after the master is in place and before define; returns notes for status."""
+        ...
+
+
+def load_driver(host: HostConfig, node: Transport) -> HypervisorDriver:
+    """Instantiate the driver the host's inventory entry names (default `kvm`)."""
+    for entry in entry_points(group="vclvirt.drivers"):
+        if entry.name == host.driver:
+            driver: HypervisorDriver = entry.load()(host, node)
+            return driver
+    raise InvalidInput(
+        f"no hypervisor driver named {host.driver!r} is installed",
+        host=host.name,
+        hint="Install the package providing it or fix 'driver' in the inventory",
+    )

@@ -1,0 +1,80 @@
+"""KVM/QEMU driver: qemu-img on the host, and the driver hooks of the reference's KVM.pm."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.errors import CommandFailed, ImageInvalid
+from vclvirt.hypervisor.domain_xml import DomainSpec
+from vclvirt.models import Reservation
+from vclvirt.node.transport import Transport
+
+
+class KvmDriver:
+    """Disk operations with qemu-img over the host transport."""
+
+    name = "kvm"
+
+    def __init__(self, host: HostConfig, node: Transport, *, copy_timeout: float = 7200.0) -> None:
+        self.host = host
+        self.node = node
+        self.copy_timeout = copy_timeout
+
+    def image_info(self, path: str) -> dict[str, Any]:
+        # -U: read even while a running domain holds the image's lock.
+        result = self.node.run(
+            ["qemu-img", "info", "-U", "--output=json", path], check=False, timeout=120
+        )
+        if not result.ok:
+            raise ImageInvalid(
+                f"qemu-img info {path} failed: {result.stderr.decode(errors='replace').strip()}",
+                host=self.host.name,
+            )
+        info: dict[str, Any] = json.loads(result.stdout)
+        return info
+
+    def convert(self, source: str, destination: str, fmt: str) -> None:
+        """Write a standalone copy of source (its whole backing chain flattened)."""
+        self.node.run(
+            ["qemu-img", "convert", "-O", fmt, source, destination], timeout=self.copy_timeout
+        )
+
+    def verify(self, path: str) -> None:
+        info = self.image_info(path)
+        if info.get("format") in ("qcow2", "qed", "vdi", "vhdx", "vmdk"):
+            result = self.node.run(["qemu-img", "check", "-U", path], check=False, timeout=600)
+            if not result.ok:
+                raise ImageInvalid(
+                    f"qemu-img check {path} found errors: {result.text.strip()[-500:]}",
+                    host=self.host.name,
+                )
+
+    def ensure_overlay(self, master: str, master_format: str, overlay: str) -> bool:
+        if self._is_overlay_of(overlay, master, master_format):
+            return False
+        part = f"{overlay}.part"
+        self.node.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", master, "-F", master_format, part],
+            timeout=120,
+        )
+        self.node.run(["mv", "-f", "--", part, overlay], timeout=60)
+        return True
+
+    def _is_overlay_of(self, overlay: str, master: str, master_format: str) -> bool:
+        try:
+            info = self.image_info(overlay)
+        except (ImageInvalid, CommandFailed):
+            return False
+        return (
+            info.get("format") == "qcow2"
+            and info.get("backing-filename") == master
+            and info.get("backing-filename-format") == master_format
+        )
+
+    def extend_domain_xml(self, spec: DomainSpec, reservation: Reservation) -> DomainSpec:
+        return spec
+
+    def pre_define(self, reservation: Reservation, master: str) -> list[str]:
+        return []

@@ -1,0 +1,1 @@
+"""Master images: where they are on a host, and how they get there."""

@@ -1,0 +1,128 @@
+"""The per-host master image: found in the datastore, or copied in from the repository.
+
+One copy per host and image however many loads ask at once: the copy happens
+under a lock on the host, the master is re-checked after the lock is taken, and
+the file is written to `<name>.part`, verified, then renamed — so no load ever
+sees a half-written master (fixes B1/B2 of the reference).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.errors import ImageInvalid, ImageNotFound
+from vclvirt.hypervisor.drivers import HypervisorDriver
+from vclvirt.node.host_lock import host_lock
+from vclvirt.node.transport import Transport, path_exists
+
+_NOT_IMAGES = (".xml", ".reference", ".part", ".txt", ".vmx", ".lock")
+MASTER_FORMAT = "qcow2"
+
+
+@dataclass(frozen=True)
+class MasterImage:
+    path: str
+    format: str
+    copied: bool
+
+
+def _image_files(node: Transport, directory: str, image_name: str, *, recursive: bool) -> list[str]:
+    """Files named `<image>.<ext>` (any case) under directory, minus non-disk files."""
+    if not path_exists(node, directory):
+        return []
+    depth = [] if recursive else ["-maxdepth", "1"]
+    result = node.run(
+        ["find", directory, *depth, "-type", "f", "-iname", f"{image_name}.*"], timeout=120
+    )
+    return sorted(
+        path for path in result.text.splitlines() if path and not path.lower().endswith(_NOT_IMAGES)
+    )
+
+
+def _choose(paths: list[str], preferred: str, host: str, what: str) -> str | None:
+    if not paths:
+        return None
+    if len(paths) == 1:
+        return paths[0]
+    if preferred in paths:
+        return preferred
+    raise ImageInvalid(
+        f"several files could be the {what}: {', '.join(paths)}",
+        host=host,
+        hint="Remove the stray files so that exactly one remains",
+    )
+
+
+def find_master(node: Transport, host: HostConfig, image_name: str) -> str | None:
+    """The master in the datastore (recursive, case-insensitive `<image>.*`), or None."""
+    preferred = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
+    files = _image_files(node, host.datastore_path, image_name, recursive=True)
+    return _choose(files, preferred, host.name, f"master of {image_name}")
+
+
+def find_in_repository(node: Transport, host: HostConfig, image_name: str) -> str | None:
+    """The image in `<repository>/<image>/` on the host, or None."""
+    if not host.repository_path:
+        return None
+    directory = posixpath.join(host.repository_path, image_name)
+    preferred = posixpath.join(directory, f"{image_name}.{MASTER_FORMAT}")
+    files = _image_files(node, directory, image_name, recursive=False)
+    return _choose(files, preferred, host.name, f"repository copy of {image_name}")
+
+
+def ensure_master(
+    node: Transport, driver: HypervisorDriver, host: HostConfig, image_name: str
+) -> MasterImage:
+    """Return the host's master for the image, copying it from the repository if absent."""
+    found = find_master(node, host, image_name)
+    if found:
+        return MasterImage(found, _format(driver, found), copied=False)
+    source = find_in_repository(node, host, image_name)
+    if source is None:
+        searched = [f"{host.datastore_path}/**/{image_name}.*"]
+        if host.repository_path:
+            searched.append(f"{host.repository_path}/{image_name}/{image_name}.*")
+        raise ImageNotFound(
+            f"image {image_name} not found; searched {', '.join(searched)}", host=host.name
+        )
+    lock = posixpath.join(host.datastore_path, f".{image_name}.lock")
+    node.run(["mkdir", "-p", "--", host.datastore_path])
+    with host_lock(node, lock):
+        found = find_master(node, host, image_name)  # another load may have copied it meanwhile
+        if found:
+            return MasterImage(found, _format(driver, found), copied=False)
+        destination = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
+        _copy_verified(node, driver, source, destination)
+        _copy_reference_xml(node, source, destination)
+    return MasterImage(destination, MASTER_FORMAT, copied=True)
+
+
+def _format(driver: HypervisorDriver, path: str) -> str:
+    fmt = driver.image_info(path).get("format")
+    if not isinstance(fmt, str):
+        raise ImageInvalid(f"qemu-img cannot tell the format of {path}")
+    return fmt
+
+
+def _copy_verified(
+    node: Transport, driver: HypervisorDriver, source: str, destination: str
+) -> None:
+    part = f"{destination}.part"
+    try:
+        driver.convert(source, part, MASTER_FORMAT)
+        driver.verify(part)
+        node.run(["mv", "-f", "--", part, destination])
+    except BaseException:
+        node.run(["rm", "-f", "--", part], check=False)
+        raise
+
+
+def _copy_reference_xml(node: Transport, source: str, destination: str) -> None:
+    """The image's reference XML travels with it (it decides disk bus and NIC model)."""
+    source_xml = posixpath.splitext(source)[0] + ".xml"
+    if path_exists(node, source_xml):
+        target = posixpath.splitext(destination)[0] + ".xml"
+        node.run(["cp", "-f", "--", source_xml, f"{target}.part"])
+        node.run(["mv", "-f", "--", f"{target}.part", target])

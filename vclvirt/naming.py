@@ -1,0 +1,101 @@
+"""Names and paths derived from a reservation, following the reference module.
+
+Pure functions: no I/O. See vcl-libvirt-behaviour.md §0.3, §2.2.3 and §2.2.6.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from posixpath import join
+
+from vclvirt.models import Reservation
+
+MAX_DOMAIN_NAME = 48
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
+_NOT_WORD_OR_UNDERSCORE = re.compile(r"[\W_]", re.ASCII)
+_VMWARE_OR_IMAGE = re.compile(r"vmware|image")
+_UUID_NAMESPACE = uuid.UUID("6f1c8e52-3a07-4d0e-9b6e-8a4f5f1f2c11")
+
+
+def domain_name(
+    computer: str,
+    computer_id: int,
+    pretty_name: str,
+    image_id: int,
+    revision: int,
+    max_length: int = MAX_DOMAIN_NAME,
+) -> str:
+    """`C_<pretty, letters and digits>_IID-vR`, at most 48 characters (§2.2.3)."""
+    if len(computer) > max_length:
+        return str(computer_id)
+    prefix = f"{computer}_"
+    suffix = f"{image_id}-v{revision}"
+    if len(prefix) + len(suffix) > max_length:
+        return computer
+    if len(prefix) + len(suffix) == max_length:
+        return prefix + suffix
+    max_middle = max_length - len(prefix) - len(suffix) - 1
+    if max_middle < 5:
+        return prefix + suffix
+    middle = _NOT_ALNUM.sub("", pretty_name)[:max_middle]
+    return f"{prefix}{middle}_{suffix}"
+
+
+def file_base_name(computer: str, image_id: int, revision: int) -> str:
+    """`C_IID-vR`: base name of the overlay disk and the domain XML file."""
+    return f"{computer}_{image_id}-v{revision}"
+
+
+def belongs_to_computer(domain: str, computer: str) -> bool:
+    """Domains named `C_…` (current) or `C:…` (before 2016) belong to computer C."""
+    return domain.startswith((f"{computer}_", f"{computer}:"))
+
+
+def new_image_name(os_name: str, pretty_name: str, image_id: int, revision: int) -> str:
+    """Name of a captured image: `<os without vmware/image>-<pretty without \\W and _>-IID-vR`."""
+    os_part = os_name
+    while True:
+        stripped = _VMWARE_OR_IMAGE.sub("", os_part)
+        if stripped == os_part:
+            break
+        os_part = stripped
+    pretty = _NOT_WORD_OR_UNDERSCORE.sub("", pretty_name)
+    # The reference would start the name with '-' when nothing of the OS name is left.
+    return "-".join(part for part in (os_part, pretty, f"{image_id}-v{revision}") if part)
+
+
+def domain_uuid(host: str, domain: str) -> str:
+    """Stable UUID, so that defining the same domain again updates it instead of failing."""
+    return str(uuid.uuid5(_UUID_NAMESPACE, f"{host}/{domain}"))
+
+
+@dataclass(frozen=True)
+class LoadNames:
+    """Every name and host path one load uses."""
+
+    computer: str
+    domain: str
+    base: str
+    overlay_path: str
+    xml_path: str
+    master_reference_xml: str
+
+    @classmethod
+    def for_reservation(
+        cls, reservation: Reservation, *, datastore_path: str, vm_path: str, xml_dir: str
+    ) -> LoadNames:
+        computer = reservation.computer.short_name
+        image = reservation.image
+        base = file_base_name(computer, image.id, image.revision)
+        return cls(
+            computer=computer,
+            domain=domain_name(
+                computer, reservation.computer.id, image.pretty_name, image.id, image.revision
+            ),
+            base=base,
+            overlay_path=join(vm_path, f"{base}.qcow2"),
+            xml_path=join(xml_dir, f"{base}.xml"),
+            master_reference_xml=join(datastore_path, f"{image.name}.xml"),
+        )

@@ -1,0 +1,85 @@
+"""Transport for the machine the worker runs on (subprocess, argv as a list)."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+from collections.abc import Sequence
+
+from vclvirt.errors import CommandTimeout
+from vclvirt.node.transport import CommandResult, command_line
+
+
+class LocalProcess:
+    """A local process held open until closed."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self._proc = subprocess.Popen(
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        self._buffer = b""
+
+    def read_line(self, timeout: float) -> str:
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandTimeout(f"no output from {self._proc.args!r} in {timeout:g}s")
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                self._buffer += chunk
+        line, newline, self._buffer = self._buffer.partition(b"\n")
+        return (line + newline).decode(errors="replace")
+
+    def close(self) -> None:
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+class LocalTransport:
+    """Runs commands on this machine."""
+
+    def __init__(self, host_name: str = "localhost") -> None:
+        self.host_name = host_name
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 300.0,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        try:
+            proc = subprocess.run(
+                list(argv), input=stdin, capture_output=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(
+                f"{command_line(argv)} did not finish in {timeout:g}s", host=self.host_name
+            ) from None
+        except FileNotFoundError:
+            # What a shell on a remote host reports: exit 127, command not found.
+            proc = subprocess.CompletedProcess(
+                list(argv), 127, b"", f"{argv[0]}: command not found".encode()
+            )
+        result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        return result.check(self.host_name) if check else result
+
+    def spawn(self, argv: Sequence[str]) -> LocalProcess:
+        return LocalProcess(argv)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,216 @@
+"""SSH transport (paramiko): one pooled connection per process and host, known_hosts enforced.
+
+Each command runs on its own channel of the shared connection, so a worker opens
+one SSH session per host instead of one per command (the reference opens one per
+command). Connections are created lazily, after the worker forks.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Sequence
+
+import paramiko
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.errors import (
+    AuthenticationFailed,
+    CommandTimeout,
+    HostKeyRejected,
+    NodeUnreachable,
+)
+from vclvirt.node.transport import CommandResult, command_line
+
+_READ_SIZE = 65536
+
+
+class SSHProcess:
+    """A command kept running on its own channel; closing the channel ends it."""
+
+    def __init__(self, channel: paramiko.Channel, host_name: str) -> None:
+        self._channel = channel
+        self._host_name = host_name
+        self._buffer = b""
+
+    def read_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandTimeout(
+                    f"no answer from a held command in {timeout:.0f}s", host=self._host_name
+                )
+            readable, _, _ = select.select([self._channel], [], [], min(remaining, 1.0))
+            if readable:
+                chunk = self._channel.recv(_READ_SIZE)
+                if not chunk:
+                    break
+                self._buffer += chunk
+        line, newline, self._buffer = self._buffer.partition(b"\n")
+        return (line + newline).decode(errors="replace")
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class SSHTransport:
+    """Runs commands on one host over a single, lazily (re)opened SSH connection."""
+
+    def __init__(self, host: HostConfig, *, connect_timeout: float = 15.0) -> None:
+        self.host = host
+        self.host_name = host.name
+        self.connect_timeout = connect_timeout
+        self.connections_opened = 0
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(self.host.known_hosts))
+        except OSError as error:
+            raise HostKeyRejected(
+                f"cannot read known_hosts file {self.host.known_hosts}: {error}",
+                host=self.host_name,
+            ) from None
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        where = f"{self.host.user}@{self.host.address}:{self.host.port}"
+        try:
+            client.connect(
+                self.host.address,
+                port=self.host.port,
+                username=self.host.user,
+                key_filename=str(self.host.key_file),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+            )
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise HostKeyRejected(
+                f"SSH host key of {where} does not match {self.host.known_hosts}",
+                host=self.host_name,
+            ) from None
+        except paramiko.AuthenticationException as error:
+            client.close()
+            raise AuthenticationFailed(
+                f"{where} refused key {self.host.key_file}: {error}", host=self.host_name
+            ) from None
+        except paramiko.SSHException as error:
+            client.close()
+            if "known_hosts" in str(error):
+                raise HostKeyRejected(
+                    f"{where} is not in {self.host.known_hosts}", host=self.host_name
+                ) from None
+            raise NodeUnreachable(f"SSH to {where} failed: {error}", host=self.host_name) from None
+        except (OSError, EOFError) as error:
+            client.close()
+            raise NodeUnreachable(
+                f"cannot connect to {where}: {error}", host=self.host_name
+            ) from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(30)
+        self.connections_opened += 1
+        return client
+
+    def _open_channel(self) -> paramiko.Channel:
+        """A new session channel, reconnecting once if the pooled connection died."""
+        for attempt in (1, 2):
+            with self._lock:
+                transport = self._client.get_transport() if self._client else None
+                if transport is None or not transport.is_active():
+                    if self._client is not None:
+                        self._client.close()
+                    self._client = self._connect()
+                    transport = self._client.get_transport()
+                assert transport is not None
+            try:
+                return transport.open_session(timeout=self.connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as error:
+                with self._lock:
+                    if self._client is not None:
+                        self._client.close()
+                        self._client = None
+                if attempt == 2:
+                    raise NodeUnreachable(
+                        f"cannot open an SSH channel: {error}", host=self.host_name
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 300.0,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        line = command_line(argv)
+        channel = self._open_channel()
+        stdout, stderr = bytearray(), bytearray()
+        try:
+            channel.exec_command(line)
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            deadline = time.monotonic() + timeout
+            while True:
+                while channel.recv_ready():
+                    stdout += channel.recv(_READ_SIZE)
+                while channel.recv_stderr_ready():
+                    stderr += channel.recv_stderr(_READ_SIZE)
+                if channel.exit_status_ready() and not (
+                    channel.recv_ready() or channel.recv_stderr_ready()
+                ):
+                    break
+                if channel.closed and not channel.exit_status_ready():
+                    raise NodeUnreachable(
+                        f"connection dropped while running {line}", host=self.host_name
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeout(
+                        f"{line} did not finish in {timeout:g}s", host=self.host_name
+                    )
+                select.select([channel], [], [], min(remaining, 0.5))
+            status = channel.recv_exit_status()
+        except (OSError, paramiko.SSHException, EOFError) as error:
+            raise NodeUnreachable(
+                f"SSH failed while running {line}: {error}", host=self.host_name
+            ) from None
+        finally:
+            channel.close()
+        result = CommandResult(tuple(argv), status, bytes(stdout), bytes(stderr))
+        return result.check(self.host_name) if check else result
+
+    def spawn(self, argv: Sequence[str]) -> SSHProcess:
+        channel = self._open_channel()
+        channel.exec_command(command_line(argv))
+        return SSHProcess(channel, self.host_name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+_pool: dict[tuple[int, str], SSHTransport] = {}
+_pool_lock = threading.Lock()
+
+
+def ssh_transport(host: HostConfig, *, connect_timeout: float = 15.0) -> SSHTransport:
+    """The process's shared transport for this host (a new one after fork)."""
+    key = (os.getpid(), host.name)
+    with _pool_lock:
+        transport = _pool.get(key)
+        if transport is None or transport.host != host:
+            transport = SSHTransport(host, connect_timeout=connect_timeout)
+            _pool[key] = transport
+        return transport

@@ -1,0 +1,93 @@
+"""The cut between vclvirt and a host: run an argv (never a shell string built from input).
+
+Arguments are quoted by one function, `command_line`, for transports that need a
+command line (SSH); local execution passes the argv list as it is.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from vclvirt.errors import CommandFailed
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The only place an argv becomes a command line: every element is quoted."""
+    if not argv:
+        raise ValueError("empty argv")
+    return shlex.join(argv)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of one command on a host."""
+
+    argv: tuple[str, ...]
+    exit_status: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    def check(self, host: str) -> CommandResult:
+        """Raise CommandFailed (with the command and its error output) unless exit 0."""
+        if self.exit_status != 0:
+            detail = (self.stderr or self.stdout).decode(errors="replace").strip()[-2000:]
+            raise CommandFailed(
+                f"{command_line(self.argv)!s} exited {self.exit_status}: {detail or '(no output)'}",
+                host=host,
+            )
+        return self
+
+
+class HeldProcess(Protocol):
+    """A long-running command kept alive until closed (used for host-side locks)."""
+
+    def read_line(self, timeout: float) -> str:
+        """Next line of stdout; '' at end of output. Raises CommandTimeout."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Runs commands on one host."""
+
+    host_name: str
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 300.0,
+        stdin: bytes | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run argv to completion; with check, a non-zero exit raises CommandFailed."""
+        ...
+
+    def spawn(self, argv: Sequence[str]) -> HeldProcess:
+        """Start argv and keep it running until the returned handle is closed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def write_file(node: Transport, path: str, data: bytes, *, timeout: float = 60.0) -> None:
+    """Write a file on the host atomically: to `<path>.part`, then rename."""
+    part = f"{path}.part"
+    node.run(["dd", f"of={part}", "status=none"], stdin=data, timeout=timeout)
+    node.run(["mv", "-f", "--", part, path], timeout=timeout)
+
+
+def path_exists(node: Transport, path: str) -> bool:
+    return node.run(["test", "-e", path], check=False).exit_status == 0

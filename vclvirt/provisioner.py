@@ -1,0 +1,215 @@
+"""The provisioning API of the reference module, in plain synchronous Python.
+
+Each public method is one step a task runs; each converges to its goal, so a
+step Celery delivers twice does no harm. Usable without Celery.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import libvirt
+import structlog
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.errors import HypervisorError
+from vclvirt.hypervisor import domains
+from vclvirt.hypervisor.connection import network_names, resolve_domain_type
+from vclvirt.hypervisor.domain_xml import (
+    DEFAULT_DISK_BUS,
+    DEFAULT_NIC_MODEL,
+    HostFacts,
+    plan_domain,
+    reference_hardware,
+    render_domain_xml,
+)
+from vclvirt.hypervisor.drivers import HypervisorDriver
+from vclvirt.images.master import ensure_master
+from vclvirt.models import Reservation
+from vclvirt.naming import LoadNames, domain_uuid
+from vclvirt.node.transport import Transport, path_exists, write_file
+
+log = structlog.get_logger(__name__)
+
+_REMOTE_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "afs", "glusterfs", "ceph", "9p"}
+
+
+class Provisioner:
+    """Operations on one hypervisor host."""
+
+    def __init__(
+        self,
+        host: HostConfig,
+        node: Transport,
+        driver: HypervisorDriver,
+        connect: Callable[[], libvirt.virConnect],
+        *,
+        management_node: str | None = None,
+    ) -> None:
+        self.host = host
+        self.node = node
+        self.driver = driver
+        self._connect = connect
+        self.management_node = management_node or socket.gethostname()
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return self._connect()
+
+    def names(self, reservation: Reservation) -> LoadNames:
+        return LoadNames.for_reservation(
+            reservation,
+            datastore_path=self.host.datastore_path,
+            vm_path=self.host.vm_dir,
+            xml_dir=self.host.xml_dir,
+        )
+
+    # -- load steps ---------------------------------------------------------
+
+    def delete_existing_domains(self, reservation: Reservation) -> dict[str, Any]:
+        """Remove every domain of the computer with its snapshots, overlays and XML files."""
+        computer = reservation.computer.short_name
+        deleted, removed_files = [], []
+        for domain in domains.computer_domains(self.conn, computer, self.host.name):
+            removed_files += self.delete_domain(domain, computer)
+            deleted.append(domain.name())
+        self.node.run(
+            [
+                "find",
+                self.host.xml_dir,
+                "-maxdepth",
+                "1",
+                "-type",
+                "f",
+                "-name",
+                f"{computer}_*.xml",
+                "-delete",
+            ],
+            check=False,
+        )
+        return {"deleted_domains": deleted, "removed_files": removed_files}
+
+    def delete_domain(self, domain: libvirt.virDomain, computer: str) -> list[str]:
+        """Stop, drop snapshots, remove the computer's own overlays, undefine."""
+        name = domain.name()
+        domains.destroy(domain, self.host.name)
+        domains.delete_snapshots(domain, self.host.name)
+        removed = []
+        for path in domains.disk_files(domains.domain_xml(domain, self.host.name)):
+            if self._is_own_overlay(path, computer):
+                self.node.run(["rm", "-f", "--", path])
+                removed.append(path)
+            else:
+                log.warning(
+                    "disk_kept",
+                    domain=name,
+                    path=path,
+                    reason="not an overlay of this computer inside vm_path",
+                )
+        domains.undefine(domain, self.host.name)
+        log.info("domain_deleted", domain=name, removed=removed)
+        return removed
+
+    def _is_own_overlay(self, path: str, computer: str) -> bool:
+        """Only `<vm_path>/<computer>_<id>-v<rev>.<ext>` is ours to delete: never a master."""
+        pattern = rf"{re.escape(computer)}_\d+-v\d+\.[A-Za-z0-9]+"
+        return posixpath.dirname(path) == self.host.vm_dir and bool(
+            re.fullmatch(pattern, posixpath.basename(path))
+        )
+
+    def pre_define(self, reservation: Reservation) -> dict[str, Any]:
+        """Master on the host (copied from the repository if needed), then the overlay."""
+        names = self.names(reservation)
+        master = ensure_master(self.node, self.driver, self.host, reservation.image.name)
+        self.node.run(["mkdir", "-p", "--", self.host.vm_dir])
+        created = self.driver.ensure_overlay(master.path, master.format, names.overlay_path)
+        notes = self.driver.pre_define(reservation, master.path)
+        return {
+            "master": master.path,
+            "master_format": master.format,
+            "master_copied": master.copied,
+            "overlay": names.overlay_path,
+            "overlay_created": created,
+            "notes": notes,
+        }
+
+    def host_facts(self, reservation: Reservation) -> HostFacts:
+        """What the XML needs from the host; read after the master (and its XML) is there."""
+        names = self.names(reservation)
+        bus, model = None, None
+        if path_exists(self.node, names.master_reference_xml):
+            text = self.node.run(["cat", "--", names.master_reference_xml]).text
+            bus, model = reference_hardware(text)
+        fstype = self.node.run(
+            ["findmnt", "-n", "-o", "FSTYPE", "-T", self.host.vm_dir], check=False
+        ).text.strip()
+        return HostFacts(
+            domain_type=resolve_domain_type(self.conn, self.host.domain_type, self.host.name),
+            networks=network_names(self.conn, self.host.name),
+            vm_path_is_local=fstype.split(".")[-1] not in _REMOTE_FILESYSTEMS,
+            disk_bus=bus or DEFAULT_DISK_BUS,
+            nic_model=model or DEFAULT_NIC_MODEL,
+        )
+
+    def generate_xml(self, reservation: Reservation) -> dict[str, Any]:
+        """The domain XML for this reservation on this host."""
+        names = self.names(reservation)
+        spec = plan_domain(
+            reservation,
+            name=names.domain,
+            uuid=domain_uuid(self.host.name, names.domain),
+            overlay_path=names.overlay_path,
+            private_switch=self.host.private_switch,
+            public_switch=self.host.public_switch,
+            facts=self.host_facts(reservation),
+            loaded_at=datetime.now(UTC),
+            management_node=self.management_node,
+        )
+        spec = self.driver.extend_domain_xml(spec, reservation)
+        return {"domain": spec.name, "xml": render_domain_xml(spec)}
+
+    def define(self, reservation: Reservation, xml: str) -> dict[str, Any]:
+        """Keep the XML on the host (for operators) and define the domain, autostarted."""
+        names = self.names(reservation)
+        self.node.run(["mkdir", "-p", "--", self.host.xml_dir])
+        write_file(self.node, names.xml_path, xml.encode())
+        domain = domains.define(self.conn, xml, self.host.name)
+        if domain.name() != names.domain:
+            raise HypervisorError(
+                f"libvirt defined {domain.name()!r}, expected {names.domain!r}", host=self.host.name
+            )
+        try:
+            domain.setAutostart(1)
+        except libvirt.libvirtError as error:
+            log.warning("autostart_failed", domain=names.domain, error=str(error))
+        return {"domain": names.domain, "xml_path": names.xml_path}
+
+    def power_on(self, reservation: Reservation) -> dict[str, Any]:
+        names = self.names(reservation)
+        domain = domains.lookup(self.conn, names.domain, self.host.name)
+        if domain is None:
+            raise HypervisorError(
+                f"domain {names.domain} is not defined",
+                host=self.host.name,
+                hint="Run the whole load again (vclvirt load)",
+            )
+        started = domains.start(domain, self.host.name)
+        return {
+            "domain": names.domain,
+            "started": started,
+            "state": domains.power_state(domain, self.host.name),
+        }
+
+    def post_load(self, reservation: Reservation) -> dict[str, Any]:
+        """Configure the booted guest (OS hook). Images of os_type 'none' have no guest OS."""
+        if reservation.image.os_type.lower() == "none":
+            return {"guest": "not contacted: os_type none"}
+        raise HypervisorError(
+            f"post_load for os_type {reservation.image.os_type!r} is not implemented yet",
+            host=self.host.name,
+        )

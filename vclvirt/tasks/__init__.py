@@ -1,0 +1,1 @@
+"""Thin Celery tasks, one per step, and the chain builders."""

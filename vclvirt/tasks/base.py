@@ -1,0 +1,103 @@
+"""How every step runs: record, lock the computer, call the provisioner, classify errors.
+
+Retry policy lives here and only here: transient errors are retried with
+exponential backoff and jitter, permanent ones fail the reservation at once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from celery import Task
+
+from vclvirt.config.settings import get_settings
+from vclvirt.errors import (
+    InternalError,
+    Superseded,
+    TransientError,
+    VclvirtError,
+    WrongWorker,
+)
+from vclvirt.locks import resource_lock
+from vclvirt.models import Reservation, parse_reservation
+from vclvirt.provisioner import Provisioner
+from vclvirt.workers.context import provisioner_for, status_store, worker_host
+
+log = structlog.get_logger(__name__)
+
+StepBody = Callable[[Provisioner, Reservation], dict[str, Any]]
+
+
+class StepTask(Task):  # type: ignore[misc]
+    """Base of all step tasks: late ack, redelivered if its worker dies."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = get_settings().max_retries
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff with full jitter, at least one second."""
+    settings = get_settings()
+    ceiling = min(settings.retry_backoff_max, settings.retry_backoff * (2**retries))
+    return max(1.0, random.uniform(0, ceiling))  # noqa: S311 - jitter, not security
+
+
+def run_step(task: StepTask, step: str, reservation_data: dict[str, Any], body: StepBody) -> Any:
+    """Run one step of a reservation and keep its status record true."""
+    reservation = parse_reservation(reservation_data)
+    rid, host = reservation.reservation_id, reservation.host
+    store = status_store()
+    computer = reservation.computer.short_name
+    attempt = task.request.retries + 1
+    try:
+        serving = worker_host()
+        if serving is not None and serving != host:
+            raise WrongWorker(f"step {step} for host {host} reached the worker of {serving}")
+        with resource_lock(store.redis, f"computer:{host}:{computer}", task.request.id or step):
+            owner = store.owner_of(host, computer)
+            if owner is not None and owner != rid:
+                raise Superseded(f"reservation {owner} now owns computer {computer}")
+            store.step_started(
+                rid, step, task_id=task.request.id, worker=task.request.hostname, attempt=attempt
+            )
+            log.info("step_started", attempt=attempt)
+            result = body(provisioner_for(host), reservation)
+        record = store.get(rid)
+        last = record is not None and bool(record.steps) and record.steps[-1] == step
+        store.step_succeeded(rid, step, result, last=last)
+        log.info("step_succeeded", attempt=attempt, last=last)
+        return {k: v for k, v in result.items() if k != "xml"}
+    except TransientError as error:
+        error.with_context(host=host, reservation_id=rid)
+        if task.request.retries < task.max_retries:
+            countdown = retry_countdown(task.request.retries)
+            store.step_retrying(rid, step, error.to_dict(), countdown)
+            log.warning(
+                "step_retrying",
+                error=str(error),
+                code=error.code,
+                attempt=attempt,
+                retry_in_s=round(countdown, 1),
+            )
+            raise task.retry(exc=error, countdown=countdown) from None
+        _fail(store, rid, step, error)
+        raise
+    except VclvirtError as error:
+        error.with_context(host=host, reservation_id=rid)
+        _fail(store, rid, step, error)
+        raise
+    except Exception as error:
+        wrapped = InternalError(f"{type(error).__name__}: {error}", host=host, reservation_id=rid)
+        log.exception("step_crashed")
+        _fail(store, rid, step, wrapped)
+        raise wrapped from error
+
+
+def _fail(store: Any, rid: int, step: str, error: VclvirtError) -> None:
+    state = "superseded" if isinstance(error, Superseded) else "failed"
+    store.step_failed(rid, step, error.to_dict(), state=state)
+    log.error("step_failed", error=str(error), code=error.code)

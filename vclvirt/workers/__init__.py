@@ -1,0 +1,1 @@
+"""The Celery app, routing, worker start-up and log binding."""
