@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,6 +93,7 @@ def _step_line(step: dict[str, Any]) -> str:
         "superseded": "SUPERSEDED",
         "running": "..",
         "retrying": "retry",
+        "skipped": "skipped",
     }.get(step.get("state", ""), step.get("state", ""))
     duration = f"{step['duration_s']:.2f}s" if step.get("duration_s") is not None else ""
     return f"  {step['name']:<24} {mark:<10} {duration}"
@@ -122,7 +124,7 @@ def load(
         for step in current.to_dict()["steps"]:
             key = (step["name"], step.get("state", "pending"))
             if (
-                step.get("state") in ("succeeded", "failed", "superseded", "retrying")
+                step.get("state") in ("succeeded", "failed", "superseded", "retrying", "skipped")
                 and key not in printed
             ):
                 printed.add(key)
@@ -183,3 +185,73 @@ def status(
         )
     if data["state"] in ("failed", "superseded"):
         raise typer.Exit(1)
+
+
+def _operate(reservation: str, operation: str, timeout: float) -> dict[str, Any]:
+    """Enqueue one operation, wait for it, exit non-zero with the error if it failed."""
+    from vclvirt import dispatch
+
+    try:
+        handle = dispatch.run(_read_reservation(reservation), operation)
+        final = handle.wait(timeout=timeout)
+    except VclvirtError as error:
+        _fail(error, 2)
+    except (OSError, TimeoutError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3) from None
+    if final.state != "succeeded":
+        failure = final.error or {}
+        typer.echo(
+            f"error: {operation} failed: [{failure.get('code')}] "
+            f"{failure.get('message')}. {failure.get('hint', '')}",
+            err=True,
+        )
+        raise typer.Exit(1)
+    result: dict[str, Any] = final.step_records[operation].get("result", {})
+    return result
+
+
+ReservationFile = Annotated[str, typer.Argument(help="Reservation JSON file, or - for stdin")]
+Timeout = Annotated[float, typer.Option(help="Seconds to wait for the worker")]
+
+
+@app.command("node-status")
+def node_status(
+    reservation: ReservationFile,
+    timeout: Timeout = 120.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """READY, POST_LOAD or RELOAD for the reservation's computer (and why)."""
+    result = _operate(reservation, "node_status", timeout)
+    typer.echo(json.dumps(result) if as_json else f"{result['status']}: {result['reason']}")
+
+
+class PowerAction(StrEnum):
+    status = "status"
+    on = "on"
+    off = "off"
+    reset = "reset"
+
+
+@app.command()
+def power(action: PowerAction, reservation: ReservationFile, timeout: Timeout = 300.0) -> None:
+    """Power status / on / off (ACPI, then destroy) / reset of the reservation's domain."""
+    result = _operate(reservation, f"power_{action.value}", timeout)
+    typer.echo(
+        f"{result.get('domain')}: {result.get('power')}"
+        + (f" ({result['method']} in {result['seconds']}s)" if "method" in result else "")
+    )
+
+
+@app.command()
+def unload(reservation: ReservationFile, timeout: Timeout = 300.0) -> None:
+    """Delete the computer's domains and overlays; it then holds no image."""
+    result = _operate(reservation, "unload", timeout)
+    typer.echo(f"unloaded: {', '.join(result['deleted_domains']) or 'no domain'}")
+
+
+@app.command()
+def maintenance(reservation: ReservationFile, timeout: Timeout = 300.0) -> None:
+    """post_maintenance_action: like unload, for a computer going to maintenance."""
+    result = _operate(reservation, "post_maintenance_action", timeout)
+    typer.echo(f"cleared for maintenance: {', '.join(result['deleted_domains']) or 'no domain'}")

@@ -12,6 +12,7 @@ import redis
 
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
+from vclvirt.errors import InvalidInput, ResourceBusy
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.status import ReservationStatus, StatusStore
 
@@ -25,8 +26,8 @@ def _store() -> StatusStore:
 
 
 @dataclass(frozen=True)
-class LoadHandle:
-    """What `load` returns: the reservation id and the chain's last task id."""
+class Handle:
+    """What `load` and `run` return: the reservation id and the last task's id."""
 
     reservation_id: int
     task_id: str
@@ -59,16 +60,45 @@ class LoadHandle:
             time.sleep(poll)
 
 
-def load(reservation: Reservation | dict[str, Any] | str | bytes) -> LoadHandle:
-    """Validate and enqueue the load chain on the reservation's host queue."""
-    from vclvirt.tasks.load import LOAD_STEPS, load_chain
-
+def _enqueue(
+    reservation: Reservation | dict[str, Any] | str | bytes,
+    operation: str,
+    steps: list[str],
+    signature: Callable[[Reservation], Any],
+) -> Handle:
     if not isinstance(reservation, Reservation):
         reservation = parse_reservation(reservation)
     get_inventory().host(reservation.host)  # unknown host: clear error, nothing enqueued
-    _store().begin(reservation, "load", LOAD_STEPS)
-    result = load_chain(reservation).apply_async()
-    return LoadHandle(reservation.reservation_id, result.id)
+    current = _store().get(reservation.reservation_id)
+    if current is not None and not current.finished:
+        raise ResourceBusy(
+            f"reservation {reservation.reservation_id} is still running {current.operation} "
+            f"(step {current.current_step or 'queued'})",
+            host=reservation.host,
+            reservation_id=reservation.reservation_id,
+            hint="Wait for it to finish (vclvirt status), then try again",
+        )
+    _store().begin(reservation, operation, steps)
+    result = signature(reservation).apply_async()
+    return Handle(reservation.reservation_id, result.id)
+
+
+def load(reservation: Reservation | dict[str, Any] | str | bytes) -> Handle:
+    """Validate and enqueue the load chain on the reservation's host queue."""
+    from vclvirt.tasks.load import LOAD_STEPS, load_chain
+
+    return _enqueue(reservation, "load", LOAD_STEPS, load_chain)
+
+
+def run(reservation: Reservation | dict[str, Any] | str | bytes, operation: str) -> Handle:
+    """Enqueue a single operation: node_status, power_status, power_on, power_off,
+    power_reset, unload or post_maintenance_action."""
+    from vclvirt.tasks.base import routed
+    from vclvirt.tasks.operations import OPERATIONS
+
+    if operation not in OPERATIONS:
+        raise InvalidInput(f"unknown operation {operation!r}; known: {', '.join(OPERATIONS)}")
+    return _enqueue(reservation, operation, [operation], lambda r: routed(OPERATIONS[operation], r))
 
 
 def status(reservation_id: int) -> ReservationStatus | None:

@@ -133,6 +133,13 @@ class HypervisorError(PermanentError):
     default_hint = "Read libvirt's message; fix the host or the image's reference XML"
 
 
+class DomainMissing(PermanentError):
+    """The reservation's domain is not defined on the host."""
+
+    code = "DOMAIN_MISSING"
+    default_hint = "Load the reservation first"
+
+
 class Superseded(PermanentError):
     """A newer reservation for the same computer took over; this one stops."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,10 @@ import libvirt
 import structlog
 
 from vclvirt.config.inventory import HostConfig
-from vclvirt.errors import HypervisorError
+from vclvirt.config.settings import Settings, get_settings
+from vclvirt.errors import DomainMissing, HypervisorError, VclvirtError
+from vclvirt.guest import hooks
+from vclvirt.guest.access import connect_guest, guest_target
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.connection import network_names, resolve_domain_type
 from vclvirt.hypervisor.domain_xml import (
@@ -27,6 +31,7 @@ from vclvirt.hypervisor.domain_xml import (
     plan_domain,
     reference_hardware,
     render_domain_xml,
+    with_user_network,
 )
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.images.master import ensure_master
@@ -50,7 +55,9 @@ class Provisioner:
         connect: Callable[[], libvirt.virConnect],
         *,
         management_node: str | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        self.settings = settings or get_settings()
         self.host = host
         self.node = node
         self.driver = driver
@@ -170,6 +177,8 @@ class Provisioner:
             loaded_at=datetime.now(UTC),
             management_node=self.management_node,
         )
+        if self.host.guest_network == "user":
+            spec = with_user_network(spec, reservation, self.host)
         spec = self.driver.extend_domain_xml(spec, reservation)
         return {"domain": spec.name, "xml": render_domain_xml(spec)}
 
@@ -189,15 +198,20 @@ class Provisioner:
             log.warning("autostart_failed", domain=names.domain, error=str(error))
         return {"domain": names.domain, "xml_path": names.xml_path}
 
+    def _domain(self, reservation: Reservation) -> libvirt.virDomain:
+        name = self.names(reservation).domain
+        domain = domains.lookup(self.conn, name, self.host.name)
+        if domain is None:
+            raise DomainMissing(
+                f"domain {name} is not defined",
+                host=self.host.name,
+                hint="Load the reservation (vclvirt load) to create it",
+            )
+        return domain
+
     def power_on(self, reservation: Reservation) -> dict[str, Any]:
         names = self.names(reservation)
-        domain = domains.lookup(self.conn, names.domain, self.host.name)
-        if domain is None:
-            raise HypervisorError(
-                f"domain {names.domain} is not defined",
-                host=self.host.name,
-                hint="Run the whole load again (vclvirt load)",
-            )
+        domain = self._domain(reservation)
         started = domains.start(domain, self.host.name)
         return {
             "domain": names.domain,
@@ -206,10 +220,73 @@ class Provisioner:
         }
 
     def post_load(self, reservation: Reservation) -> dict[str, Any]:
-        """Configure the booted guest (OS hook). Images of os_type 'none' have no guest OS."""
+        """Wait for the guest to answer SSH, then run the OS hook (images of os_type none skip)."""
         if reservation.image.os_type.lower() == "none":
             return {"guest": "not contacted: os_type none"}
-        raise HypervisorError(
-            f"post_load for os_type {reservation.image.os_type!r} is not implemented yet",
-            host=self.host.name,
+        timeout = (
+            self.settings.post_load_timeout_windows
+            if reservation.image.is_windows
+            else self.settings.post_load_timeout_linux
         )
+        target = guest_target(self.host, reservation, self.settings)
+        started = time.monotonic()
+        guest = connect_guest(target, timeout=timeout)
+        try:
+            answered = round(time.monotonic() - started, 2)
+            done = hooks.post_load(
+                guest, reservation, scripts_dir=self.settings.post_load_scripts_dir
+            )
+        finally:
+            guest.close()
+        return {"guest": f"{target.address}:{target.port}", "ssh_after_s": answered, **done}
+
+    def node_status(self, reservation: Reservation) -> dict[str, Any]:
+        """READY / POST_LOAD / RELOAD (§2.4.1), and RELOAD when the hypervisor has no
+        running domain of this computer with the expected name."""
+        if reservation.state == "reinstall":
+            return {"status": hooks.RELOAD, "reason": "state reinstall always reloads"}
+        name = self.names(reservation).domain
+        domain = domains.lookup(self.conn, name, self.host.name)
+        if domain is None or domains.power_state(domain, self.host.name) != "on":
+            return {"status": hooks.RELOAD, "reason": f"domain {name} is not running"}
+        if reservation.image.os_type.lower() == "none":
+            return {"status": hooks.READY, "reason": "domain runs; os_type none has no guest"}
+        try:
+            target = guest_target(self.host, reservation, self.settings)
+            guest = connect_guest(target, timeout=self.settings.node_status_timeout)
+        except VclvirtError as error:
+            return {"status": hooks.RELOAD, "reason": f"guest does not answer: {error.message}"}
+        try:
+            status, reason = hooks.guest_status(guest, reservation)
+        finally:
+            guest.close()
+        return {"status": status, "reason": reason}
+
+    def power_status(self, reservation: Reservation) -> dict[str, Any]:
+        name = self.names(reservation).domain
+        domain = domains.lookup(self.conn, name, self.host.name)
+        state = "undefined" if domain is None else domains.power_state(domain, self.host.name)
+        return {"domain": name, "power": state}
+
+    def power_off(self, reservation: Reservation) -> dict[str, Any]:
+        """ACPI shutdown, re-sent every 10 s; destroy after the timeout. Off already is fine."""
+        domain = self._domain(reservation)
+        started = time.monotonic()
+        method = domains.shut_down(domain, self.host.name, timeout=self.settings.power_off_timeout)
+        return {
+            "domain": domain.name(),
+            "method": method,
+            "seconds": round(time.monotonic() - started, 2),
+            "power": domains.power_state(domain, self.host.name),
+        }
+
+    def power_reset(self, reservation: Reservation) -> dict[str, Any]:
+        """Hard power cycle of the reservation's own domain (the reference ignored its argument)."""
+        domain = self._domain(reservation)
+        domains.destroy(domain, self.host.name)
+        domains.start(domain, self.host.name)
+        return {"domain": domain.name(), "power": domains.power_state(domain, self.host.name)}
+
+    def unload(self, reservation: Reservation) -> dict[str, Any]:
+        """Leave the computer empty: its domains, overlays and XML files removed."""
+        return self.delete_existing_domains(reservation)

@@ -55,6 +55,10 @@ class ReservationStatus:
     reservation: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def last_step(self) -> str | None:
+        return self.steps[-1] if self.steps else None
+
+    @property
     def finished(self) -> bool:
         return self.state in ("succeeded", "failed", "superseded")
 
@@ -188,6 +192,32 @@ class StatusStore:
                 "finished_at": now,
             },
         )
+
+    def set_plan(self, reservation_id: int, steps: list[str]) -> None:
+        """Only these steps run; the others are recorded as skipped (node_status decided)."""
+        self.redis.hset(_key(reservation_id), "plan", json.dumps(steps))
+
+    def planned(self, reservation_id: int, step: str) -> bool:
+        raw = self.redis.hget(_key(reservation_id), "plan")
+        return raw is None or step in json.loads(raw)
+
+    def step_skipped(self, reservation_id: int, step: str, *, last: bool) -> None:
+        self._update_step(reservation_id, step, state="skipped")
+        if last:
+            self.redis.hset(
+                _key(reservation_id),
+                mapping={"state": "succeeded", "current_step": "", "finished_at": _now()},
+            )
+
+    def set_computer_image(self, host: str, computer: str, image: dict[str, Any] | None) -> None:
+        """What the computer holds now; None records 'noimage' (after unload/maintenance)."""
+        self.redis.set(
+            f"{PREFIX}:computer-image:{host}:{computer}", json.dumps(image or {"image": "noimage"})
+        )
+
+    def computer_image(self, host: str, computer: str) -> dict[str, Any] | None:
+        raw = self.redis.get(f"{PREFIX}:computer-image:{host}:{computer}")
+        return dict(json.loads(raw)) if raw else None
 
     def step_result(self, reservation_id: int, step: str) -> dict[str, Any] | None:
         raw = self.redis.hget(_key(reservation_id), f"step:{step}")

@@ -56,12 +56,30 @@ class HostConfig(BaseModel):
     private_switch: Annotated[str, StringConstraints(pattern=_SWITCH)] | None = None
     public_switch: Annotated[str, StringConstraints(pattern=_SWITCH)] | None = None
     max_concurrent_loads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
+    # How guests are networked and reached for post_load: "switches" gives NICs on
+    # the private/public switches and reaches the guest at its private IP, port 22;
+    # "user" gives one QEMU user-mode NIC whose SSH port is forwarded to the host's
+    # 127.0.0.1 (test beds where the worker runs on the host).
+    guest_network: Literal["switches", "user"] = "switches"
+    guest_ssh_ports: tuple[int, int] = (22000, 22999)
 
     @model_validator(mode="after")
     def _default_vm_path(self) -> HostConfig:
         if self.vm_path is None:
             object.__setattr__(self, "vm_path", self.datastore_path)
         return self
+
+    @model_validator(mode="after")
+    def _valid_port_range(self) -> HostConfig:
+        low, high = self.guest_ssh_ports
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError("guest_ssh_ports must be [low, high] within 1024-65535")
+        return self
+
+    def forwarded_ssh_port(self, computer_id: int) -> int:
+        """The host port forwarded to a user-mode guest's port 22 (stable per computer)."""
+        low, high = self.guest_ssh_ports
+        return low + computer_id % (high - low + 1)
 
     @property
     def vm_dir(self) -> str:

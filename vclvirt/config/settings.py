@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     ssh_connect_timeout: float = Field(default=15.0, gt=0)
     command_timeout: float = Field(default=300.0, gt=0)
     copy_timeout: float = Field(default=7200.0, gt=0)
+    # Guests: how post_load and node_status log in.
+    guest_user: str = "root"
+    guest_key_file: Path | None = None
+    post_load_timeout_linux: float = Field(default=600.0, gt=0)
+    post_load_timeout_windows: float = Field(default=900.0, gt=0)
+    node_status_timeout: float = Field(default=15.0, gt=0)
+    # Executable files run in the guest, in name order, at the end of post_load.
+    post_load_scripts_dir: Path | None = None
+    # Graceful shutdown: ACPI power button, re-sent every 10 s, destroy after this.
+    power_off_timeout: float = Field(default=120.0, gt=0)
 
     @property
     def effective_visibility_timeout(self) -> int:

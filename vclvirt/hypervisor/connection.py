@@ -59,12 +59,33 @@ def libvirt_errors(host: str, action: str) -> Iterator[None]:
 
 _connections: dict[tuple[int, str], libvirt.virConnect] = {}
 _lock = threading.Lock()
+_event_loop_pid: int | None = None
+
+
+def _ensure_event_loop() -> None:
+    """Run libvirt's event loop in a thread of this process (once per process, after fork).
+
+    Without it keepalive does nothing, and a call on a connection whose peer
+    vanished waits forever; with it the call fails and the step is retried.
+    """
+    global _event_loop_pid
+    if _event_loop_pid == os.getpid():
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+    _event_loop_pid = os.getpid()
 
 
 def connect(host: HostConfig) -> libvirt.virConnect:
     """The process's libvirt connection to this host, reopened if it died."""
     key = (os.getpid(), host.name)
     with _lock:
+        _ensure_event_loop()
         conn = _connections.get(key)
         if conn is not None:
             try:
@@ -76,9 +97,8 @@ def connect(host: HostConfig) -> libvirt.virConnect:
                 conn.close()
         with libvirt_errors(host.name, f"cannot connect to libvirt at {host.address}"):
             conn = libvirt.open(host.effective_libvirt_uri)
-        if host.effective_libvirt_uri.startswith(("qemu+", "test+")):
-            with suppress(libvirt.libvirtError):  # local drivers have no keepalive
-                conn.setKeepAlive(10, 3)
+        with suppress(libvirt.libvirtError):  # local drivers have no keepalive
+            conn.setKeepAlive(5, 3)
         _connections[key] = conn
         return conn
 

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import defusedxml.ElementTree as SafeET
 
+from vclvirt.config.inventory import HostConfig
 from vclvirt.models import Reservation
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -148,6 +149,21 @@ def describe(reservation: Reservation, loaded_at: datetime, management_node: str
         f"management node: {management_node}\n"
         f"request ID: {reservation.request_id}\n"
         f"reservation ID: {reservation.reservation_id}\n"
+    )
+
+
+def with_user_network(spec: DomainSpec, reservation: Reservation, host: HostConfig) -> DomainSpec:
+    """One QEMU user-mode NIC with the guest's port 22 forwarded to the host's loopback.
+
+    libvirt 9.0 rejects the passt backend for <interface type='user'>, so the NIC
+    is given on the QEMU command line, at a fixed PCI address clear of libvirt's.
+    """
+    port = host.forwarded_ssh_port(reservation.computer.id)
+    return replace(spec, nics=()).with_qemu_args(
+        "-netdev",
+        f"user,id=vclnet0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device",
+        f"virtio-net-pci,netdev=vclnet0,mac={reservation.computer.eth0_mac},bus=pci.0,addr=0x10",
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import defusedxml.ElementTree as SafeET
 import libvirt
 
@@ -56,6 +58,34 @@ def destroy(domain: libvirt.virDomain, host: str) -> None:
             return  # not running
         with libvirt_errors(host, f"destroying {domain.name()}"):
             raise
+
+
+def shut_down(
+    domain: libvirt.virDomain, host: str, *, timeout: float, resend_every: float = 10.0
+) -> str:
+    """Graceful stop: ACPI power button (re-sent, like Nova), destroy after `timeout`.
+
+    Returns how the domain went off: "already off", "acpi" or "destroy".
+    """
+    name = domain.name()
+    with libvirt_errors(host, f"shutting down {name}"):
+        if not domain.isActive():
+            return "already off"
+        deadline = time.monotonic() + timeout
+        next_press = 0.0
+        while time.monotonic() < deadline:
+            if not domain.isActive():
+                return "acpi"
+            if time.monotonic() >= next_press:
+                try:
+                    domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                except libvirt.libvirtError as error:
+                    if error.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+                next_press = time.monotonic() + resend_every
+            time.sleep(0.5)
+    destroy(domain, host)
+    return "destroy"
 
 
 def delete_snapshots(domain: libvirt.virDomain, host: str) -> int:

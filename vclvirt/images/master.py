@@ -19,6 +19,7 @@ from vclvirt.node.transport import Transport, path_exists
 
 _NOT_IMAGES = (".xml", ".reference", ".part", ".txt", ".vmx", ".lock")
 MASTER_FORMAT = "qcow2"
+_DISK_FORMATS = {"qcow2", "vmdk", "vdi", "vhdx", "qed", "raw"}
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,12 @@ def _copy_verified(
     node: Transport, driver: HypervisorDriver, source: str, destination: str
 ) -> None:
     part = f"{destination}.part"
+    # A damaged source converts "successfully" with zeros where data was lost: check it first.
+    extension = posixpath.splitext(source)[1].lstrip(".").lower()
+    driver.verify(source, extension if extension in _DISK_FORMATS else None)
     try:
         driver.convert(source, part, MASTER_FORMAT)
-        driver.verify(part)
+        driver.verify(part, MASTER_FORMAT)
         node.run(["mv", "-f", "--", part, destination])
     except BaseException:
         node.run(["rm", "-f", "--", part], check=False)

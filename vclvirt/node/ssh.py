@@ -12,10 +12,11 @@ import select
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
 
 import paramiko
 
-from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import (
     AuthenticationFailed,
     CommandTimeout,
@@ -25,6 +26,25 @@ from vclvirt.errors import (
 from vclvirt.node.transport import CommandResult, command_line
 
 _READ_SIZE = 65536
+
+
+class SSHTarget(Protocol):
+    """Where and as whom to log in. A host's inventory entry is one; so is a guest."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def key_file(self) -> Path: ...
+    @property
+    def known_hosts(self) -> Path | None:
+        """None accepts any host key: only for freshly provisioned guests."""
+        ...
 
 
 class SSHProcess:
@@ -59,7 +79,7 @@ class SSHProcess:
 class SSHTransport:
     """Runs commands on one host over a single, lazily (re)opened SSH connection."""
 
-    def __init__(self, host: HostConfig, *, connect_timeout: float = 15.0) -> None:
+    def __init__(self, host: SSHTarget, *, connect_timeout: float = 15.0) -> None:
         self.host = host
         self.host_name = host.name
         self.connect_timeout = connect_timeout
@@ -69,14 +89,18 @@ class SSHTransport:
 
     def _connect(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(str(self.host.known_hosts))
-        except OSError as error:
-            raise HostKeyRejected(
-                f"cannot read known_hosts file {self.host.known_hosts}: {error}",
-                host=self.host_name,
-            ) from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if self.host.known_hosts is None:
+            # A guest just built from an image has a key nobody can know in advance.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
+        else:
+            try:
+                client.load_host_keys(str(self.host.known_hosts))
+            except OSError as error:
+                raise HostKeyRejected(
+                    f"cannot read known_hosts file {self.host.known_hosts}: {error}",
+                    host=self.host_name,
+                ) from None
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
         where = f"{self.host.user}@{self.host.address}:{self.host.port}"
         try:
             client.connect(
@@ -154,20 +178,28 @@ class SSHTransport:
         line = command_line(argv)
         channel = self._open_channel()
         stdout, stderr = bytearray(), bytearray()
+        pending = memoryview(stdin) if stdin else memoryview(b"")
+        deadline = time.monotonic() + timeout
         try:
             channel.exec_command(line)
-            if stdin is not None:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            deadline = time.monotonic() + timeout
+            if not pending:
+                channel.shutdown_write()
+            # One loop sends stdin and reads output, so neither side can fill its
+            # window and wait for the other, and the deadline holds throughout.
             while True:
+                if pending and channel.send_ready():
+                    sent = channel.send(bytes(pending[:_READ_SIZE]))
+                    pending = pending[sent:]
+                    if not pending:
+                        channel.shutdown_write()
                 while channel.recv_ready():
                     stdout += channel.recv(_READ_SIZE)
                 while channel.recv_stderr_ready():
                     stderr += channel.recv_stderr(_READ_SIZE)
-                if channel.exit_status_ready() and not (
-                    channel.recv_ready() or channel.recv_stderr_ready()
-                ):
+                finished = channel.exit_status_ready() and (
+                    channel.eof_received or channel.closed
+                )
+                if finished and not (channel.recv_ready() or channel.recv_stderr_ready()):
                     break
                 if channel.closed and not channel.exit_status_ready():
                     raise NodeUnreachable(
@@ -178,7 +210,7 @@ class SSHTransport:
                     raise CommandTimeout(
                         f"{line} did not finish in {timeout:g}s", host=self.host_name
                     )
-                select.select([channel], [], [], min(remaining, 0.5))
+                select.select([channel], [], [], min(remaining, 0.01 if pending else 0.5))
             status = channel.recv_exit_status()
         except (OSError, paramiko.SSHException, EOFError) as error:
             raise NodeUnreachable(
@@ -205,7 +237,7 @@ _pool: dict[tuple[int, str], SSHTransport] = {}
 _pool_lock = threading.Lock()
 
 
-def ssh_transport(host: HostConfig, *, connect_timeout: float = 15.0) -> SSHTransport:
+def ssh_transport(host: SSHTarget, *, connect_timeout: float = 15.0) -> SSHTransport:
     """The process's shared transport for this host (a new one after fork)."""
     key = (os.getpid(), host.name)
     with _pool_lock:

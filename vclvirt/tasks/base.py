@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from celery import Task
+from celery.canvas import Signature
 
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import (
@@ -24,7 +25,10 @@ from vclvirt.errors import (
 from vclvirt.locks import resource_lock
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.provisioner import Provisioner
+from vclvirt.status import StatusStore
+from vclvirt.workers.app import app
 from vclvirt.workers.context import provisioner_for, status_store, worker_host
+from vclvirt.workers.routing import host_queue
 
 log = structlog.get_logger(__name__)
 
@@ -61,13 +65,17 @@ def run_step(task: StepTask, step: str, reservation_data: dict[str, Any], body: 
             owner = store.owner_of(host, computer)
             if owner is not None and owner != rid:
                 raise Superseded(f"reservation {owner} now owns computer {computer}")
+            record = store.get(rid)
+            last = record is not None and record.last_step == step
+            if not store.planned(rid, step):
+                store.step_skipped(rid, step, last=last)
+                log.info("step_skipped", reason="node_status says it is not needed")
+                return {"skipped": True}
             store.step_started(
                 rid, step, task_id=task.request.id, worker=task.request.hostname, attempt=attempt
             )
             log.info("step_started", attempt=attempt)
             result = body(provisioner_for(host), reservation)
-        record = store.get(rid)
-        last = record is not None and bool(record.steps) and record.steps[-1] == step
         store.step_succeeded(rid, step, result, last=last)
         log.info("step_succeeded", attempt=attempt, last=last)
         return {k: v for k, v in result.items() if k != "xml"}
@@ -97,7 +105,34 @@ def run_step(task: StepTask, step: str, reservation_data: dict[str, Any], body: 
         raise wrapped from error
 
 
-def _fail(store: Any, rid: int, step: str, error: VclvirtError) -> None:
+def _fail(store: StatusStore, rid: int, step: str, error: VclvirtError) -> None:
     state = "superseded" if isinstance(error, Superseded) else "failed"
     store.step_failed(rid, step, error.to_dict(), state=state)
     log.error("step_failed", error=str(error), code=error.code)
+
+
+def step_task(prefix: str, step: str, body: StepBody) -> Any:
+    """Register `<prefix>.<step>` as a Celery task running `body` through run_step."""
+
+    @app.task(name=f"{prefix}.{step}", base=StepTask, bind=True)
+    def task(self: StepTask, reservation: dict[str, Any]) -> Any:
+        return run_step(self, step, reservation, body)
+
+    task.__doc__ = f"Step {step!r} of a reservation ({prefix})."
+    return task
+
+
+def describe(reservation: Reservation) -> str:
+    """What Flower shows instead of the argument dict: readable and secret-free."""
+    return (
+        f"reservation={reservation.reservation_id} request={reservation.request_id} "
+        f"computer={reservation.computer.hostname} image={reservation.image.name} "
+        f"host={reservation.host}"
+    )
+
+
+def routed(task: Any, reservation: Reservation) -> Signature:
+    """An immutable signature of the task for this reservation, on its host's queue."""
+    return task.si(reservation=reservation.model_dump(mode="json")).set(
+        queue=host_queue(reservation.host), kwargsrepr=describe(reservation)
+    )

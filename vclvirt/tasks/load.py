@@ -1,8 +1,11 @@
-"""The load chain: delete_existing_domains → pre_define → generate_xml → define → power_on
-→ post_load, every step routed to the host's queue.
+"""The load chain, every step routed to the host's queue:
 
-pre_define runs before generate_xml so the disk bus and NIC model come from the
-master's reference XML even on the first load on a host (fixes D1).
+node_status → delete_existing_domains → pre_define → generate_xml → define → power_on → post_load
+
+node_status decides like VCL's new.pm: READY skips everything, POST_LOAD runs
+only post_load, RELOAD (or state reinstall) runs the rest. pre_define runs before
+generate_xml so the disk bus and NIC model come from the master's reference XML
+even on the first load on a host (fixes D1).
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from celery import chain
 from celery.canvas import Signature
 
 from vclvirt.errors import PermanentError
+from vclvirt.guest.hooks import POST_LOAD, READY
 from vclvirt.models import Reservation
 from vclvirt.provisioner import Provisioner
-from vclvirt.tasks.base import StepTask, run_step
-from vclvirt.workers.app import app
+from vclvirt.tasks.base import routed, step_task
 from vclvirt.workers.context import status_store
-from vclvirt.workers.routing import host_queue
 
-LOAD_STEPS = [
+RELOAD_STEPS = [
     "delete_existing_domains",
     "pre_define",
     "generate_xml",
@@ -28,58 +30,57 @@ LOAD_STEPS = [
     "power_on",
     "post_load",
 ]
+LOAD_STEPS = ["node_status", *RELOAD_STEPS]
+
+
+class MissingStepResult(PermanentError):
+    """A step needs what an earlier step recorded, and it is not there."""
+
+    code = "MISSING_STEP_RESULT"
+    default_hint = "Run the whole load again"
+
+
+def _node_status(p: Provisioner, r: Reservation) -> dict[str, Any]:
+    result = p.node_status(r)
+    plan = {READY: [], POST_LOAD: ["post_load"]}.get(result["status"], RELOAD_STEPS)
+    status_store().set_plan(r.reservation_id, plan)
+    return {**result, "plan": plan}
 
 
 def _define(p: Provisioner, r: Reservation) -> dict[str, Any]:
     generated = status_store().step_result(r.reservation_id, "generate_xml")
     if not generated or "xml" not in generated:
-        raise PermanentError(
-            "no generated XML recorded for this reservation",
-            hint="Run the load again from generate_xml",
-        )
+        raise MissingStepResult("no generated XML recorded for this reservation")
     return p.define(r, generated["xml"])
 
 
+def _post_load(p: Provisioner, r: Reservation) -> dict[str, Any]:
+    result = p.post_load(r)
+    status_store().set_computer_image(
+        r.host,
+        r.computer.short_name,
+        {
+            "image": r.image.name,
+            "revision_id": r.image.revision_id,
+            "reservation_id": r.reservation_id,
+        },
+    )
+    return result
+
+
 _BODIES = {
+    "node_status": _node_status,
     "delete_existing_domains": lambda p, r: p.delete_existing_domains(r),
     "pre_define": lambda p, r: p.pre_define(r),
     "generate_xml": lambda p, r: p.generate_xml(r),
     "define": _define,
     "power_on": lambda p, r: p.power_on(r),
-    "post_load": lambda p, r: p.post_load(r),
+    "post_load": _post_load,
 }
 
-
-def _register(step: str) -> Any:
-    body = _BODIES[step]
-
-    @app.task(name=f"vclvirt.load.{step}", base=StepTask, bind=True)
-    def task(self: StepTask, reservation: dict[str, Any]) -> Any:
-        return run_step(self, step, reservation, body)
-
-    task.__doc__ = f"Load step {step!r} of a reservation."
-    return task
-
-
-TASKS = {step: _register(step) for step in LOAD_STEPS}
-
-
-def describe(reservation: Reservation) -> str:
-    """What Flower shows instead of the argument dict: readable and secret-free."""
-    return (
-        f"reservation={reservation.reservation_id} request={reservation.request_id} "
-        f"computer={reservation.computer.hostname} image={reservation.image.name} "
-        f"host={reservation.host}"
-    )
+TASKS = {step: step_task("vclvirt.load", step, _BODIES[step]) for step in LOAD_STEPS}
 
 
 def load_chain(reservation: Reservation, steps: list[str] | None = None) -> Signature:
     """The chain of step signatures, each explicitly routed (a chain routes only its first)."""
-    data = reservation.model_dump(mode="json")
-    queue = host_queue(reservation.host)
-    return chain(
-        *(
-            TASKS[step].si(reservation=data).set(queue=queue, kwargsrepr=describe(reservation))
-            for step in (steps or LOAD_STEPS)
-        )
-    )
+    return chain(*(routed(TASKS[step], reservation) for step in (steps or LOAD_STEPS)))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from celery import Celery
 
 from vclvirt.config.settings import Settings, get_settings
+from vclvirt.workers import logging as _logging  # noqa: F401 - connects Celery's log signals
 
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app whose every setting is chosen for idempotent, long, per-host steps."""
-    app = Celery("vclvirt", include=["vclvirt.tasks.load"])
+    app = Celery("vclvirt", include=["vclvirt.tasks.load", "vclvirt.tasks.operations"])
     visibility = settings.effective_visibility_timeout
     transport_options = {
         "visibility_timeout": visibility,

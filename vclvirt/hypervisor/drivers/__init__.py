@@ -23,8 +23,9 @@ class HypervisorDriver(Protocol):
 
     def convert(self, source: str, destination: str, fmt: str) -> None: ...
 
-    def verify(self, path: str) -> None:
-        """Raise ImageInvalid unless the image is readable and consistent."""
+    def verify(self, path: str, expected_format: str | None = None) -> str:
+        """Raise ImageInvalid unless the image is readable, of the expected format and
+        consistent; returns the detected format."""
         ...
 
     def ensure_overlay(self, master: str, master_format: str, overlay: str) -> bool:

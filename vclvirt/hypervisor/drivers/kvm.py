@@ -41,15 +41,24 @@ class KvmDriver:
             ["qemu-img", "convert", "-O", fmt, source, destination], timeout=self.copy_timeout
         )
 
-    def verify(self, path: str) -> None:
+    def verify(self, path: str, expected_format: str | None = None) -> str:
+        """Raise ImageInvalid unless qemu-img reads the file as `expected_format` (when
+        given) and finds it consistent; returns the format it detected."""
         info = self.image_info(path)
-        if info.get("format") in ("qcow2", "qed", "vdi", "vhdx", "vmdk"):
+        detected = str(info.get("format"))
+        if expected_format and detected != expected_format:
+            raise ImageInvalid(
+                f"{path} should be {expected_format} but qemu-img reads it as {detected}",
+                host=self.host.name,
+            )
+        if detected in ("qcow2", "qed", "vdi", "vhdx", "vmdk"):
             result = self.node.run(["qemu-img", "check", "-U", path], check=False, timeout=600)
             if not result.ok:
                 raise ImageInvalid(
                     f"qemu-img check {path} found errors: {result.text.strip()[-500:]}",
                     host=self.host.name,
                 )
+        return detected
 
     def ensure_overlay(self, master: str, master_format: str, overlay: str) -> bool:
         if self._is_overlay_of(overlay, master, master_format):

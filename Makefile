@@ -1,0 +1,34 @@
+# The two commands of README.md: `make demo` (a real load on this machine) and
+# `make test` (the whole suite against real services). Both install what they need.
+SHELL := /bin/bash
+PY := .venv/bin/python
+TESTBED ?= /var/lib/vclvirt-testbed
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap testbed guest test test-fast demo lint stop
+
+bootstrap:
+	scripts/bootstrap
+
+testbed: bootstrap
+	scripts/testbed start
+
+guest: bootstrap
+	scripts/build-test-guest
+
+test: bootstrap testbed guest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: bootstrap testbed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: bootstrap testbed guest
+	scripts/demo $(IMAGE)
+
+lint: bootstrap
+	.venv/bin/ruff check vclvirt tests
+	.venv/bin/ruff format --check vclvirt tests
+	.venv/bin/mypy
+
+stop:
+	scripts/testbed stop --all

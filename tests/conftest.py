@@ -1,0 +1,230 @@
+"""Shared fixtures: the real test bed (Redis, libvirtd, two sshd hosts) and real workers.
+
+Nothing here skips: when a service of the test bed cannot be started, the tests
+that need it fail with the test bed's own error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
+REDIS_PORT = os.environ.get("VCLVIRT_TESTBED_REDIS_PORT", "6390")
+# Tests use their own Redis database, so a demo running beside them is not disturbed.
+TEST_BROKER = f"redis://127.0.0.1:{REDIS_PORT}/1"
+
+os.environ["VCLVIRT_TESTBED"] = str(TESTBED)
+os.environ["VCLVIRT_BROKER_URL"] = TEST_BROKER
+os.environ["VCLVIRT_INVENTORY"] = str(TESTBED / "inventory.toml")
+os.environ.setdefault("VCLVIRT_RETRY_BACKOFF", "1")
+os.environ.setdefault("VCLVIRT_RETRY_BACKOFF_MAX", "4")
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Path:
+    """Start (or find running) the loopback test bed; fail loudly if any service is down."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "testbed"), "start"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"test bed did not start:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    import redis
+
+    redis.Redis.from_url(TEST_BROKER).flushdb()
+    return TESTBED
+
+
+@pytest.fixture(scope="session")
+def inventory(testbed: Path) -> Any:
+    from vclvirt.config.inventory import load_inventory
+
+    return load_inventory(testbed / "inventory.toml")
+
+
+# Distinct small ids: user-mode guests forward port (range start + id % range size).
+_computer_ids: dict[str, int] = {}
+
+
+def make_reservation(
+    reservation_id: int,
+    computer: str,
+    image_name: str,
+    *,
+    host: str = "node-a",
+    computer_id: int | None = None,
+    image_id: int = 501,
+    revision: int = 0,
+    os_type: str = "none",
+    state: str = "new",
+) -> dict[str, Any]:
+    """A valid reservation dict; tests vary only what they are about."""
+    cid = computer_id or _computer_ids.setdefault(computer, len(_computer_ids) + 1)
+    mac_tail = f"{cid % 256:02x}:{(cid // 256) % 256:02x}"
+    return {
+        "reservation_id": reservation_id,
+        "request_id": reservation_id + 100000,
+        "state": state,
+        "host": host,
+        "computer": {
+            "id": cid,
+            "hostname": f"{computer}.lab.test",
+            "eth0_mac": f"52:54:00:aa:{mac_tail}",
+            "eth1_mac": f"52:54:00:bb:{mac_tail}",
+            "private_ip": None,
+        },
+        "image": {
+            "id": image_id,
+            "name": image_name,
+            "revision": revision,
+            "revision_id": image_id * 100 + revision,
+            "pretty_name": f"Test image {image_name}",
+            "os_type": os_type,
+            "os_name": "linux",
+            "min_ram_mb": 64,
+            "vcpus": 1,
+            "project": "vcl",
+        },
+    }
+
+
+def repository_image(testbed: Path, name: str, size: str = "16M") -> Path:
+    """A real qcow2 image in the shared repository, as `<repo>/<name>/<name>.qcow2`."""
+    directory = testbed / "repository" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.qcow2"
+    if not path.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+    return path
+
+
+@dataclass
+class Worker:
+    host: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+        return lines
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole worker (main process and pool children)."""
+        os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_worker(testbed: Path, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Start real `vclvirt worker` processes (own process group each); stopped after the test."""
+    started: list[Worker] = []
+
+    def start(host: str, concurrency: int = 2, **env: str) -> Worker:
+        log_path = tmp_path / f"worker-{host}-{len(started)}.log"
+        environment = {**os.environ, **env}
+        argv = [
+            sys.executable,
+            "-m",
+            "vclvirt",
+            "worker",
+            "--host",
+            host,
+            "--concurrency",
+            str(concurrency),
+        ]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+                cwd=ROOT,
+            )
+        worker = Worker(host, process, log_path)
+        started.append(worker)
+        deadline = time.monotonic() + 60
+        while "ready." not in log_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"worker {shlex.join(argv)} did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def computer_domains(computer: str) -> list[str]:
+    """Names of the libvirt domains (any state) that belong to the computer."""
+    import libvirt
+
+    from vclvirt.naming import belongs_to_computer
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        return sorted(
+            d.name() for d in conn.listAllDomains(0) if belongs_to_computer(d.name(), computer)
+        )
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def cleanup_computers(testbed: Path) -> Iterator[list[str]]:
+    """Computers named here lose their domains and overlays after the test."""
+    import libvirt
+
+    from vclvirt.naming import belongs_to_computer
+
+    computers: list[str] = []
+    yield computers
+    conn = libvirt.open("qemu:///system")
+    try:
+        for domain in conn.listAllDomains(0):
+            if any(belongs_to_computer(domain.name(), c) for c in computers):
+                if domain.isActive():
+                    domain.destroy()
+                domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    finally:
+        conn.close()
+    for computer in computers:
+        for path in testbed.glob(f"hosts/*/vms/{computer}_*"):
+            path.unlink()

@@ -1,0 +1,75 @@
+"""How a worker logs in to a guest: private IP and port 22, or a forwarded port on the host.
+
+Both shapes come from the host's inventory entry (`guest_network`); the code
+path is the same SSH transport the hosts use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.config.settings import Settings
+from vclvirt.errors import InvalidInput, PermanentError, VclvirtError
+from vclvirt.models import Reservation
+from vclvirt.node.ssh import SSHTransport
+
+
+class GuestUnreachable(PermanentError):
+    """The guest did not answer SSH in time."""
+
+    code = "GUEST_UNREACHABLE"
+    default_hint = "Look at the domain's console (virsh console) to see why it did not boot"
+
+
+@dataclass(frozen=True)
+class GuestTarget:
+    name: str
+    address: str
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path | None = None  # a fresh guest's host key cannot be known in advance
+
+
+def guest_target(host: HostConfig, reservation: Reservation, settings: Settings) -> GuestTarget:
+    computer = reservation.computer
+    if settings.guest_key_file is None:
+        raise InvalidInput(
+            "no key to log in to guests",
+            hint="Set VCLVIRT_GUEST_KEY_FILE to the private key the images authorise",
+        )
+    if host.guest_network == "user":
+        address, port = "127.0.0.1", host.forwarded_ssh_port(computer.id)
+    elif computer.private_ip:
+        address, port = computer.private_ip, 22
+    else:
+        raise InvalidInput(
+            f"computer {computer.hostname} has no private_ip to reach its guest",
+            hint="Give the computer a private_ip in the reservation",
+        )
+    return GuestTarget(
+        computer.short_name, address, port, settings.guest_user, settings.guest_key_file
+    )
+
+
+def connect_guest(target: GuestTarget, *, timeout: float, interval: float = 2.0) -> SSHTransport:
+    """An SSH transport to the guest once it answers; GuestUnreachable after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: VclvirtError | None = None
+    while True:
+        transport = SSHTransport(target, connect_timeout=min(10.0, max(1.0, timeout)))
+        try:
+            transport.run(["true"], timeout=30)
+            return transport
+        except VclvirtError as error:
+            transport.close()
+            last_error = error
+        if time.monotonic() + interval >= deadline:
+            raise GuestUnreachable(
+                f"guest {target.name} at {target.address}:{target.port} did not answer SSH "
+                f"within {timeout:g}s (last error: {last_error.message if last_error else '-'})"
+            )
+        time.sleep(interval)

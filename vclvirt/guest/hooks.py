@@ -1,0 +1,71 @@
+"""OS hooks run inside the guest: post_load and the status check node_status uses."""
+
+from __future__ import annotations
+
+import posixpath
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vclvirt.guest.currentimage import FILE_NAME, parse_tags, set_tags
+from vclvirt.models import Reservation
+from vclvirt.node.transport import Transport, write_file
+
+READY, POST_LOAD, RELOAD = "READY", "POST_LOAD", "RELOAD"
+
+
+def read_current_image(guest: Transport) -> str:
+    result = guest.run(["cat", FILE_NAME], check=False, timeout=30)
+    return result.text if result.ok else ""
+
+
+def guest_status(guest: Transport, reservation: Reservation) -> tuple[str, str]:
+    """READY / POST_LOAD / RELOAD from the guest's tags (§2.4.1 steps 2-6), with the reason."""
+    tags = parse_tags(read_current_image(guest))
+    expected = str(reservation.image.revision_id)
+    if tags.get("imagerevision_id") != expected:
+        found = tags.get("imagerevision_id", "none")
+        return RELOAD, f"guest has image revision {found}, reservation wants {expected}"
+    if "vcld_tainted" in tags:
+        return RELOAD, f"guest is tainted: {tags['vcld_tainted']}"
+    if "vcld_post_load" not in tags:
+        return POST_LOAD, "post_load has not run in this guest"
+    return READY, "guest runs the reservation's image and post_load has run"
+
+
+def post_load(
+    guest: Transport, reservation: Reservation, *, scripts_dir: Path | None = None
+) -> dict[str, Any]:
+    """Name the guest, record its image, run the site's scripts, then mark post_load done."""
+    done: dict[str, Any] = {}
+    hostname = reservation.computer.short_name
+    if reservation.image.is_windows:
+        done["hostname"] = "not set: Windows guests are renamed by their own setup"
+    else:
+        guest.run(["hostname", hostname], timeout=30)
+        write_file(guest, "/etc/hostname", f"{hostname}\n".encode())
+        done["hostname"] = hostname
+    text = set_tags(
+        read_current_image(guest),
+        imagerevision_id=str(reservation.image.revision_id),
+        vcld_post_load=None,
+    )
+    write_file(guest, FILE_NAME, text.encode())
+    done["scripts"] = run_scripts(guest, scripts_dir) if scripts_dir else []
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    write_file(guest, FILE_NAME, set_tags(text, vcld_post_load=f"success ({stamp})").encode())
+    done["vcld_post_load"] = stamp
+    return done
+
+
+def run_scripts(guest: Transport, scripts_dir: Path) -> list[str]:
+    """Copy each executable file of the directory to the guest and run it, in name order."""
+    ran = []
+    for script in sorted(p for p in scripts_dir.iterdir() if p.is_file()):
+        remote = posixpath.join("/tmp", f"vclvirt-post-load-{script.name}")
+        write_file(guest, remote, script.read_bytes())
+        guest.run(["chmod", "700", remote])
+        guest.run([remote], timeout=1800)
+        guest.run(["rm", "-f", remote], check=False)
+        ran.append(script.name)
+    return ran
