@@ -29,6 +29,8 @@ TEST_BROKER = f"redis://127.0.0.1:{REDIS_PORT}/1"
 os.environ["VCLVIRT_TESTBED"] = str(TESTBED)
 os.environ["VCLVIRT_BROKER_URL"] = TEST_BROKER
 os.environ["VCLVIRT_INVENTORY"] = str(TESTBED / "inventory.toml")
+GUEST_CACHE = Path(os.environ.get("VCLVIRT_GUEST_CACHE", "/var/cache/vclvirt/guest"))
+os.environ["VCLVIRT_GUEST_KEY_FILE"] = str(GUEST_CACHE / "guest_key")
 os.environ.setdefault("VCLVIRT_RETRY_BACKOFF", "1")
 os.environ.setdefault("VCLVIRT_RETRY_BACKOFF_MAX", "4")
 
@@ -228,3 +230,38 @@ def cleanup_computers(testbed: Path) -> Iterator[list[str]]:
     for computer in computers:
         for path in testbed.glob(f"hosts/*/vms/{computer}_*"):
             path.unlink()
+
+
+GUEST_IMAGE = "linux-VclvirtTestGuest-900-v0"
+GUEST_REFERENCE_XML = """<domain type="qemu">
+  <devices>
+    <disk type="file" device="disk"><target dev="vda" bus="virtio"/></disk>
+    <interface type="user"><model type="virtio"/></interface>
+  </devices>
+</domain>
+"""
+
+
+@pytest.fixture(scope="session")
+def guest_image(testbed: Path) -> str:
+    """The bootable test guest (scripts/build-test-guest), as an image in the repository."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "build-test-guest")], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"test guest did not build:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    directory = testbed / "repository" / GUEST_IMAGE
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "cp",
+            "--sparse=always",
+            str(GUEST_CACHE / "vclvirt-test-guest.qcow2"),
+            str(directory / f"{GUEST_IMAGE}.qcow2"),
+        ],
+        check=True,
+    )
+    (directory / f"{GUEST_IMAGE}.xml").write_text(GUEST_REFERENCE_XML)
+    for cached in testbed.glob(f"hosts/*/images/{GUEST_IMAGE}.*"):
+        cached.unlink()  # every session copies the current build to the hosts again
+    return GUEST_IMAGE

@@ -1,5 +1,5 @@
 """`python -m vclvirt` is the `vclvirt` command."""
 
-from vclvirt.cli import app
+from vclvirt.cli import run
 
-app()
+run()

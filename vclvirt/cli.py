@@ -18,6 +18,7 @@ from vclvirt.errors import VclvirtError
 from vclvirt.status import ReservationStatus
 
 app = typer.Typer(
+    pretty_exceptions_enable=False,
     add_completion=False,
     no_args_is_help=True,
     help="Distributed VM provisioning for lab reservations on KVM hosts.",
@@ -183,6 +184,16 @@ def status(
             f"failed step: {data['failed_step']}\nerror: [{e['code']}] {e['message']}. "
             f"{e.get('hint', '')}"
         )
+    for earlier in reversed(data["history"]):
+        failure = (
+            f" at {earlier['failed_step']} [{earlier['error_code']}]"
+            if earlier.get("failed_step")
+            else ""
+        )
+        typer.echo(
+            f"earlier: {earlier['operation']} {earlier['state']}{failure}, "
+            f"finished {_when(earlier.get('finished_at'))}"
+        )
     if data["state"] in ("failed", "superseded"):
         raise typer.Exit(1)
 
@@ -255,3 +266,19 @@ def maintenance(reservation: ReservationFile, timeout: Timeout = 300.0) -> None:
     """post_maintenance_action: like unload, for a computer going to maintenance."""
     result = _operate(reservation, "post_maintenance_action", timeout)
     typer.echo(f"cleared for maintenance: {', '.join(result['deleted_domains']) or 'no domain'}")
+
+
+def run() -> None:
+    """Console entry point: the commands, with unreachable services reported in one line."""
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    try:
+        app()
+    except (RedisConnectionError, OperationalError) as error:
+        typer.echo(
+            f"error: cannot reach the broker at {get_settings().broker_url}: {error}. "
+            "Start Redis or set VCLVIRT_BROKER_URL.",
+            err=True,
+        )
+        raise SystemExit(5) from None

@@ -216,7 +216,7 @@ class Provisioner:
         return {
             "domain": names.domain,
             "started": started,
-            "state": domains.power_state(domain, self.host.name),
+            "power": domains.power_state(domain, self.host.name),
         }
 
     def post_load(self, reservation: Reservation) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from vclvirt.models import Reservation
 
 PREFIX = "vclvirt"
 INDEX = f"{PREFIX}:reservations"
+HISTORY = 20  # earlier operations kept, in short, in each record
 
 
 def _key(reservation_id: int) -> str:
@@ -53,6 +54,18 @@ class ReservationStatus:
     queued_at: float | None = None
     finished_at: float | None = None
     reservation: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """This operation in one line of history."""
+        return {
+            "operation": self.operation,
+            "state": self.state,
+            "failed_step": self.failed_step,
+            "error_code": (self.error or {}).get("code"),
+            "queued_at": self.queued_at,
+            "finished_at": self.finished_at,
+        }
 
     @property
     def last_step(self) -> str | None:
@@ -74,6 +87,7 @@ class ReservationStatus:
             "error": self.error,
             "queued_at": self.queued_at,
             "finished_at": self.finished_at,
+            "history": self.history,
             "steps": [
                 {"name": s, **self.step_records.get(s, {"state": "pending"})} for s in self.steps
             ],
@@ -91,6 +105,10 @@ class StatusStore:
         """A fresh record for a newly enqueued operation; the computer now belongs to it."""
         key = _key(reservation.reservation_id)
         now = _now()
+        previous = self.get(reservation.reservation_id)
+        history = previous.history[-(HISTORY - 1) :] if previous else []
+        if previous is not None:
+            history.append(previous.summary())
         pipe = self.redis.pipeline()
         pipe.delete(key)
         pipe.hset(
@@ -103,6 +121,7 @@ class StatusStore:
                 "state": "queued",
                 "steps": json.dumps(steps),
                 "queued_at": now,
+                "history": json.dumps(history),
             },
         )
         pipe.expire(key, self.ttl)
@@ -245,4 +264,5 @@ class StatusStore:
             queued_at=float(raw["queued_at"]) if raw.get("queued_at") else None,
             finished_at=float(raw["finished_at"]) if raw.get("finished_at") else None,
             reservation=json.loads(raw.get("reservation", "{}")),
+            history=json.loads(raw.get("history", "[]")),
         )

@@ -196,9 +196,7 @@ class SSHTransport:
                     stdout += channel.recv(_READ_SIZE)
                 while channel.recv_stderr_ready():
                     stderr += channel.recv_stderr(_READ_SIZE)
-                finished = channel.exit_status_ready() and (
-                    channel.eof_received or channel.closed
-                )
+                finished = channel.exit_status_ready() and (channel.eof_received or channel.closed)
                 if finished and not (channel.recv_ready() or channel.recv_stderr_ready()):
                     break
                 if channel.closed and not channel.exit_status_ready():
