@@ -100,17 +100,52 @@ def _step_line(step: dict[str, Any]) -> str:
     return f"  {step['name']:<24} {mark:<10} {duration}"
 
 
-@app.command()
-def load(
-    reservation: Annotated[str, typer.Argument(help="Reservation JSON file, or - for stdin")],
-    wait: Annotated[bool, typer.Option(help="Follow the steps until the load ends")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
-) -> None:
-    """Enqueue a load; prints the reservation id."""
-    from vclvirt import dispatch
+def _progress_bar(step: dict[str, Any]) -> str | None:
+    progress = step.get("progress") or {}
+    total, done = progress.get("total_bytes"), progress.get("done_bytes")
+    if not total or done is None:
+        return None
+    filled = int(30 * done / total)
+    return (
+        f"  {step['name']:<24} [{'#' * filled}{'.' * (30 - filled)}] "
+        f"{100 * done / total:5.1f}% {done / 2**20:,.0f}/{total / 2**20:,.0f} MiB"
+    )
+
+
+def _follow(handle: Any, timeout: float) -> ReservationStatus:
+    """Print each step as it ends (and copy progress), until the operation finishes."""
+    printed: set[tuple[str, str]] = set()
+    last_bar: dict[str, int] = {}
+    tty = sys.stdout.isatty()
+
+    def show(current: ReservationStatus) -> None:
+        for step in current.to_dict()["steps"]:
+            key = (step["name"], step.get("state", "pending"))
+            bar = _progress_bar(step) if step.get("state") == "running" else None
+            if bar is not None:
+                tenth = int(10 * step["progress"]["done_bytes"] / step["progress"]["total_bytes"])
+                if tty:
+                    typer.echo("\r" + bar, nl=False)
+                elif last_bar.get(step["name"]) != tenth:
+                    typer.echo(bar)
+                last_bar[step["name"]] = tenth
+            if step.get("state") in _ENDED and key not in printed:
+                printed.add(key)
+                typer.echo(("\r" if tty and step["name"] in last_bar else "") + _step_line(step))
 
     try:
-        handle = dispatch.load(_read_reservation(reservation))
+        return handle.wait(timeout=timeout, on_change=show)  # type: ignore[no-any-return]
+    except TimeoutError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3) from None
+
+
+_ENDED = ("succeeded", "failed", "superseded", "retrying", "skipped")
+
+
+def _submit(enqueue: Any, reservation: str, wait: bool, timeout: float, verb: str) -> None:
+    try:
+        handle = enqueue(_read_reservation(reservation))
     except VclvirtError as error:
         _fail(error, 2)
     except OSError as error:
@@ -119,23 +154,7 @@ def load(
     typer.echo(handle.reservation_id)
     if not wait:
         return
-    printed: set[tuple[str, str]] = set()
-
-    def show(current: ReservationStatus) -> None:
-        for step in current.to_dict()["steps"]:
-            key = (step["name"], step.get("state", "pending"))
-            if (
-                step.get("state") in ("succeeded", "failed", "superseded", "retrying", "skipped")
-                and key not in printed
-            ):
-                printed.add(key)
-                typer.echo(_step_line(step))
-
-    try:
-        final = handle.wait(timeout=timeout, on_change=show)
-    except TimeoutError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(3) from None
+    final = _follow(handle, timeout)
     if final.state != "succeeded":
         failure = final.error or {}
         typer.echo(
@@ -145,7 +164,35 @@ def load(
             err=True,
         )
         raise typer.Exit(1)
-    typer.echo(f"reservation {final.reservation_id} loaded on {final.host}")
+    typer.echo(f"reservation {final.reservation_id} {verb} on {final.host}")
+    if final.outcome:
+        typer.echo(json.dumps(final.outcome))
+
+
+@app.command()
+def load(
+    reservation: Annotated[str, typer.Argument(help="Reservation JSON file, or - for stdin")],
+    wait: Annotated[bool, typer.Option(help="Follow the steps until the load ends")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
+) -> None:
+    """Enqueue a load; prints the reservation id."""
+    from vclvirt import dispatch
+
+    _submit(dispatch.load, reservation, wait, timeout, "loaded")
+
+
+@app.command()
+def capture(
+    reservation: Annotated[
+        str, typer.Argument(help="Reservation JSON (state image or checkpoint)")
+    ],
+    wait: Annotated[bool, typer.Option(help="Follow the steps until the capture ends")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 7200.0,
+) -> None:
+    """Enqueue a capture: the computer's disk becomes a new master (and repository) image."""
+    from vclvirt import dispatch
+
+    _submit(dispatch.capture, reservation, wait, timeout, "captured")
 
 
 def _when(timestamp: float | None) -> str:
@@ -174,6 +221,8 @@ def status(
         f"reservation {reservation_id}: {data['state']} ({data['operation']} of "
         f"{data['computer']} on {data['host']}, queued {_when(data['queued_at'])})"
     )
+    if data["outcome"]:
+        typer.echo(f"outcome: {json.dumps(data['outcome'])}")
     if data["current_step"]:
         typer.echo(f"current step: {data['current_step']}")
     for step in data["steps"]:
@@ -198,12 +247,14 @@ def status(
         raise typer.Exit(1)
 
 
-def _operate(reservation: str, operation: str, timeout: float) -> dict[str, Any]:
+def _operate(
+    reservation: str, operation: str, timeout: float, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Enqueue one operation, wait for it, exit non-zero with the error if it failed."""
     from vclvirt import dispatch
 
     try:
-        handle = dispatch.run(_read_reservation(reservation), operation)
+        handle = dispatch.run(_read_reservation(reservation), operation, params)
         final = handle.wait(timeout=timeout)
     except VclvirtError as error:
         _fail(error, 2)
@@ -282,3 +333,34 @@ def run() -> None:
             err=True,
         )
         raise SystemExit(5) from None
+
+
+class SnapshotAction(StrEnum):
+    create = "create"
+    list = "list"
+    revert = "revert"
+    delete = "delete"
+
+
+@app.command()
+def snapshot(
+    action: SnapshotAction,
+    reservation: ReservationFile,
+    name: Annotated[str | None, typer.Option(help="Snapshot name (create/revert/delete)")] = None,
+    timeout: Timeout = 600.0,
+) -> None:
+    """Snapshots of the reservation's domain, through libvirt."""
+    if action is not SnapshotAction.list and not name:
+        typer.echo(f"error: snapshot {action.value} needs --name", err=True)
+        raise typer.Exit(2)
+    result = _operate(
+        reservation, f"snapshot_{action.value}", timeout, {"name": name} if name else None
+    )
+    if action is SnapshotAction.list:
+        for item in result["snapshots"]:
+            created = _when(float(item["created"]))
+            mark = " (current)" if item["current"] else ""
+            typer.echo(f"{item['name']}\t{created}\t{item['state']}{mark}")
+    else:
+        done = {"create": "created", "revert": "reverted to", "delete": "deleted"}[action.value]
+        typer.echo(f"{result['domain']}: snapshot {name} {done}")

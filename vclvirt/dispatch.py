@@ -90,7 +90,24 @@ def load(reservation: Reservation | dict[str, Any] | str | bytes) -> Handle:
     return _enqueue(reservation, "load", LOAD_STEPS, load_chain)
 
 
-def run(reservation: Reservation | dict[str, Any] | str | bytes, operation: str) -> Handle:
+def capture(reservation: Reservation | dict[str, Any] | str | bytes) -> Handle:
+    """Enqueue the capture chain; the reservation's state must be image or checkpoint."""
+    from vclvirt.tasks.capture import CAPTURE_STEPS, capture_chain
+
+    if not isinstance(reservation, Reservation):
+        reservation = parse_reservation(reservation)
+    if reservation.state not in ("image", "checkpoint"):
+        raise InvalidInput(
+            f"state: a capture needs state image or checkpoint, not {reservation.state!r}"
+        )
+    return _enqueue(reservation, "capture", CAPTURE_STEPS, capture_chain)
+
+
+def run(
+    reservation: Reservation | dict[str, Any] | str | bytes,
+    operation: str,
+    params: dict[str, Any] | None = None,
+) -> Handle:
     """Enqueue a single operation: node_status, power_status, power_on, power_off,
     power_reset, unload or post_maintenance_action."""
     from vclvirt.tasks.base import routed
@@ -98,7 +115,9 @@ def run(reservation: Reservation | dict[str, Any] | str | bytes, operation: str)
 
     if operation not in OPERATIONS:
         raise InvalidInput(f"unknown operation {operation!r}; known: {', '.join(OPERATIONS)}")
-    return _enqueue(reservation, operation, [operation], lambda r: routed(OPERATIONS[operation], r))
+    return _enqueue(
+        reservation, operation, [operation], lambda r: routed(OPERATIONS[operation], r, params)
+    )
 
 
 def status(reservation_id: int) -> ReservationStatus | None:

@@ -98,6 +98,13 @@ class ImageNotFound(PermanentError):
     default_hint = "Put the image in the repository or the host's datastore, then retry"
 
 
+class ImageExists(PermanentError):
+    """A capture would overwrite an image that exists already."""
+
+    code = "IMAGE_EXISTS"
+    default_hint = "Capture as a new revision, or remove the old files first"
+
+
 class ImageInvalid(PermanentError):
     """An image file exists but qemu-img does not accept it."""
 
@@ -138,6 +145,13 @@ class DomainMissing(PermanentError):
 
     code = "DOMAIN_MISSING"
     default_hint = "Load the reservation first"
+
+
+class SnapshotMissing(PermanentError):
+    """The domain has no snapshot of that name."""
+
+    code = "SNAPSHOT_MISSING"
+    default_hint = "List the snapshots (vclvirt snapshot list) and use one of their names"
 
 
 class Superseded(PermanentError):

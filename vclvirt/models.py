@@ -33,6 +33,7 @@ IMAGE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
 # Inventory host names become queue names and directory names.
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 WORD_PATTERN = r"^[A-Za-z0-9_]{1,64}$"
+SNAPSHOT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 Hostname = Annotated[str, StringConstraints(pattern=HOSTNAME_PATTERN, max_length=253)]
 MacAddress = Annotated[str, StringConstraints(pattern=MAC_PATTERN)]

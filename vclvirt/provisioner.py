@@ -19,7 +19,7 @@ import structlog
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings, get_settings
-from vclvirt.errors import DomainMissing, HypervisorError, VclvirtError
+from vclvirt.errors import DomainMissing, HypervisorError, ImageExists, InvalidInput, VclvirtError
 from vclvirt.guest import hooks
 from vclvirt.guest.access import connect_guest, guest_target
 from vclvirt.hypervisor import domains
@@ -34,9 +34,10 @@ from vclvirt.hypervisor.domain_xml import (
     with_user_network,
 )
 from vclvirt.hypervisor.drivers import HypervisorDriver
-from vclvirt.images.master import ensure_master
-from vclvirt.models import Reservation
-from vclvirt.naming import LoadNames, domain_uuid
+from vclvirt.images.capture import flatten_to_master, publish_to_repository
+from vclvirt.images.master import Progress, ensure_master, find_in_repository, find_master
+from vclvirt.models import IMAGE_NAME_PATTERN, Reservation
+from vclvirt.naming import LoadNames, domain_uuid, new_image_name
 from vclvirt.node.transport import Transport, path_exists, write_file
 
 log = structlog.get_logger(__name__)
@@ -129,10 +130,14 @@ class Provisioner:
             re.fullmatch(pattern, posixpath.basename(path))
         )
 
-    def pre_define(self, reservation: Reservation) -> dict[str, Any]:
+    def pre_define(
+        self, reservation: Reservation, progress: Progress | None = None
+    ) -> dict[str, Any]:
         """Master on the host (copied from the repository if needed), then the overlay."""
         names = self.names(reservation)
-        master = ensure_master(self.node, self.driver, self.host, reservation.image.name)
+        master = ensure_master(
+            self.node, self.driver, self.host, reservation.image.name, progress=progress
+        )
         self.node.run(["mkdir", "-p", "--", self.host.vm_dir])
         created = self.driver.ensure_overlay(master.path, master.format, names.overlay_path)
         notes = self.driver.pre_define(reservation, master.path)
@@ -290,3 +295,145 @@ class Provisioner:
     def unload(self, reservation: Reservation) -> dict[str, Any]:
         """Leave the computer empty: its domains, overlays and XML files removed."""
         return self.delete_existing_domains(reservation)
+
+    # -- capture (state image / checkpoint) --------------------------------------
+
+    def capture_prepare(self, reservation: Reservation) -> dict[str, Any]:
+        """Find the VM by MAC, check the new name is free, let the guest describe itself."""
+        new_image = new_image_name(
+            reservation.image.os_name,
+            reservation.image.pretty_name,
+            reservation.image.id,
+            reservation.image.revision,
+        )
+        if not re.fullmatch(IMAGE_NAME_PATTERN, new_image):
+            raise InvalidInput(
+                f"the captured image would be named {new_image!r}, which is not a valid image name",
+                hint="Change the pretty name",
+            )
+        domain = self._capture_domain(reservation)
+        xml = domains.domain_xml(domain, self.host.name)
+        disks = domains.disk_files(xml)
+        if not disks:
+            raise HypervisorError(
+                f"domain {domain.name()} has no file-backed disk to capture", host=self.host.name
+            )
+        in_repository = find_in_repository(self.node, self.host, new_image)
+        existing = [
+            path
+            for path in (
+                find_master(self.node, self.host, new_image),
+                in_repository.path if in_repository else None,
+            )
+            if path
+        ]
+        if existing:
+            raise ImageExists(
+                f"image {new_image} exists already: {', '.join(existing)}", host=self.host.name
+            )
+        guest_done: dict[str, Any] = {"guest": "not contacted: os_type none"}
+        if reservation.image.os_type.lower() != "none" and domain.isActive():
+            target = guest_target(self.host, reservation, self.settings)
+            guest = connect_guest(target, timeout=self.settings.node_status_timeout * 4)
+            try:
+                guest_done = hooks.pre_capture(guest, reservation, new_image, xml)
+            finally:
+                guest.close()
+        return {
+            "domain": domain.name(),
+            "new_image": new_image,
+            "disk": disks[0],
+            "disks_not_captured": disks[1:],
+            "xml": xml,
+            **guest_done,
+        }
+
+    def _capture_domain(self, reservation: Reservation) -> libvirt.virDomain:
+        """The domain whose NICs carry the computer's MACs (a base VM may be named freely)."""
+        macs = {reservation.computer.eth0_mac, reservation.computer.eth1_mac}
+        names = domains.domains_with_mac(self.conn, macs, self.host.name)
+        if len(names) > 1:
+            raise HypervisorError(
+                f"several domains carry the computer's MACs: {names}",
+                host=self.host.name,
+                hint="Remove the stale domains",
+            )
+        if names:
+            found = domains.lookup(self.conn, names[0], self.host.name)
+            if found is not None:
+                return found
+        return self._domain(reservation)
+
+    def capture_shutdown(self, reservation: Reservation, domain_name: str) -> dict[str, Any]:
+        domain = domains.lookup(self.conn, domain_name, self.host.name)
+        if domain is None:
+            raise DomainMissing(f"domain {domain_name} disappeared", host=self.host.name)
+        started = time.monotonic()
+        method = domains.shut_down(domain, self.host.name, timeout=self.settings.power_off_timeout)
+        return {
+            "domain": domain_name,
+            "method": method,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+
+    def capture_flatten(self, reservation: Reservation, prepared: dict[str, Any]) -> dict[str, Any]:
+        return flatten_to_master(
+            self.node,
+            self.driver,
+            self.host,
+            prepared["disk"],
+            prepared["new_image"],
+            prepared["xml"],
+        )
+
+    def capture_publish(
+        self, reservation: Reservation, prepared: dict[str, Any], master: str
+    ) -> dict[str, Any]:
+        published = publish_to_repository(
+            self.node, self.driver, self.host, master, prepared["new_image"], prepared["xml"]
+        )
+        return {"repository_image": published}
+
+    def capture_finish(self, reservation: Reservation, prepared: dict[str, Any]) -> dict[str, Any]:
+        """`image`: delete the domain and only its own overlay; `checkpoint`: power it on."""
+        domain = domains.lookup(self.conn, prepared["domain"], self.host.name)
+        if domain is None:
+            return {"domain": prepared["domain"], "action": "already gone"}
+        if reservation.state == "image":
+            removed = self.delete_domain(domain, reservation.computer.short_name)
+            return {"domain": prepared["domain"], "action": "deleted", "removed_files": removed}
+        domains.start(domain, self.host.name)
+        return {
+            "domain": prepared["domain"],
+            "action": "powered on",
+            "power": domains.power_state(domain, self.host.name),
+        }
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def snapshot_create(self, reservation: Reservation, name: str) -> dict[str, Any]:
+        domain = self._domain(reservation)
+        description = f"reservation {reservation.reservation_id}, image {reservation.image.name}"
+        domains.create_snapshot(domain, name, description, self.host.name)
+        return {"domain": domain.name(), "snapshot": name}
+
+    def snapshot_list(self, reservation: Reservation) -> dict[str, Any]:
+        domain = self._domain(reservation)
+        return {
+            "domain": domain.name(),
+            "snapshots": domains.list_snapshots(domain, self.host.name),
+        }
+
+    def snapshot_revert(self, reservation: Reservation, name: str) -> dict[str, Any]:
+        domain = self._domain(reservation)
+        domains.revert_snapshot(domain, name, self.host.name)
+        return {
+            "domain": domain.name(),
+            "snapshot": name,
+            "power": domains.power_state(domain, self.host.name),
+        }
+
+    def snapshot_delete(self, reservation: Reservation, name: str) -> dict[str, Any]:
+        domain = self._domain(reservation)
+        domains.delete_snapshot(domain, name, self.host.name)
+        return {"domain": domain.name(), "snapshot": name, "deleted": True}

@@ -55,6 +55,7 @@ class ReservationStatus:
     finished_at: float | None = None
     reservation: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    outcome: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """This operation in one line of history."""
@@ -87,6 +88,7 @@ class ReservationStatus:
             "error": self.error,
             "queued_at": self.queued_at,
             "finished_at": self.finished_at,
+            "outcome": self.outcome,
             "history": self.history,
             "steps": [
                 {"name": s, **self.step_records.get(s, {"state": "pending"})} for s in self.steps
@@ -212,6 +214,10 @@ class StatusStore:
             },
         )
 
+    def set_outcome(self, reservation_id: int, outcome: dict[str, Any]) -> None:
+        """What the operation produced, for the scheduler (e.g. a capture's new image)."""
+        self.redis.hset(_key(reservation_id), "outcome", json.dumps(outcome))
+
     def set_plan(self, reservation_id: int, steps: list[str]) -> None:
         """Only these steps run; the others are recorded as skipped (node_status decided)."""
         self.redis.hset(_key(reservation_id), "plan", json.dumps(steps))
@@ -265,4 +271,5 @@ class StatusStore:
             finished_at=float(raw["finished_at"]) if raw.get("finished_at") else None,
             reservation=json.loads(raw.get("reservation", "{}")),
             history=json.loads(raw.get("history", "[]")),
+            outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,
         )

@@ -69,3 +69,28 @@ def run_scripts(guest: Transport, scripts_dir: Path) -> list[str]:
         guest.run(["rm", "-f", remote], check=False)
         ran.append(script.name)
     return ran
+
+
+def pre_capture(
+    guest: Transport, reservation: Reservation, new_image: str, domain_xml: str
+) -> dict[str, Any]:
+    """Leave in the guest what the captured image should say about itself (§3.5)."""
+    image, computer = reservation.image, reservation.computer
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [
+        new_image,
+        f"id={image.id}",
+        f"prettyname={image.pretty_name}",
+        f"imagerevision_id={image.revision_id}",
+        f"imagerevision_datecreated={now}",
+        f"computer_id={computer.id}",
+        f"computer_hostname={computer.hostname}",
+    ]
+    write_file(guest, FILE_NAME, ("\n".join(lines) + "\n").encode())
+    # The image carries its own definition; older revisions' copies go.
+    guest.run(
+        ["find", ".", "-maxdepth", "1", "-type", "f", "-name", "*-v*.xml", "-delete"], check=False
+    )
+    write_file(guest, f"{new_image}.xml", domain_xml.encode())
+    guest.run(["sync"], timeout=60)
+    return {"currentimage": new_image}

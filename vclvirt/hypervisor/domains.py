@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
+import xml.etree.ElementTree as ET
+from typing import Any
 
 import defusedxml.ElementTree as SafeET
 import libvirt
 
+from vclvirt.errors import SnapshotMissing
 from vclvirt.hypervisor.connection import libvirt_errors
 from vclvirt.naming import belongs_to_computer
 
@@ -144,10 +148,80 @@ def disk_files(xml: str) -> list[str]:
     return paths
 
 
+_QEMU_ARG = "{http://libvirt.org/schemas/domain/qemu/1.0}arg"
+_MAC_OPTION = re.compile(r"(?:^|,)mac=([0-9A-Fa-f:]{17})(?:,|$)")
+
+
 def mac_addresses(xml: str) -> list[str]:
+    """MACs of the domain's NICs: libvirt interfaces, then NICs given on the QEMU command line."""
     root = SafeET.fromstring(xml)
-    return [
+    macs = [
         mac.get("address", "").lower()
         for mac in root.iterfind("./devices/interface/mac")
         if mac.get("address")
     ]
+    for arg in root.iter(_QEMU_ARG):
+        found = _MAC_OPTION.search(arg.get("value", ""))
+        if found:
+            macs.append(found.group(1).lower())
+    return macs
+
+
+def domains_with_mac(conn: libvirt.virConnect, macs: set[str], host: str) -> list[str]:
+    """Names of the domains having a NIC with one of these MACs (capture finds its VM so)."""
+    wanted = {m.lower() for m in macs}
+    with libvirt_errors(host, "listing domains"):
+        return sorted(
+            d.name() for d in conn.listAllDomains(0) if wanted & set(mac_addresses(d.XMLDesc(0)))
+        )
+
+
+def create_snapshot(domain: libvirt.virDomain, name: str, description: str, host: str) -> None:
+    """An internal snapshot (disk and, when running, memory) of the domain."""
+    root = ET.Element("domainsnapshot")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "description").text = description
+    with libvirt_errors(host, f"creating snapshot {name} of {domain.name()}"):
+        domain.snapshotCreateXML(ET.tostring(root, encoding="unicode"), 0)
+
+
+def list_snapshots(domain: libvirt.virDomain, host: str) -> list[dict[str, Any]]:
+    with libvirt_errors(host, f"listing snapshots of {domain.name()}"):
+        found = []
+        for snapshot in domain.listAllSnapshots(0):
+            root = SafeET.fromstring(snapshot.getXMLDesc(0))
+            found.append(
+                {
+                    "name": snapshot.getName(),
+                    "created": int(root.findtext("creationTime") or 0),
+                    "state": root.findtext("state"),
+                    "description": root.findtext("description") or "",
+                    "current": bool(snapshot.isCurrent()),
+                }
+            )
+        return sorted(found, key=lambda s: (s["created"], s["name"]))
+
+
+def _snapshot(domain: libvirt.virDomain, name: str, host: str) -> libvirt.virDomainSnapshot:
+    try:
+        return domain.snapshotLookupByName(name, 0)
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            raise SnapshotMissing(
+                f"domain {domain.name()} has no snapshot {name!r}", host=host
+            ) from None
+        with libvirt_errors(host, f"looking up snapshot {name}"):
+            raise
+
+
+def revert_snapshot(domain: libvirt.virDomain, name: str, host: str) -> None:
+    snapshot = _snapshot(domain, name, host)
+    with libvirt_errors(host, f"reverting {domain.name()} to snapshot {name}"):
+        domain.revertToSnapshot(snapshot, 0)
+
+
+def delete_snapshot(domain: libvirt.virDomain, name: str, host: str) -> None:
+    """Delete one snapshot; its children are kept (merged into their parent's place)."""
+    snapshot = _snapshot(domain, name, host)
+    with libvirt_errors(host, f"deleting snapshot {name} of {domain.name()}"):
+        snapshot.delete(0)

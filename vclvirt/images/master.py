@@ -9,17 +9,18 @@ sees a half-written master (fixes B1/B2 of the reference).
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import ImageInvalid, ImageNotFound
 from vclvirt.hypervisor.drivers import HypervisorDriver
+from vclvirt.images.repository import RepositorySource, find_repository_image
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.transport import Transport, path_exists
 
 _NOT_IMAGES = (".xml", ".reference", ".part", ".txt", ".vmx", ".lock")
 MASTER_FORMAT = "qcow2"
-_DISK_FORMATS = {"qcow2", "vmdk", "vdi", "vhdx", "qed", "raw"}
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,24 @@ def find_master(node: Transport, host: HostConfig, image_name: str) -> str | Non
     return _choose(files, preferred, host.name, f"master of {image_name}")
 
 
-def find_in_repository(node: Transport, host: HostConfig, image_name: str) -> str | None:
-    """The image in `<repository>/<image>/` on the host, or None."""
+def find_in_repository(
+    node: Transport, host: HostConfig, image_name: str
+) -> RepositorySource | None:
+    """The image in `<repository>/<image>/` on the host (see images.repository), or None."""
     if not host.repository_path:
         return None
-    directory = posixpath.join(host.repository_path, image_name)
-    preferred = posixpath.join(directory, f"{image_name}.{MASTER_FORMAT}")
-    files = _image_files(node, directory, image_name, recursive=False)
-    return _choose(files, preferred, host.name, f"repository copy of {image_name}")
+    return find_repository_image(node, host.repository_path, image_name, host.name)
+
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
 def ensure_master(
-    node: Transport, driver: HypervisorDriver, host: HostConfig, image_name: str
+    node: Transport,
+    driver: HypervisorDriver,
+    host: HostConfig,
+    image_name: str,
+    progress: Progress | None = None,
 ) -> MasterImage:
     """Return the host's master for the image, copying it from the repository if absent."""
     found = find_master(node, host, image_name)
@@ -84,7 +91,7 @@ def ensure_master(
     if source is None:
         searched = [f"{host.datastore_path}/**/{image_name}.*"]
         if host.repository_path:
-            searched.append(f"{host.repository_path}/{image_name}/{image_name}.*")
+            searched.append(f"{host.repository_path}/{image_name}/ (recursively)")
         raise ImageNotFound(
             f"image {image_name} not found; searched {', '.join(searched)}", host=host.name
         )
@@ -95,8 +102,15 @@ def ensure_master(
         if found:
             return MasterImage(found, _format(driver, found), copied=False)
         destination = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
-        _copy_verified(node, driver, source, destination)
-        _copy_reference_xml(node, source, destination)
+        write_verified_copy(
+            node,
+            driver,
+            source.path,
+            destination,
+            source_format=source.format_hint,
+            progress=progress,
+        )
+        copy_reference_xml(node, source.path, destination)
     return MasterImage(destination, MASTER_FORMAT, copied=True)
 
 
@@ -107,15 +121,28 @@ def _format(driver: HypervisorDriver, path: str) -> str:
     return fmt
 
 
-def _copy_verified(
-    node: Transport, driver: HypervisorDriver, source: str, destination: str
+def write_verified_copy(
+    node: Transport,
+    driver: HypervisorDriver,
+    source: str,
+    destination: str,
+    *,
+    source_format: str | None = None,
+    compat: str | None = None,
+    progress: Progress | None = None,
 ) -> None:
+    """Convert source to a standalone qcow2 at destination, visible only once verified."""
     part = f"{destination}.part"
     # A damaged source converts "successfully" with zeros where data was lost: check it first.
-    extension = posixpath.splitext(source)[1].lstrip(".").lower()
-    driver.verify(source, extension if extension in _DISK_FORMATS else None)
+    driver.verify(source, source_format)
+    total = int(str(driver.image_info(source).get("virtual-size", 0)))
+
+    def fraction_done(fraction: float) -> None:
+        if progress is not None:
+            progress(int(fraction * total), total)
+
     try:
-        driver.convert(source, part, MASTER_FORMAT)
+        driver.convert(source, part, MASTER_FORMAT, compat=compat, progress=fraction_done)
         driver.verify(part, MASTER_FORMAT)
         node.run(["mv", "-f", "--", part, destination])
     except BaseException:
@@ -123,7 +150,7 @@ def _copy_verified(
         raise
 
 
-def _copy_reference_xml(node: Transport, source: str, destination: str) -> None:
+def copy_reference_xml(node: Transport, source: str, destination: str) -> None:
     """The image's reference XML travels with it (it decides disk bus and NIC model)."""
     source_xml = posixpath.splitext(source)[0] + ".xml"
     if path_exists(node, source_xml):

@@ -6,7 +6,7 @@ import os
 import select
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from vclvirt.errors import CommandTimeout
 from vclvirt.node.transport import CommandResult, command_line
@@ -61,6 +61,7 @@ class LocalTransport:
         timeout: float = 300.0,
         stdin: bytes | None = None,
         check: bool = True,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         try:
             proc = subprocess.run(
@@ -75,6 +76,8 @@ class LocalTransport:
             proc = subprocess.CompletedProcess(
                 list(argv), 127, b"", f"{argv[0]}: command not found".encode()
             )
+        if on_output is not None and proc.stdout:
+            on_output(proc.stdout)  # locally the whole output comes at the end
         result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         return result.check(self.host_name) if check else result
 

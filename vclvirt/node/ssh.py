@@ -11,7 +11,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -174,6 +174,7 @@ class SSHTransport:
         timeout: float = 300.0,
         stdin: bytes | None = None,
         check: bool = True,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         line = command_line(argv)
         channel = self._open_channel()
@@ -193,7 +194,10 @@ class SSHTransport:
                     if not pending:
                         channel.shutdown_write()
                 while channel.recv_ready():
-                    stdout += channel.recv(_READ_SIZE)
+                    chunk = channel.recv(_READ_SIZE)
+                    stdout += chunk
+                    if on_output is not None:
+                        on_output(chunk)
                 while channel.recv_stderr_ready():
                     stderr += channel.recv_stderr(_READ_SIZE)
                 finished = channel.exit_status_ready() and (channel.eof_received or channel.closed)

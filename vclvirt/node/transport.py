@@ -7,7 +7,7 @@ command line (SSH); local execution passes the argv list as it is.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,8 +71,12 @@ class Transport(Protocol):
         timeout: float = 300.0,
         stdin: bytes | None = None,
         check: bool = True,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
-        """Run argv to completion; with check, a non-zero exit raises CommandFailed."""
+        """Run argv to completion; with check, a non-zero exit raises CommandFailed.
+
+        `on_output` sees stdout as it arrives (progress of long commands).
+        """
         ...
 
     def spawn(self, argv: Sequence[str]) -> HeldProcess:

@@ -7,6 +7,7 @@ exponential backoff and jitter, permanent ones fail the reservation at once.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from celery.canvas import Signature
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import (
     InternalError,
+    PermanentError,
     Superseded,
     TransientError,
     VclvirtError,
@@ -32,7 +34,14 @@ from vclvirt.workers.routing import host_queue
 
 log = structlog.get_logger(__name__)
 
-StepBody = Callable[[Provisioner, Reservation], dict[str, Any]]
+StepBody = Callable[[Provisioner, Reservation, dict[str, Any]], dict[str, Any]]
+
+
+class MissingStepResult(PermanentError):
+    """A step needs what an earlier step recorded, and it is not there."""
+
+    code = "MISSING_STEP_RESULT"
+    default_hint = "Run the whole operation again"
 
 
 class StepTask(Task):  # type: ignore[misc]
@@ -50,7 +59,13 @@ def retry_countdown(retries: int) -> float:
     return max(1.0, random.uniform(0, ceiling))  # noqa: S311 - jitter, not security
 
 
-def run_step(task: StepTask, step: str, reservation_data: dict[str, Any], body: StepBody) -> Any:
+def run_step(
+    task: StepTask,
+    step: str,
+    reservation_data: dict[str, Any],
+    body: StepBody,
+    params: dict[str, Any] | None = None,
+) -> Any:
     """Run one step of a reservation and keep its status record true."""
     reservation = parse_reservation(reservation_data)
     rid, host = reservation.reservation_id, reservation.host
@@ -75,7 +90,7 @@ def run_step(task: StepTask, step: str, reservation_data: dict[str, Any], body: 
                 rid, step, task_id=task.request.id, worker=task.request.hostname, attempt=attempt
             )
             log.info("step_started", attempt=attempt)
-            result = body(provisioner_for(host), reservation)
+            result = body(provisioner_for(host), reservation, params or {})
         store.step_succeeded(rid, step, result, last=last)
         log.info("step_succeeded", attempt=attempt, last=last)
         return {k: v for k, v in result.items() if k != "xml"}
@@ -111,12 +126,28 @@ def _fail(store: StatusStore, rid: int, step: str, error: VclvirtError) -> None:
     log.error("step_failed", error=str(error), code=error.code)
 
 
+def copy_progress(reservation: Reservation, step: str) -> Callable[[int, int], None]:
+    """A progress callback writing bytes done / total into the step's record, at most 1/s."""
+    store, rid = status_store(), reservation.reservation_id
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or done >= total:
+            last[0] = now
+            store.step_progress(rid, step, done_bytes=done, total_bytes=total)
+
+    return report
+
+
 def step_task(prefix: str, step: str, body: StepBody) -> Any:
     """Register `<prefix>.<step>` as a Celery task running `body` through run_step."""
 
     @app.task(name=f"{prefix}.{step}", base=StepTask, bind=True)
-    def task(self: StepTask, reservation: dict[str, Any]) -> Any:
-        return run_step(self, step, reservation, body)
+    def task(
+        self: StepTask, reservation: dict[str, Any], params: dict[str, Any] | None = None
+    ) -> Any:
+        return run_step(self, step, reservation, body, params)
 
     task.__doc__ = f"Step {step!r} of a reservation ({prefix})."
     return task
@@ -131,8 +162,10 @@ def describe(reservation: Reservation) -> str:
     )
 
 
-def routed(task: Any, reservation: Reservation) -> Signature:
+def routed(task: Any, reservation: Reservation, params: dict[str, Any] | None = None) -> Signature:
     """An immutable signature of the task for this reservation, on its host's queue."""
-    return task.si(reservation=reservation.model_dump(mode="json")).set(
-        queue=host_queue(reservation.host), kwargsrepr=describe(reservation)
-    )
+    kwargs: dict[str, Any] = {"reservation": reservation.model_dump(mode="json")}
+    if params:
+        kwargs["params"] = params
+    summary = describe(reservation) + "".join(f" {k}={v}" for k, v in (params or {}).items())
+    return task.si(**kwargs).set(queue=host_queue(reservation.host), kwargsrepr=summary)

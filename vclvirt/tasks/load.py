@@ -15,11 +15,10 @@ from typing import Any
 from celery import chain
 from celery.canvas import Signature
 
-from vclvirt.errors import PermanentError
 from vclvirt.guest.hooks import POST_LOAD, READY
 from vclvirt.models import Reservation
 from vclvirt.provisioner import Provisioner
-from vclvirt.tasks.base import routed, step_task
+from vclvirt.tasks.base import MissingStepResult, copy_progress, routed, step_task
 from vclvirt.workers.context import status_store
 
 RELOAD_STEPS = [
@@ -33,28 +32,21 @@ RELOAD_STEPS = [
 LOAD_STEPS = ["node_status", *RELOAD_STEPS]
 
 
-class MissingStepResult(PermanentError):
-    """A step needs what an earlier step recorded, and it is not there."""
-
-    code = "MISSING_STEP_RESULT"
-    default_hint = "Run the whole load again"
-
-
-def _node_status(p: Provisioner, r: Reservation) -> dict[str, Any]:
+def _node_status(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str, Any]:
     result = p.node_status(r)
     plan = {READY: [], POST_LOAD: ["post_load"]}.get(result["status"], RELOAD_STEPS)
     status_store().set_plan(r.reservation_id, plan)
     return {**result, "plan": plan}
 
 
-def _define(p: Provisioner, r: Reservation) -> dict[str, Any]:
+def _define(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str, Any]:
     generated = status_store().step_result(r.reservation_id, "generate_xml")
     if not generated or "xml" not in generated:
         raise MissingStepResult("no generated XML recorded for this reservation")
     return p.define(r, generated["xml"])
 
 
-def _post_load(p: Provisioner, r: Reservation) -> dict[str, Any]:
+def _post_load(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str, Any]:
     result = p.post_load(r)
     status_store().set_computer_image(
         r.host,
@@ -70,11 +62,11 @@ def _post_load(p: Provisioner, r: Reservation) -> dict[str, Any]:
 
 _BODIES = {
     "node_status": _node_status,
-    "delete_existing_domains": lambda p, r: p.delete_existing_domains(r),
-    "pre_define": lambda p, r: p.pre_define(r),
-    "generate_xml": lambda p, r: p.generate_xml(r),
+    "delete_existing_domains": lambda p, r, _: p.delete_existing_domains(r),
+    "pre_define": lambda p, r, _: p.pre_define(r, progress=copy_progress(r, "pre_define")),
+    "generate_xml": lambda p, r, _: p.generate_xml(r),
     "define": _define,
-    "power_on": lambda p, r: p.power_on(r),
+    "power_on": lambda p, r, _: p.power_on(r),
     "post_load": _post_load,
 }
 

@@ -10,7 +10,10 @@ from vclvirt.workers import logging as _logging  # noqa: F401 - connects Celery'
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app whose every setting is chosen for idempotent, long, per-host steps."""
-    app = Celery("vclvirt", include=["vclvirt.tasks.load", "vclvirt.tasks.operations"])
+    app = Celery(
+        "vclvirt",
+        include=["vclvirt.tasks.load", "vclvirt.tasks.operations", "vclvirt.tasks.capture"],
+    )
     visibility = settings.effective_visibility_timeout
     transport_options = {
         "visibility_timeout": visibility,

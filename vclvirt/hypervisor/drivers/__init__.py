@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Protocol
 
@@ -21,7 +22,17 @@ class HypervisorDriver(Protocol):
         """`qemu-img info` of a disk file, as a dict."""
         ...
 
-    def convert(self, source: str, destination: str, fmt: str) -> None: ...
+    def convert(
+        self,
+        source: str,
+        destination: str,
+        fmt: str,
+        *,
+        compat: str | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        """Standalone copy; `progress` gets the fraction done as the copy runs."""
+        ...
 
     def verify(self, path: str, expected_format: str | None = None) -> str:
         """Raise ImageInvalid unless the image is readable, of the expected format and

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 from vclvirt.config.inventory import HostConfig
@@ -10,6 +12,19 @@ from vclvirt.errors import CommandFailed, ImageInvalid
 from vclvirt.hypervisor.domain_xml import DomainSpec
 from vclvirt.models import Reservation
 from vclvirt.node.transport import Transport
+
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def _progress_parser(progress: Callable[[float], None]) -> Callable[[bytes], None]:
+    """Feed `qemu-img convert -p` output ("(12.34/100%)") to progress as a fraction."""
+
+    def feed(chunk: bytes) -> None:
+        found = _PERCENT.findall(chunk)
+        if found:
+            progress(float(found[-1]) / 100)
+
+    return feed
 
 
 class KvmDriver:
@@ -35,11 +50,34 @@ class KvmDriver:
         info: dict[str, Any] = json.loads(result.stdout)
         return info
 
-    def convert(self, source: str, destination: str, fmt: str) -> None:
-        """Write a standalone copy of source (its whole backing chain flattened)."""
-        self.node.run(
-            ["qemu-img", "convert", "-O", fmt, source, destination], timeout=self.copy_timeout
-        )
+    def convert(
+        self,
+        source: str,
+        destination: str,
+        fmt: str,
+        *,
+        compat: str | None = None,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
+        """Write a standalone copy of source (its whole backing chain flattened).
+
+        `compat` (e.g. "0.10", qcow2 v2 for old readers, VCL-911) is dropped when this
+        qemu-img refuses it, as the reference does.
+        """
+        argv = ["qemu-img", "convert", "-p", "-O", fmt, source, destination]
+        on_output = _progress_parser(progress) if progress else None
+        if compat:
+            result = self.node.run(
+                [*argv[:5], "-o", f"compat={compat}", *argv[5:]],
+                timeout=self.copy_timeout,
+                check=False,
+                on_output=on_output,
+            )
+            if result.ok:
+                return
+            if "compat" not in result.stderr.decode(errors="replace").lower():
+                result.check(self.host.name)
+        self.node.run(argv, timeout=self.copy_timeout, on_output=on_output)
 
     def verify(self, path: str, expected_format: str | None = None) -> str:
         """Raise ImageInvalid unless qemu-img reads the file as `expected_format` (when
