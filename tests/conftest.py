@@ -265,3 +265,19 @@ def guest_image(testbed: Path) -> str:
     for cached in testbed.glob(f"hosts/*/images/{GUEST_IMAGE}.*"):
         cached.unlink()  # every session copies the current build to the hosts again
     return GUEST_IMAGE
+
+
+def guest_shell(testbed: Path, reservation: dict[str, Any], *argv: str) -> str:
+    """Run argv in the reservation's guest over SSH, as post_load does."""
+    from vclvirt.config.inventory import load_inventory
+    from vclvirt.config.settings import Settings
+    from vclvirt.guest.access import connect_guest, guest_target
+    from vclvirt.models import parse_reservation
+
+    host = load_inventory(testbed / "inventory.toml").host(reservation["host"])
+    target = guest_target(host, parse_reservation(reservation), Settings())
+    guest = connect_guest(target, timeout=60)
+    try:
+        return guest.run(list(argv)).text
+    finally:
+        guest.close()

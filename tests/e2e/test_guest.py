@@ -10,19 +10,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
 import libvirt
 import pytest
 
-from tests.conftest import ROOT, computer_domains, make_reservation
+from tests.conftest import ROOT, computer_domains, guest_shell, make_reservation
 from vclvirt import dispatch
-from vclvirt.config.inventory import load_inventory
-from vclvirt.config.settings import Settings
-from vclvirt.guest.access import connect_guest, guest_target
 from vclvirt.guest.currentimage import parse_tags
-from vclvirt.models import parse_reservation
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +32,6 @@ def vclvirt(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
         env=os.environ,
         check=False,
     )
-
-
-def guest_shell(testbed: Path, reservation: dict[str, Any], *argv: str) -> str:
-    host = load_inventory(testbed / "inventory.toml").host(reservation["host"])
-    target = guest_target(host, parse_reservation(reservation), Settings())
-    guest = connect_guest(target, timeout=60)
-    try:
-        return guest.run(list(argv)).text
-    finally:
-        guest.close()
 
 
 def step_states(reservation_id: int) -> dict[str, str]:

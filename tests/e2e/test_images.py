@@ -1,0 +1,144 @@
+"""Images through real workers: one master copy per host however many loads ask,
+capture of a real guest into a new image, and snapshots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import computer_domains, guest_shell, make_reservation, repository_image
+from vclvirt import dispatch
+
+
+def test_concurrent_loads_of_an_uncached_image_copy_it_once(
+    testbed, start_worker, cleanup_computers
+):
+    """Four loads of the same image, not yet on the host, at once: one copy, four domains."""
+    image = "linux-E2eShared-620-v0"
+    source = repository_image(testbed, image, size="512M")
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 300M", str(source)],
+        check=True,
+        capture_output=True,
+    )
+    for cached in (testbed / "hosts/node-a/images").glob(f"{image}*"):
+        cached.unlink()
+    computers = [f"e2e-many{i}" for i in range(4)]
+    cleanup_computers.extend(computers)
+    start_worker("node-a", concurrency=4)
+
+    handles = [
+        dispatch.load(make_reservation(7100 + i, c, image, image_id=620))
+        for i, c in enumerate(computers)
+    ]
+    finals = [h.wait(timeout=300) for h in handles]
+
+    assert [f.state for f in finals] == ["succeeded"] * 4, [f.to_dict() for f in finals]
+    copies = [f.step_records["pre_define"]["result"]["master_copied"] for f in finals]
+    assert copies.count(True) == 1, copies
+    assert all(len(computer_domains(c)) == 1 for c in computers)
+    masters = sorted(p.name for p in (testbed / "hosts/node-a/images").glob(f"{image}*"))
+    assert masters == [f"{image}.qcow2"]
+
+
+@pytest.mark.slow
+def test_capture_of_a_real_guest_gives_a_bootable_standalone_image(
+    testbed, guest_image, start_worker, cleanup_computers, tmp_path
+):
+    """Capture after post_load: new master in datastore and repository, no backing file;
+    loading it elsewhere boots and keeps what post_load wrote in the captured guest."""
+    scripts = tmp_path / "post-load.d"
+    scripts.mkdir()
+    marker = scripts / "10-marker"
+    marker.write_text("#!/bin/sh\nhostname > /root/post-load-marker\n")
+    marker.chmod(0o755)
+    cleanup_computers.extend(["e2e-capt", "e2e-capt2"])
+    start_worker("node-a", VCLVIRT_POST_LOAD_SCRIPTS_DIR=str(scripts))
+    base = make_reservation(8101, "e2e-capt", guest_image, image_id=900, os_type="linux")
+    assert dispatch.load(base).wait(300).state == "succeeded"
+    assert guest_shell(testbed, base, "cat", "/root/post-load-marker").strip() == "e2e-capt"
+
+    capture = {
+        **base,
+        "reservation_id": 8102,
+        "state": "image",
+        "image": {
+            **base["image"],
+            "revision": 1,
+            "revision_id": 90001,
+            "pretty_name": "Captured Guest",
+            "os_name": "vmwarelinux",
+        },
+    }
+    final = dispatch.capture(capture).wait(600)
+
+    assert final.state == "succeeded", final.to_dict()
+    new = "linux-CapturedGuest-900-v1"
+    assert final.outcome and final.outcome["new_image"] == new
+    assert final.outcome["size_bytes"] > 0
+    master = testbed / f"hosts/node-a/images/{new}.qcow2"
+    published = testbed / f"repository/{new}/{new}.qcow2"
+    for image_file in (master, published):
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "--output=json", str(image_file)],
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
+        assert "backing-filename" not in info, info
+    compat = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(published)], capture_output=True, check=True
+        ).stdout
+    )
+    assert compat["format-specific"]["data"]["compat"] == "0.10"
+    assert (published.parent / f"{new}.xml").exists() and master.with_suffix(".xml").exists()
+    assert computer_domains("e2e-capt") == []  # state image: the domain is gone...
+    assert (testbed / f"hosts/node-a/images/{guest_image}.qcow2").exists()  # ...not the master
+    assert not list(testbed.glob("hosts/node-a/**/*.part"))
+
+    reload = make_reservation(8103, "e2e-capt2", new, image_id=900, revision=1, os_type="linux")
+    reload["image"]["revision_id"] = 90001
+    assert dispatch.load(reload).wait(300).state == "succeeded"
+    # the captured disk still holds what post_load wrote in the first guest
+    assert guest_shell(testbed, reload, "cat", "/root/post-load-marker").strip() in (
+        "e2e-capt",
+        "e2e-capt2",
+    )
+    first_line = guest_shell(testbed, reload, "head", "-n", "1", "currentimage.txt").strip()
+    assert first_line == new
+
+
+@pytest.mark.slow
+def test_snapshot_revert_undoes_a_change(
+    testbed, guest_image, start_worker, cleanup_computers, tmp_path
+):
+    """snapshot create → write a file in the guest → revert → the file is gone."""
+    cleanup_computers.append("e2e-snap")
+    start_worker("node-a")
+    reservation = make_reservation(8201, "e2e-snap", guest_image, image_id=900, os_type="linux")
+    assert dispatch.load(reservation).wait(300).state == "succeeded"
+    path: Path = tmp_path / "reservation.json"
+    path.write_text(json.dumps(reservation))
+
+    def snapshot(action: str, name: str | None = None) -> dict:
+        handle = dispatch.run(reservation, f"snapshot_{action}", {"name": name} if name else None)
+        final = handle.wait(300)
+        assert final.state == "succeeded", final.to_dict()
+        return final.step_records[f"snapshot_{action}"]["result"]
+
+    snapshot("create", "before-change")
+    guest_shell(testbed, reservation, "sh", "-c", "echo changed > /root/change && sync")
+    assert guest_shell(testbed, reservation, "cat", "/root/change").strip() == "changed"
+    assert [s["name"] for s in snapshot("list")["snapshots"]] == ["before-change"]
+
+    snapshot("revert", "before-change")
+
+    missing = guest_shell(testbed, reservation, "sh", "-c", "test -e /root/change; echo $?")
+    assert missing.strip() == "1"
+    snapshot("delete", "before-change")
+    assert snapshot("list")["snapshots"] == []
