@@ -364,3 +364,65 @@ def snapshot(
     else:
         done = {"create": "created", "revert": "reverted to", "delete": "deleted"}[action.value]
         typer.echo(f"{result['domain']}: snapshot {name} {done}")
+
+
+images_app = typer.Typer(
+    help="The image repository and the hosts' masters (runs over SSH "
+    "from this machine, with the inventory's credentials)."
+)
+app.add_typer(images_app, name="images")
+HostOption = Annotated[str, typer.Option("--host", help="Inventory name of the host")]
+
+
+def _host_provisioner(host: str) -> Any:
+    from vclvirt.workers.context import provisioner_for
+
+    try:
+        return provisioner_for(host)
+    except VclvirtError as error:
+        _fail(error, 2)
+
+
+@images_app.command("exists")
+def images_exists(image: str, host: HostOption) -> None:
+    """Exit 0 and print 'yes' when the image is a master on the host or in the repository."""
+    try:
+        found = _host_provisioner(host).does_image_exist(image)
+    except VclvirtError as error:
+        _fail(error)
+    typer.echo("yes" if found else "no")
+    raise typer.Exit(0 if found else 1)
+
+
+@images_app.command("size")
+def images_size(
+    image: str,
+    host: HostOption,
+    in_bytes: Annotated[bool, typer.Option("--bytes", help="Bytes instead of MB")] = False,
+) -> None:
+    """Allocated size of the image (master on the host, else repository files), in MB."""
+    try:
+        provisioner = _host_provisioner(host)
+        size = (
+            provisioner.get_image_size_bytes(image)
+            if in_bytes
+            else provisioner.get_image_size(image)
+        )
+    except VclvirtError as error:
+        _fail(error)
+    typer.echo(size)
+
+
+@images_app.command("list")
+def images_list(host: HostOption, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Masters in the host's datastore and images in the repository."""
+    try:
+        found = _host_provisioner(host).list_images()
+    except VclvirtError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(found))
+        return
+    for where, names in found.items():
+        for name in names:
+            typer.echo(f"{where}\t{name}")

@@ -19,7 +19,14 @@ import structlog
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings, get_settings
-from vclvirt.errors import DomainMissing, HypervisorError, ImageExists, InvalidInput, VclvirtError
+from vclvirt.errors import (
+    DomainMissing,
+    HypervisorError,
+    ImageExists,
+    ImageNotFound,
+    InvalidInput,
+    VclvirtError,
+)
 from vclvirt.guest import hooks
 from vclvirt.guest.access import connect_guest, guest_target
 from vclvirt.hypervisor import domains
@@ -36,6 +43,7 @@ from vclvirt.hypervisor.domain_xml import (
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.images.capture import flatten_to_master, publish_to_repository
 from vclvirt.images.master import Progress, ensure_master, find_in_repository, find_master
+from vclvirt.images.repository import NOT_DISKS, allocated_bytes
 from vclvirt.models import IMAGE_NAME_PATTERN, Reservation
 from vclvirt.naming import LoadNames, domain_uuid, new_image_name
 from vclvirt.node.transport import Transport, path_exists, write_file
@@ -140,7 +148,7 @@ class Provisioner:
         )
         self.node.run(["mkdir", "-p", "--", self.host.vm_dir])
         created = self.driver.ensure_overlay(master.path, master.format, names.overlay_path)
-        notes = self.driver.pre_define(reservation, master.path)
+        notes = self.driver.pre_define(reservation, master.path, names.overlay_path)
         return {
             "master": master.path,
             "master_format": master.format,
@@ -437,3 +445,58 @@ class Provisioner:
         domain = self._domain(reservation)
         domains.delete_snapshot(domain, name, self.host.name)
         return {"domain": domain.name(), "snapshot": name, "deleted": True}
+
+    # -- image queries (does_image_exist, get_image_size, ...) ------------------------
+
+    def does_image_exist(self, image_name: str) -> bool:
+        """On the host as a master, or in the repository."""
+        return bool(find_master(self.node, self.host, image_name)) or bool(
+            find_in_repository(self.node, self.host, image_name)
+        )
+
+    def get_image_size_bytes(self, image_name: str) -> int:
+        """Allocated bytes of the host's master, else of the repository files; ImageNotFound."""
+        master = find_master(self.node, self.host, image_name)
+        if master:
+            return allocated_bytes(self.node, [master])
+        source = find_in_repository(self.node, self.host, image_name)
+        if source is None:
+            raise ImageNotFound(
+                f"image {image_name} is neither a master on the host nor in the repository",
+                host=self.host.name,
+            )
+        return allocated_bytes(self.node, list(source.files))
+
+    def get_image_size(self, image_name: str) -> int:
+        """Size in MB (floor), as the reference reports it to image.pm."""
+        return self.get_image_size_bytes(image_name) // 2**20
+
+    def list_images(self) -> dict[str, list[str]]:
+        """Masters in the datastore and image directories in the repository."""
+        masters = self.node.run(
+            ["find", self.host.datastore_path, "-type", "f", "-name", "*.*"], check=False
+        ).text.splitlines()
+        names = sorted(
+            {
+                posixpath.splitext(posixpath.basename(p))[0]
+                for p in masters
+                if not p.endswith(NOT_DISKS)
+            }
+        )
+        repository: list[str] = []
+        if self.host.repository_path:
+            listing = self.node.run(
+                [
+                    "find",
+                    self.host.repository_path,
+                    "-mindepth",
+                    "1",
+                    "-maxdepth",
+                    "1",
+                    "-type",
+                    "d",
+                ],
+                check=False,
+            )
+            repository = sorted(posixpath.basename(p) for p in listing.text.splitlines() if p)
+        return {"datastore": names, "repository": repository}

@@ -172,7 +172,12 @@ def find_repository_image(
 
 def image_size_bytes(node: Transport, source: RepositorySource) -> int:
     """Allocated (on-disk) bytes of all the image's files, symlinks followed."""
-    result = node.run(["stat", "-L", "-c", "%b:%B", "--", *source.files], timeout=60)
+    return allocated_bytes(node, list(source.files))
+
+
+def allocated_bytes(node: Transport, paths: list[str]) -> int:
+    """Blocks on disk of the files (sparse files count what they use), symlinks followed."""
+    result = node.run(["stat", "-L", "-c", "%b:%B", "--", *paths], timeout=60)
     total = 0
     for line in result.text.split():
         blocks, block_size = line.split(":")

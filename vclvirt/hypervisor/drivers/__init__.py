@@ -47,8 +47,9 @@ class HypervisorDriver(Protocol):
         """Hook: last changes to the domain before it is rendered and defined."""
         ...
 
-    def pre_define(self, reservation: Reservation, master: str) -> list[str]:
-        """Hook run after the master is in place and before define; returns notes for status."""
+    def pre_define(self, reservation: Reservation, master: str, overlay: str) -> list[str]:
+        """Hook run after the master and overlay are in place, before define; returns notes
+        for the status record."""
         ...
 
 

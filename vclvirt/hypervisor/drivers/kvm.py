@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import CommandFailed, ImageInvalid
 from vclvirt.hypervisor.domain_xml import DomainSpec
 from vclvirt.models import Reservation
-from vclvirt.node.transport import Transport
+from vclvirt.node.transport import Transport, write_file
+
+log = structlog.get_logger(__name__)
+
+VMWARE_SERVICES = ("VClone", "vmci", "vmmouse", "vmscsi", "VMTools", "vmx_svga", "vmxnet")
+
+
+def windows_registry_patch() -> str:
+    """A .reg file that disables the VMware services (Start = 4) a VMware-made image carries."""
+    lines = ["Windows Registry Editor Version 5.00", ""]
+    for service in VMWARE_SERVICES:
+        lines += [
+            f"[HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\{service}]",
+            '"Start"=dword:00000004',
+            "",
+        ]
+    return "\r\n".join(lines)
+
 
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
@@ -123,5 +143,23 @@ class KvmDriver:
     def extend_domain_xml(self, spec: DomainSpec, reservation: Reservation) -> DomainSpec:
         return spec
 
-    def pre_define(self, reservation: Reservation, master: str) -> list[str]:
-        return []
+    def pre_define(self, reservation: Reservation, master: str, overlay: str) -> list[str]:
+        """Windows images: disable the VMware services in the registry (§2.3.8).
+
+        The patch goes into the VM's own overlay on every load, never into the shared
+        master, so it holds whether or not the master was just copied (fixes D15).
+        """
+        if not reservation.image.is_windows:
+            return []
+        found = self.node.run(["sh", "-c", "command -v virt-win-reg"], check=False)
+        if not found.ok:
+            note = "virt-win-reg is not installed on the host: Windows registry not patched"
+            log.warning("windows_registry_not_patched", reason=note, overlay=overlay)
+            return [note]
+        reg_file = f"/tmp/{posixpath.basename(overlay)}.reg"
+        write_file(self.node, reg_file, windows_registry_patch().encode())
+        try:
+            self.node.run(["virt-win-reg", "--merge", overlay, reg_file], timeout=600)
+        finally:
+            self.node.run(["rm", "-f", "--", reg_file], check=False)
+        return [f"Windows registry patched in {overlay}: VMware services disabled"]

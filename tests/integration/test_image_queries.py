@@ -1,0 +1,60 @@
+"""does_image_exist / get_image_size / list_images and the Windows pre_define note, on node-a."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import make_reservation, repository_image
+from vclvirt.errors import ImageNotFound
+from vclvirt.models import parse_reservation
+from vclvirt.workers.context import provisioner_for
+
+
+def test_image_queries_see_repository_then_master(testbed):
+    """An image only in the repository exists and has its repository size; once it is a
+    master on the host, its size is the master's."""
+    image = "linux-ItQueries-631-v0"
+    source = repository_image(testbed, image, size="64M")
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 8M", str(source)],
+        check=True,
+        capture_output=True,
+    )
+    for cached in (testbed / "hosts/node-a/images").glob(f"{image}*"):
+        cached.unlink()
+    provisioner = provisioner_for("node-a")
+
+    assert provisioner.does_image_exist(image)
+    assert 8 <= provisioner.get_image_size(image) < 64
+    assert image in provisioner.list_images()["repository"]
+    assert image not in provisioner.list_images()["datastore"]
+
+    reservation = parse_reservation(make_reservation(9301, "it-queries", image, image_id=631))
+    provisioner.pre_define(reservation)
+    assert image in provisioner.list_images()["datastore"]
+    master = testbed / f"hosts/node-a/images/{image}.qcow2"
+    assert provisioner.get_image_size_bytes(image) == master.stat().st_blocks * 512
+    (testbed / "hosts/node-a/vms/it-queries_631-v0.qcow2").unlink()
+
+
+def test_missing_image_is_reported_as_such(testbed):
+    """Neither master nor repository copy: does_image_exist is False, size is ImageNotFound."""
+    provisioner = provisioner_for("node-a")
+    assert not provisioner.does_image_exist("linux-ItNowhere-632-v0")
+    with pytest.raises(ImageNotFound, match="linux-ItNowhere-632-v0"):
+        provisioner.get_image_size("linux-ItNowhere-632-v0")
+
+
+def test_windows_image_without_virt_win_reg_is_noted_and_goes_on(testbed):
+    """A Windows load on a host without virt-win-reg says so in its result and continues."""
+    image = "win7-ItWindows-633-v0"
+    repository_image(testbed, image)
+    reservation = parse_reservation(
+        make_reservation(9302, "it-windows", image, image_id=633, os_type="windows")
+    )
+    result = provisioner_for("node-a").pre_define(reservation)
+    assert result["overlay_created"] or result["overlay"]
+    assert any("virt-win-reg is not installed" in note for note in result["notes"])
+    (testbed / "hosts/node-a/vms/it-windows_633-v0.qcow2").unlink()
