@@ -61,13 +61,13 @@ def worker(
         _fail(error, 2)
     os.environ["VCLVIRT_WORKER_HOST"] = host
     from vclvirt.workers.app import app as celery_app
-    from vclvirt.workers.routing import host_queue
+    from vclvirt.workers.routing import CONTROL_QUEUE, host_queue
 
     celery_app.worker_main(
         [
             "worker",
             "--queues",
-            host_queue(host),
+            f"{host_queue(host)},{CONTROL_QUEUE}",
             "--hostname",
             f"{host}@%h",
             "--concurrency",
@@ -143,9 +143,9 @@ def _follow(handle: Any, timeout: float) -> ReservationStatus:
 _ENDED = ("succeeded", "failed", "superseded", "retrying", "skipped")
 
 
-def _submit(enqueue: Any, reservation: str, wait: bool, timeout: float, verb: str) -> None:
+def _submit(enqueue: Any, reservation: str | None, wait: bool, timeout: float, verb: str) -> None:
     try:
-        handle = enqueue(_read_reservation(reservation))
+        handle = enqueue(_read_reservation(reservation) if reservation else None)
     except VclvirtError as error:
         _fail(error, 2)
     except OSError as error:
@@ -426,3 +426,39 @@ def images_list(host: HostOption, as_json: Annotated[bool, typer.Option("--json"
     for where, names in found.items():
         for name in names:
             typer.echo(f"{where}\t{name}")
+
+
+@app.command()
+def retry(
+    reservation_id: int,
+    from_step: Annotated[
+        str | None, typer.Option(help="Step to start from (default: the step that failed)")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the steps until it ends")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
+) -> None:
+    """Re-run a failed reservation from the step that failed, reusing earlier steps' results."""
+    from vclvirt import dispatch
+
+    _submit(lambda _: dispatch.retry(reservation_id, from_step), None, wait, timeout, "retried")
+
+
+@app.command()
+def failed(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 100,
+) -> None:
+    """Reservations whose last operation failed, most recent first, with step and error."""
+    from vclvirt import dispatch
+
+    records = dispatch.failed(limit)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in records], indent=2))
+        return
+    for record in records:
+        error = record.error or {}
+        typer.echo(
+            f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
+            f"{record.computer}\t{record.failed_step}\t[{error.get('code')}] "
+            f"{error.get('message')}\t{_when(record.finished_at)}"
+        )

@@ -12,7 +12,7 @@ import redis
 
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
-from vclvirt.errors import InvalidInput, ResourceBusy
+from vclvirt.errors import InvalidInput, ResourceBusy, UnknownReservation
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.status import ReservationStatus, StatusStore
 
@@ -63,9 +63,10 @@ class Handle:
 def _enqueue(
     reservation: Reservation | dict[str, Any] | str | bytes,
     operation: str,
-    steps: list[str],
-    signature: Callable[[Reservation], Any],
+    params: dict[str, Any] | None = None,
 ) -> Handle:
+    from vclvirt.tasks.chains import signature_for, steps_of
+
     if not isinstance(reservation, Reservation):
         reservation = parse_reservation(reservation)
     get_inventory().host(reservation.host)  # unknown host: clear error, nothing enqueued
@@ -78,29 +79,25 @@ def _enqueue(
             reservation_id=reservation.reservation_id,
             hint="Wait for it to finish (vclvirt status), then try again",
         )
-    _store().begin(reservation, operation, steps)
-    result = signature(reservation).apply_async()
+    _store().begin(reservation, operation, steps_of(operation), params)
+    result = signature_for(operation, reservation, params=params).apply_async()
     return Handle(reservation.reservation_id, result.id)
 
 
 def load(reservation: Reservation | dict[str, Any] | str | bytes) -> Handle:
     """Validate and enqueue the load chain on the reservation's host queue."""
-    from vclvirt.tasks.load import LOAD_STEPS, load_chain
-
-    return _enqueue(reservation, "load", LOAD_STEPS, load_chain)
+    return _enqueue(reservation, "load")
 
 
 def capture(reservation: Reservation | dict[str, Any] | str | bytes) -> Handle:
     """Enqueue the capture chain; the reservation's state must be image or checkpoint."""
-    from vclvirt.tasks.capture import CAPTURE_STEPS, capture_chain
-
     if not isinstance(reservation, Reservation):
         reservation = parse_reservation(reservation)
     if reservation.state not in ("image", "checkpoint"):
         raise InvalidInput(
             f"state: a capture needs state image or checkpoint, not {reservation.state!r}"
         )
-    return _enqueue(reservation, "capture", CAPTURE_STEPS, capture_chain)
+    return _enqueue(reservation, "capture")
 
 
 def run(
@@ -109,15 +106,55 @@ def run(
     params: dict[str, Any] | None = None,
 ) -> Handle:
     """Enqueue a single operation: node_status, power_status, power_on, power_off,
-    power_reset, unload or post_maintenance_action."""
-    from vclvirt.tasks.base import routed
+    power_reset, unload, post_maintenance_action or snapshot_{create,list,revert,delete}."""
     from vclvirt.tasks.operations import OPERATIONS
 
     if operation not in OPERATIONS:
         raise InvalidInput(f"unknown operation {operation!r}; known: {', '.join(OPERATIONS)}")
-    return _enqueue(
-        reservation, operation, [operation], lambda r: routed(OPERATIONS[operation], r, params)
-    )
+    return _enqueue(reservation, operation, params)
+
+
+def retry(reservation_id: int, from_step: str | None = None) -> Handle:
+    """Run a failed reservation again from the step that failed (or `from_step`), reusing
+    what the earlier steps recorded."""
+    from vclvirt.tasks.chains import signature_for
+
+    record = _store().get(reservation_id)
+    if record is None:
+        raise UnknownReservation(
+            f"no status record for reservation {reservation_id}", reservation_id=reservation_id
+        )
+    if record.state != "failed":
+        raise InvalidInput(
+            f"reservation {reservation_id} is {record.state}; only failed reservations are retried",
+            reservation_id=reservation_id,
+            hint="Enqueue the operation again instead (vclvirt load ...)",
+        )
+    step = from_step or record.failed_step or record.steps[0]
+    if step not in record.steps:
+        raise InvalidInput(
+            f"from_step: {step!r} is not a step of {record.operation} ({', '.join(record.steps)})",
+            reservation_id=reservation_id,
+        )
+    reservation = parse_reservation(record.reservation)
+    owner = _store().owner_of(reservation.host, reservation.computer.short_name)
+    if owner not in (None, reservation_id):
+        raise ResourceBusy(
+            f"computer {reservation.computer.short_name} now belongs to reservation {owner}",
+            host=reservation.host,
+            reservation_id=reservation_id,
+            hint="The newer reservation owns the computer; nothing to retry",
+        )
+    steps = record.steps[record.steps.index(step) :]
+    _store().restart_from(reservation_id, step)
+    signature = signature_for(record.operation, reservation, steps, record.params or None)
+    result = signature.apply_async()
+    return Handle(reservation_id, result.id)
+
+
+def failed(limit: int = 100) -> list[ReservationStatus]:
+    """Reservations whose last operation failed, most recent first."""
+    return _store().failed(limit)
 
 
 def status(reservation_id: int) -> ReservationStatus | None:

@@ -84,6 +84,13 @@ class UnknownHost(PermanentError):
     default_hint = "Add the host to the inventory file or fix the reservation's host"
 
 
+class UnknownReservation(PermanentError):
+    """No status record exists for the reservation (never enqueued, or expired)."""
+
+    code = "UNKNOWN_RESERVATION"
+    default_hint = "Check the reservation id (vclvirt failed lists failed ones)"
+
+
 class WrongWorker(PermanentError):
     """A task reached a worker that serves another host (misrouted message)."""
 

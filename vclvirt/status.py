@@ -56,6 +56,7 @@ class ReservationStatus:
     reservation: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     outcome: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """This operation in one line of history."""
@@ -103,7 +104,13 @@ class StatusStore:
         self.redis = client
         self.ttl = ttl_seconds
 
-    def begin(self, reservation: Reservation, operation: str, steps: list[str]) -> None:
+    def begin(
+        self,
+        reservation: Reservation,
+        operation: str,
+        steps: list[str],
+        params: dict[str, Any] | None = None,
+    ) -> None:
         """A fresh record for a newly enqueued operation; the computer now belongs to it."""
         key = _key(reservation.reservation_id)
         now = _now()
@@ -124,6 +131,7 @@ class StatusStore:
                 "steps": json.dumps(steps),
                 "queued_at": now,
                 "history": json.dumps(history),
+                "params": json.dumps(params or {}),
             },
         )
         pipe.expire(key, self.ttl)
@@ -134,6 +142,38 @@ class StatusStore:
             ex=self.ttl,
         )
         pipe.execute()
+
+    def restart_from(self, reservation_id: int, step: str) -> None:
+        """Make a failed record run again from `step`, keeping what earlier steps recorded."""
+        record = self.get(reservation_id)
+        if record is None:
+            raise ValueError(f"no record for reservation {reservation_id}")
+        again = record.steps[record.steps.index(step) :]
+        history = [*record.history[-(HISTORY - 1) :], record.summary()]
+        key = _key(reservation_id)
+        pipe = self.redis.pipeline()
+        pipe.hdel(
+            key,
+            "failed_step",
+            "error",
+            "finished_at",
+            "current_step",
+            *(f"step:{s}" for s in again),
+        )
+        pipe.hset(key, mapping={"state": "queued", "history": json.dumps(history)})
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def failed(self, limit: int = 100) -> list[ReservationStatus]:
+        """The most recently queued reservations whose last operation failed."""
+        found = []
+        for member in self.redis.zrevrange(INDEX, 0, -1):
+            record = self.get(int(member))  # type: ignore[arg-type]  # zset members: ids
+            if record is not None and record.state == "failed":
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
 
     def owner_of(self, host: str, computer: str) -> int | None:
         value = self.redis.get(computer_key(host, computer))
@@ -272,4 +312,5 @@ class StatusStore:
             reservation=json.loads(raw.get("reservation", "{}")),
             history=json.loads(raw.get("history", "[]")),
             outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,
+            params=json.loads(raw.get("params") or "{}"),
         )

@@ -6,13 +6,19 @@ from celery import Celery
 
 from vclvirt.config.settings import Settings, get_settings
 from vclvirt.workers import logging as _logging  # noqa: F401 - connects Celery's log signals
+from vclvirt.workers.routing import CONTROL_QUEUE
 
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app whose every setting is chosen for idempotent, long, per-host steps."""
     app = Celery(
         "vclvirt",
-        include=["vclvirt.tasks.load", "vclvirt.tasks.operations", "vclvirt.tasks.capture"],
+        include=[
+            "vclvirt.tasks.load",
+            "vclvirt.tasks.operations",
+            "vclvirt.tasks.capture",
+            "vclvirt.tasks.control",
+        ],
     )
     visibility = settings.effective_visibility_timeout
     transport_options = {
@@ -44,7 +50,9 @@ def create_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         worker_max_tasks_per_child=200,
-        task_default_queue="vclvirt.unrouted",
+        # Host steps are always routed explicitly; what is not (run_reservation sent
+        # from Flower) goes to the control queue every worker also consumes.
+        task_default_queue=CONTROL_QUEUE,
         timezone="UTC",
         enable_utc=True,
     )

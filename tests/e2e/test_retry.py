@@ -1,0 +1,124 @@
+"""Failed reservations are listed and re-run from the step that failed; a host that is
+down for a while is retried by the step itself (transient error, backoff)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from tests.conftest import ROOT, make_reservation, repository_image, wait_for
+from vclvirt import dispatch
+
+
+def vclvirt(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vclvirt", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=os.environ,
+        check=False,
+    )
+
+
+def test_failed_load_is_listed_and_retried_from_its_failed_step(
+    testbed, start_worker, cleanup_computers
+):
+    """A load fails at pre_define (image missing); once the image is there, `vclvirt retry`
+    runs pre_define and the later steps only, and the reservation succeeds."""
+    image = "linux-E2eLateImage-640-v0"
+    for stale in testbed.glob(f"**/{image}*"):
+        subprocess.run(["rm", "-rf", str(stale)], check=True)
+    cleanup_computers.append("e2e-retry")
+    start_worker("node-a")
+    first = dispatch.load(make_reservation(7401, "e2e-retry", image, image_id=640)).wait(120)
+    assert (first.state, first.failed_step) == ("failed", "pre_define")
+    assert first.error and first.error["code"] == "IMAGE_NOT_FOUND"
+    listed = vclvirt("failed", "--json")
+    assert 7401 in [r["reservation_id"] for r in json.loads(listed.stdout)]
+    before = vclvirt("status", "7401")
+    assert before.returncode == 1 and "IMAGE_NOT_FOUND" in before.stdout
+
+    repository_image(testbed, image)
+    retried = vclvirt("retry", "7401", "--wait", "--timeout", "180")
+
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    final = dispatch.status(7401)
+    assert final is not None and final.state == "succeeded"
+    records = final.step_records
+    assert records["node_status"]["starts"] == 1  # earlier steps were not run again
+    assert records["delete_existing_domains"]["starts"] == 1
+    assert records["pre_define"]["state"] == "succeeded"
+    assert final.history[-1]["state"] == "failed"
+    assert 7401 not in [r["reservation_id"] for r in json.loads(vclvirt("failed", "--json").stdout)]
+    after = vclvirt("status", "7401")
+    print(f"\nstatus before retry:\n{before.stdout}\nstatus after retry:\n{after.stdout}")
+
+
+def test_run_reservation_task_sent_by_name_retries_like_flower_would(
+    testbed, start_worker, cleanup_computers
+):
+    """`vclvirt.run_reservation` sent by name (as from Flower's send-task) re-runs the
+    failed reservation on its host's worker."""
+    from vclvirt.workers.app import app
+
+    image = "linux-E2eSentTask-641-v0"
+    for stale in testbed.glob(f"**/{image}*"):
+        subprocess.run(["rm", "-rf", str(stale)], check=True)
+    cleanup_computers.append("e2e-sent")
+    start_worker("node-a")
+    handle = dispatch.load(make_reservation(7402, "e2e-sent", image, image_id=641))
+    assert handle.wait(120).state == "failed"
+    repository_image(testbed, image)
+
+    app.send_task("vclvirt.run_reservation", kwargs={"reservation_id": 7402})
+
+    wait_for(
+        lambda: (s := dispatch.status(7402)) and s.state == "succeeded",
+        180,
+        "the re-run reservation to succeed",
+    )
+
+
+def test_host_down_for_a_while_is_retried_with_backoff(testbed, start_worker, cleanup_computers):
+    """With node-b's sshd stopped the first step fails transiently and is retried; once sshd
+    is back the load completes, and every log line of the retries names the reservation."""
+    image = "linux-E2eHostDown-642-v0"
+    repository_image(testbed, image)
+    cleanup_computers.append("e2e-down")
+    worker = start_worker("node-b")
+    pidfile = testbed / "sshd/node-b/sshd.pid"
+    subprocess.run(["kill", pidfile.read_text().strip()], check=True)
+    # also cut the worker's pooled connections, as a host reboot would
+    subprocess.run(["pkill", "-f", "sshd: root@notty"], check=False)
+    try:
+        handle = dispatch.load(
+            make_reservation(7403, "e2e-down", image, image_id=642, host="node-b")
+        )
+        wait_for(
+            lambda: (s := handle.status()) and s.state == "retrying",
+            60,
+            "the first step to be retried",
+        )
+        time.sleep(2)
+    finally:
+        subprocess.run(
+            [str(ROOT / "scripts" / "testbed"), "start"], check=True, capture_output=True
+        )
+    final = handle.wait(timeout=180)
+    assert final.state == "succeeded", final.to_dict()
+    first_step = final.step_records["node_status"]
+    assert first_step["attempt"] >= 2
+
+    lines = [line for line in worker.log_lines() if line.get("reservation_id") == 7403]
+    retries = [line for line in lines if line.get("event") == "step_retrying"]
+    assert retries and all(
+        r["code"] in ("NODE_UNREACHABLE", "LIBVIRT_UNAVAILABLE") for r in retries
+    )
+    for line in lines:
+        assert {"task_id", "step", "host", "computer", "request_id"} <= line.keys(), line
+        assert line["host"] == "node-b"
