@@ -462,3 +462,27 @@ def failed(
             f"{record.computer}\t{record.failed_step}\t[{error.get('code')}] "
             f"{error.get('message')}\t{_when(record.finished_at)}"
         )
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+) -> None:
+    """Serve the JSON HTTP API (OpenAPI at /openapi.json); needs VCLVIRT_API_TOKEN unless
+    bound to loopback."""
+    import uvicorn
+
+    from vclvirt.api import create_api, is_loopback
+    from vclvirt.workers.logging import configure_logging
+
+    settings = get_settings()
+    if settings.api_token is None and not is_loopback(host):
+        typer.echo(
+            f"error: refusing to serve on {host} without a token: set "
+            "VCLVIRT_API_TOKEN, or bind to 127.0.0.1 for development",
+            err=True,
+        )
+        raise typer.Exit(2)
+    configure_logging(json=True)
+    uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False)

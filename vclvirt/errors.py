@@ -76,6 +76,13 @@ class InvalidInput(PermanentError):
     code = "INVALID_INPUT"
     default_hint = "Correct the named field and submit again"
 
+    def __init__(self, message: str, *, field: str | None = None, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "field": self.field}
+
 
 class UnknownHost(PermanentError):
     """The reservation names a host the inventory does not have."""

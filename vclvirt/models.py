@@ -124,6 +124,10 @@ def parse_reservation(data: str | bytes | dict[str, Any]) -> Reservation:
         # Round-trip through JSON so dicts obey exactly the JSON rules (strict ints, etc.).
         return Reservation.model_validate_json(json.dumps(data))
     except ValidationError as error:
-        raise InvalidInput(f"invalid reservation: {_describe(error)}") from None
+        first = error.errors()[0]["loc"] if error.errors() else ()
+        raise InvalidInput(
+            f"invalid reservation: {_describe(error)}",
+            field=".".join(str(p) for p in first) or None,
+        ) from None
     except (TypeError, ValueError) as error:
         raise InvalidInput(f"invalid reservation: {error}") from None

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     node_status_timeout: float = Field(default=15.0, gt=0)
     # Executable files run in the guest, in name order, at the end of post_load.
     post_load_scripts_dir: Path | None = None
+    # HTTP API: bearer token; without one the API only binds to loopback (development).
+    api_token: str | None = Field(default=None, repr=False)
+    # Prometheus metrics of a worker (0: off).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Graceful shutdown: ACPI power button, re-sent every 10 s, destroy after this.
     power_off_timeout: float = Field(default=120.0, gt=0)
 
