@@ -60,6 +60,9 @@ def worker(
     except VclvirtError as error:
         _fail(error, 2)
     os.environ["VCLVIRT_WORKER_HOST"] = host
+    settings = get_settings()
+    if settings.metrics_port:
+        _serve_worker_metrics(settings.metrics_port, host)
     from vclvirt.workers.app import app as celery_app
     from vclvirt.workers.routing import CONTROL_QUEUE, host_queue
 
@@ -81,6 +84,20 @@ def worker(
             "--without-gossip",
         ]
     )
+
+
+def _serve_worker_metrics(port: int, host: str) -> None:
+    """Metrics of all pool processes, merged: the directory must be set before
+    prometheus_client is first imported, which is why this runs before the app loads."""
+    import tempfile
+
+    import redis
+
+    directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{host}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from vclvirt.metrics import serve_metrics
+
+    serve_metrics(port, redis.Redis.from_url(get_settings().broker_url), [host])
 
 
 def _read_reservation(path: str) -> str:

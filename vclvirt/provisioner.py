@@ -153,6 +153,7 @@ class Provisioner:
             "master": master.path,
             "master_format": master.format,
             "master_copied": master.copied,
+            "master_bytes": master.bytes_written,
             "overlay": names.overlay_path,
             "overlay_created": created,
             "notes": notes,

@@ -28,6 +28,7 @@ class MasterImage:
     path: str
     format: str
     copied: bool
+    bytes_written: int = 0
 
 
 def _image_files(node: Transport, directory: str, image_name: str, *, recursive: bool) -> list[str]:
@@ -111,7 +112,8 @@ def ensure_master(
             progress=progress,
         )
         copy_reference_xml(node, source.path, destination)
-    return MasterImage(destination, MASTER_FORMAT, copied=True)
+    written = int(str(driver.image_info(destination).get("actual-size", 0)))
+    return MasterImage(destination, MASTER_FORMAT, copied=True, bytes_written=written)
 
 
 def _format(driver: HypervisorDriver, path: str) -> str:

@@ -25,6 +25,7 @@ from vclvirt.errors import (
     WrongWorker,
 )
 from vclvirt.locks import resource_lock
+from vclvirt.metrics import STEP_DURATION, STEP_FAILURES
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.provisioner import Provisioner
 from vclvirt.status import StatusStore
@@ -86,12 +87,14 @@ def run_step(
                 store.step_skipped(rid, step, last=last)
                 log.info("step_skipped", reason="node_status says it is not needed")
                 return {"skipped": True}
+            started = time.monotonic()
             store.step_started(
                 rid, step, task_id=task.request.id, worker=task.request.hostname, attempt=attempt
             )
             log.info("step_started", attempt=attempt)
             result = body(provisioner_for(host), reservation, params or {})
         store.step_succeeded(rid, step, result, last=last)
+        STEP_DURATION.labels(step=step, host=host).observe(time.monotonic() - started)
         log.info("step_succeeded", attempt=attempt, last=last)
         return {k: v for k, v in result.items() if k != "xml"}
     except TransientError as error:
@@ -107,21 +110,22 @@ def run_step(
                 retry_in_s=round(countdown, 1),
             )
             raise task.retry(exc=error, countdown=countdown) from None
-        _fail(store, rid, step, error)
+        _fail(store, rid, step, error, host)
         raise
     except VclvirtError as error:
         error.with_context(host=host, reservation_id=rid)
-        _fail(store, rid, step, error)
+        _fail(store, rid, step, error, host)
         raise
     except Exception as error:
         wrapped = InternalError(f"{type(error).__name__}: {error}", host=host, reservation_id=rid)
         log.exception("step_crashed")
-        _fail(store, rid, step, wrapped)
+        _fail(store, rid, step, wrapped, host)
         raise wrapped from error
 
 
-def _fail(store: StatusStore, rid: int, step: str, error: VclvirtError) -> None:
+def _fail(store: StatusStore, rid: int, step: str, error: VclvirtError, host: str) -> None:
     state = "superseded" if isinstance(error, Superseded) else "failed"
+    STEP_FAILURES.labels(step=step, host=host, code=error.code).inc()
     store.step_failed(rid, step, error.to_dict(), state=state)
     log.error("step_failed", error=str(error), code=error.code)
 

@@ -16,6 +16,7 @@ from celery import chain
 from celery.canvas import Signature
 
 from vclvirt.guest.hooks import POST_LOAD, READY
+from vclvirt.metrics import MASTER_BYTES, MASTER_COPIES
 from vclvirt.models import Reservation
 from vclvirt.provisioner import Provisioner
 from vclvirt.tasks.base import MissingStepResult, copy_progress, routed, step_task
@@ -37,6 +38,14 @@ def _node_status(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str,
     plan = {READY: [], POST_LOAD: ["post_load"]}.get(result["status"], RELOAD_STEPS)
     status_store().set_plan(r.reservation_id, plan)
     return {**result, "plan": plan}
+
+
+def _pre_define(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str, Any]:
+    result = p.pre_define(r, progress=copy_progress(r, "pre_define"))
+    if result["master_copied"]:
+        MASTER_COPIES.labels(host=r.host).inc()
+        MASTER_BYTES.labels(host=r.host).inc(result["master_bytes"])
+    return result
 
 
 def _define(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +72,7 @@ def _post_load(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str, A
 _BODIES = {
     "node_status": _node_status,
     "delete_existing_domains": lambda p, r, _: p.delete_existing_domains(r),
-    "pre_define": lambda p, r, _: p.pre_define(r, progress=copy_progress(r, "pre_define")),
+    "pre_define": _pre_define,
     "generate_xml": lambda p, r, _: p.generate_xml(r),
     "define": _define,
     "power_on": lambda p, r, _: p.power_on(r),

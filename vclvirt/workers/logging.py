@@ -45,6 +45,7 @@ def configure_logging(*, json: bool = True, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # Python warnings become JSON lines too
 
 
 def _celery_setup_logging(loglevel: Any = None, **_: Any) -> None:
