@@ -117,11 +117,19 @@ def _load_and_wait_for_flower(
     """Load RESERVATION on a real node-a worker; return its 7 steps once Flower shows them."""
     repository_image(testbed, IMAGE)
     cleanup_computers.append("e2e-flower")
-    start_worker("node-a")
+    worker = start_worker("node-a")
     reservation = make_reservation(RESERVATION, "e2e-flower", IMAGE, image_id=650, computer_id=77)
     since = time.time() - 1  # Flower outlives test sessions: ignore earlier runs' tasks
 
-    final = dispatch.load(reservation).wait(timeout=180)
+    handle = dispatch.load(reservation)
+    try:
+        final = handle.wait(timeout=180)
+    except TimeoutError as exc:
+        status = handle.status()
+        log = worker.log_path.read_text(errors="replace")[-3000:]
+        raise AssertionError(
+            f"{exc}; status {status.to_dict() if status else None}; worker log tail:\n{log}"
+        ) from exc
     assert final.state == "succeeded", final.to_dict()
 
     deadline = time.monotonic() + 60
