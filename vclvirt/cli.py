@@ -48,18 +48,24 @@ def _fail(error: VclvirtError, code: int = 1) -> None:
 
 @app.command()
 def worker(
-    host: Annotated[str, typer.Option(help="Inventory name of the host this worker serves")],
+    host: Annotated[
+        list[str],
+        typer.Option(
+            help="Inventory name of the host this worker serves (repeat to serve several, "
+            "e.g. hosts reached locally in a simulation)"
+        ),
+    ],
     concurrency: Annotated[
         int | None, typer.Option(help="Parallel steps (default: the host's max_concurrent_loads)")
     ] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
-    """Run a Celery worker that consumes only this host's queue."""
+    """Run a Celery worker that consumes only its host's queue (and the control queue)."""
     try:
-        config = get_inventory().host(host)
+        configs = [get_inventory().host(name) for name in host]
     except VclvirtError as error:
         _fail(error, 2)
-    os.environ["VCLVIRT_WORKER_HOST"] = host
+    os.environ["VCLVIRT_WORKER_HOST"] = ",".join(host)
     settings = get_settings()
     if settings.metrics_port:
         _serve_worker_metrics(settings.metrics_port, host)
@@ -70,11 +76,11 @@ def worker(
         [
             "worker",
             "--queues",
-            f"{host_queue(host)},{CONTROL_QUEUE}",
+            ",".join([*(host_queue(name) for name in host), CONTROL_QUEUE]),
             "--hostname",
-            f"{host}@%h",
+            f"{host[0]}@%h" if len(host) == 1 else f"{host[0]}+{len(host) - 1}@%h",
             "--concurrency",
-            str(concurrency or config.max_concurrent_loads),
+            str(concurrency or configs[0].max_concurrent_loads),
             "--pool",
             "prefork",
             "--loglevel",
@@ -86,18 +92,18 @@ def worker(
     )
 
 
-def _serve_worker_metrics(port: int, host: str) -> None:
+def _serve_worker_metrics(port: int, hosts: list[str]) -> None:
     """Metrics of all pool processes, merged: the directory must be set before
     prometheus_client is first imported, which is why this runs before the app loads."""
     import tempfile
 
     import redis
 
-    directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{host}-")
+    directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{hosts[0]}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from vclvirt.metrics import serve_metrics
 
-    serve_metrics(port, redis.Redis.from_url(get_settings().broker_url), [host])
+    serve_metrics(port, redis.Redis.from_url(get_settings().broker_url), hosts)
 
 
 def _read_reservation(path: str) -> str:

@@ -44,11 +44,14 @@ class HostConfig(BaseModel):
     address: Annotated[str, StringConstraints(pattern=HOSTNAME_PATTERN)]
     port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 22
     user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "root"
-    key_file: Path
-    known_hosts: Path
+    # "local": the worker runs on the host itself (no SSH); "ssh": everything else.
+    transport: Literal["ssh", "local"] = "ssh"
+    key_file: Path | None = None
+    known_hosts: Path | None = None
     libvirt_uri: str | None = None
     driver: str = "kvm"
-    domain_type: Literal["kvm", "qemu", "auto"] = "auto"
+    # "test" is libvirt's test driver (simulations with test:///default).
+    domain_type: Literal["kvm", "qemu", "auto", "test"] = "auto"
     datastore_path: HostPath
     vm_path: HostPath | None = None
     repository_path: HostPath | None = None
@@ -67,6 +70,12 @@ class HostConfig(BaseModel):
     def _default_vm_path(self) -> HostConfig:
         if self.vm_path is None:
             object.__setattr__(self, "vm_path", self.datastore_path)
+        return self
+
+    @model_validator(mode="after")
+    def _ssh_needs_keys(self) -> HostConfig:
+        if self.transport == "ssh" and (self.key_file is None or self.known_hosts is None):
+            raise ValueError("key_file and known_hosts are required with transport ssh")
         return self
 
     @model_validator(mode="after")
@@ -97,6 +106,8 @@ class HostConfig(BaseModel):
         """
         if self.libvirt_uri:
             return self.libvirt_uri
+        if self.transport == "local":
+            return "qemu:///system"
         query = urlencode(
             {
                 "keyfile": str(self.key_file),

@@ -40,7 +40,7 @@ class SSHTarget(Protocol):
     @property
     def user(self) -> str: ...
     @property
-    def key_file(self) -> Path: ...
+    def key_file(self) -> Path | None: ...
     @property
     def known_hosts(self) -> Path | None:
         """None accepts any host key: only for freshly provisioned guests."""
@@ -88,6 +88,12 @@ class SSHTransport:
         self._lock = threading.Lock()
 
     def _connect(self) -> paramiko.SSHClient:
+        if self.host.key_file is None:
+            raise AuthenticationFailed(
+                f"no SSH key configured for {self.host_name}",
+                host=self.host_name,
+                hint="Set key_file in the inventory",
+            )
         client = paramiko.SSHClient()
         if self.host.known_hosts is None:
             # A guest just built from an image has a key nobody can know in advance.

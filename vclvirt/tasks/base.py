@@ -30,7 +30,7 @@ from vclvirt.models import Reservation, parse_reservation
 from vclvirt.provisioner import Provisioner
 from vclvirt.status import StatusStore
 from vclvirt.workers.app import app
-from vclvirt.workers.context import provisioner_for, status_store, worker_host
+from vclvirt.workers.context import provisioner_for, status_store, worker_hosts
 from vclvirt.workers.routing import host_queue
 
 log = structlog.get_logger(__name__)
@@ -74,9 +74,11 @@ def run_step(
     computer = reservation.computer.short_name
     attempt = task.request.retries + 1
     try:
-        serving = worker_host()
-        if serving is not None and serving != host:
-            raise WrongWorker(f"step {step} for host {host} reached the worker of {serving}")
+        serving = worker_hosts()
+        if serving is not None and host not in serving:
+            raise WrongWorker(
+                f"step {step} for host {host} reached the worker of {', '.join(sorted(serving))}"
+            )
         with resource_lock(store.redis, f"computer:{host}:{computer}", task.request.id or step):
             owner = store.owner_of(host, computer)
             if owner is not None and owner != rid:

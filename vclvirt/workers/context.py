@@ -15,16 +15,19 @@ from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
 from vclvirt.hypervisor.connection import connect
 from vclvirt.hypervisor.drivers import load_driver
+from vclvirt.node.local import LocalTransport
 from vclvirt.node.ssh import ssh_transport
+from vclvirt.node.transport import Transport
 from vclvirt.provisioner import Provisioner
 from vclvirt.status import StatusStore
 
 WORKER_HOST_ENV = "VCLVIRT_WORKER_HOST"
 
 
-def worker_host() -> str | None:
-    """The host this worker serves (set by `vclvirt worker --host`)."""
-    return os.environ.get(WORKER_HOST_ENV) or None
+def worker_hosts() -> set[str] | None:
+    """The hosts this worker serves (set by `vclvirt worker --host`), None if unrestricted."""
+    value = os.environ.get(WORKER_HOST_ENV)
+    return set(value.split(",")) if value else None
 
 
 @lru_cache(maxsize=4)
@@ -42,7 +45,11 @@ def status_store() -> StatusStore:
 def _provisioner(pid: int, host_name: str) -> Provisioner:
     settings = get_settings()
     host = get_inventory().host(host_name)
-    node = ssh_transport(host, connect_timeout=settings.ssh_connect_timeout)
+    node: Transport = (
+        LocalTransport(host.name)
+        if host.transport == "local"
+        else ssh_transport(host, connect_timeout=settings.ssh_connect_timeout)
+    )
     driver = load_driver(host, node)
     return Provisioner(host, node, driver, lambda: connect(host))
 
