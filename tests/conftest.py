@@ -102,6 +102,20 @@ def make_reservation(
     }
 
 
+def uncached_image(testbed: Path, name: str, size: str, data: str, host: str) -> Path:
+    """A repository image holding `data` bytes (e.g. "300M") of a pattern, and no master of
+    it on `host` yet, so the next load there copies it."""
+    source = repository_image(testbed, name, size=size)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {data}", str(source)],
+        check=True,
+        capture_output=True,
+    )
+    for cached in (testbed / "hosts" / host / "images").glob(f"{name}*"):
+        cached.unlink()
+    return source
+
+
 def repository_image(testbed: Path, name: str, size: str = "16M") -> Path:
     """A real qcow2 image in the shared repository, as `<repo>/<name>/<name>.qcow2`."""
     directory = testbed / "repository" / name

@@ -136,6 +136,7 @@ class StatusStore:
         )
         pipe.expire(key, self.ttl)
         pipe.zadd(INDEX, {str(reservation.reservation_id): now})
+        pipe.zremrangebyscore(INDEX, 0, now - self.ttl)  # their records have expired
         pipe.set(
             computer_key(reservation.host, reservation.computer.short_name),
             reservation.reservation_id,

@@ -17,16 +17,9 @@ from typing import Any
 
 from tests.conftest import GUEST_CACHE, ROOT, make_reservation, repository_image
 from vclvirt import dispatch
+from vclvirt.tasks.load import LOAD_STEPS
 
-STEPS = (
-    "node_status",
-    "delete_existing_domains",
-    "pre_define",
-    "generate_xml",
-    "define",
-    "power_on",
-    "post_load",
-)
+STEPS = tuple(LOAD_STEPS)
 FLOWER_USER = "vclvirt"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (

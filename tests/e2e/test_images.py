@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import computer_domains, guest_shell, make_reservation, repository_image
+from tests.conftest import (
+    computer_domains,
+    guest_shell,
+    make_reservation,
+    uncached_image,
+)
 from vclvirt import dispatch
 
 
@@ -18,14 +23,7 @@ def test_concurrent_loads_of_an_uncached_image_copy_it_once(
 ):
     """Four loads of the same image, not yet on the host, at once: one copy, four domains."""
     image = "linux-E2eShared-620-v0"
-    source = repository_image(testbed, image, size="512M")
-    subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 300M", str(source)],
-        check=True,
-        capture_output=True,
-    )
-    for cached in (testbed / "hosts/node-a/images").glob(f"{image}*"):
-        cached.unlink()
+    uncached_image(testbed, image, "512M", "300M", "node-a")
     computers = [f"e2e-many{i}" for i in range(4)]
     cleanup_computers.extend(computers)
     start_worker("node-a", concurrency=4)
@@ -56,6 +54,9 @@ def test_capture_of_a_real_guest_gives_a_bootable_standalone_image(
     marker.write_text("#!/bin/sh\nhostname > /root/post-load-marker\n")
     marker.chmod(0o755)
     cleanup_computers.extend(["e2e-capt", "e2e-capt2"])
+    new = "linux-CapturedGuest-900-v1"
+    for earlier in [*testbed.glob(f"hosts/*/images/{new}.*"), testbed / "repository" / new]:
+        subprocess.run(["rm", "-rf", str(earlier)], check=True)  # from an earlier run
     start_worker("node-a", VCLVIRT_POST_LOAD_SCRIPTS_DIR=str(scripts))
     base = make_reservation(8101, "e2e-capt", guest_image, image_id=900, os_type="linux")
     assert dispatch.load(base).wait(300).state == "succeeded"
@@ -76,7 +77,6 @@ def test_capture_of_a_real_guest_gives_a_bootable_standalone_image(
     final = dispatch.capture(capture).wait(600)
 
     assert final.state == "succeeded", final.to_dict()
-    new = "linux-CapturedGuest-900-v1"
     assert final.outcome and final.outcome["new_image"] == new
     assert final.outcome["size_bytes"] > 0
     master = testbed / f"hosts/node-a/images/{new}.qcow2"

@@ -13,6 +13,7 @@ from tests.conftest import (
     computer_domains,
     make_reservation,
     repository_image,
+    uncached_image,
     wait_for,
 )
 from vclvirt import dispatch
@@ -97,15 +98,8 @@ def test_worker_killed_mid_chain_is_replaced_and_load_completes(
 ):
     """SIGKILL of the whole worker during the master copy: a new worker finishes the load."""
     image = "linux-E2eKilled-605-v0"
-    source = repository_image(testbed, image, size="1G")
-    # Fill the image so that converting it takes a few seconds: a window to kill in.
-    subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 900M", str(source)],
-        check=True,
-        capture_output=True,
-    )
-    for stale in (testbed / "hosts/node-b/images").glob(f"{image}*"):
-        stale.unlink()
+    # 900M of data: converting it takes a few seconds, a window to kill the worker in
+    uncached_image(testbed, image, "1G", "900M", "node-b")
     cleanup_computers.append("e2e-killed")
     fast_redelivery = {
         "VCLVIRT_VISIBILITY_TIMEOUT": "15",
@@ -137,3 +131,26 @@ def test_worker_killed_mid_chain_is_replaced_and_load_completes(
     assert not list((testbed / "hosts/node-b/images").glob("*.part"))
     master = testbed / "hosts/node-b/images" / f"{image}.qcow2"
     subprocess.run(["qemu-img", "check", str(master)], check=True, capture_output=True)
+
+
+def test_two_loads_of_one_computer_at_once_leave_one_domain(
+    testbed, start_worker, cleanup_computers
+):
+    """Two reservations for the same computer enqueued together: the newer one wins, the
+    older one stops (superseded) or was replaced; never two domains."""
+    older, newer = "linux-E2eOlder-606-v0", "linux-E2eNewer-607-v0"
+    repository_image(testbed, older)
+    repository_image(testbed, newer)
+    cleanup_computers.append("e2e-race")
+    start_worker("node-a", concurrency=2)
+
+    first = dispatch.load(make_reservation(7010, "e2e-race", older, image_id=606))
+    second = dispatch.load(make_reservation(7011, "e2e-race", newer, image_id=607))
+    a, b = first.wait(180), second.wait(180)
+
+    assert b.state == "succeeded", b.to_dict()
+    assert a.state in ("superseded", "succeeded"), a.to_dict()
+    if a.state == "superseded":
+        assert a.error and a.error["code"] == "SUPERSEDED"
+    domains = computer_domains("e2e-race")
+    assert len(domains) == 1 and domains[0].endswith("_607-v0"), domains

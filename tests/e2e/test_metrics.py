@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 
 import httpx
 
-from tests.conftest import make_reservation, repository_image
+from tests.conftest import make_reservation, uncached_image
 from vclvirt import dispatch
+from vclvirt.tasks.load import LOAD_STEPS
 
 
 def _free_port() -> int:
@@ -30,14 +30,7 @@ def test_worker_metrics_after_a_load_and_a_failure(testbed, start_worker, cleanu
     """After one load (with a master copy) and one failed load, the worker's /metrics has the
     step durations, the copy and its bytes, the failure by code, and node-a's queue depth."""
     image = "linux-E2eMetrics-660-v0"
-    source = repository_image(testbed, image)
-    subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x44 0 4M", str(source)],
-        check=True,
-        capture_output=True,
-    )
-    for cached in (testbed / "hosts/node-a/images").glob(f"{image}*"):
-        cached.unlink()
+    uncached_image(testbed, image, "16M", "4M", "node-a")
     cleanup_computers.extend(["e2e-metrics", "e2e-metrics2"])
     port = _free_port()
     start_worker("node-a", VCLVIRT_METRICS_PORT=str(port))
@@ -49,15 +42,7 @@ def test_worker_metrics_after_a_load_and_a_failure(testbed, start_worker, cleanu
     assert (ok.state, bad.state) == ("succeeded", "failed")
 
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    for step in (
-        "node_status",
-        "delete_existing_domains",
-        "pre_define",
-        "generate_xml",
-        "define",
-        "power_on",
-        "post_load",
-    ):
+    for step in LOAD_STEPS:
         assert _value(metrics, "vclvirt_step_duration_seconds_count", step=step, host="node-a") >= 1
     assert _value(metrics, "vclvirt_master_copies_total", host="node-a") == 1
     assert _value(metrics, "vclvirt_master_copy_bytes_total", host="node-a") >= 4 * 2**20

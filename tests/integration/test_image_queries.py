@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.conftest import make_reservation, repository_image
+from tests.conftest import make_reservation, repository_image, uncached_image
 from vclvirt.errors import ImageNotFound
 from vclvirt.models import parse_reservation
 from vclvirt.workers.context import provisioner_for
@@ -16,14 +14,7 @@ def test_image_queries_see_repository_then_master(testbed):
     """An image only in the repository exists and has its repository size; once it is a
     master on the host, its size is the master's."""
     image = "linux-ItQueries-631-v0"
-    source = repository_image(testbed, image, size="64M")
-    subprocess.run(
-        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 8M", str(source)],
-        check=True,
-        capture_output=True,
-    )
-    for cached in (testbed / "hosts/node-a/images").glob(f"{image}*"):
-        cached.unlink()
+    uncached_image(testbed, image, "64M", "8M", "node-a")
     provisioner = provisioner_for("node-a")
 
     assert provisioner.does_image_exist(image)

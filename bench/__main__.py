@@ -1,0 +1,86 @@
+"""`python -m bench [--quick] [--only N ...]`: run the benchmarks, print the tables and
+write bench/results.md."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import common
+
+RESULTS = Path(__file__).resolve().parent / "results.md"
+
+
+def machine() -> str:
+    def out(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        except OSError:
+            return ""
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    virsh = out("virsh", "-c", "qemu:///system", "version").strip().replace("\n", "; ")
+    qemu_img = out("qemu-img", "--version").splitlines()[0]
+    return (
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
+        f"- machine: nproc {out('nproc').strip()}, {cpu}, {mem_kib / 2**20:.1f} GiB RAM, "
+        f"kernel {platform.release()}\n"
+        f"- virsh version: {virsh}\n- {qemu_img}\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
+    parser.add_argument(
+        "--only", type=int, nargs="*", default=[1, 2, 3, 4, 5], help="benchmark numbers"
+    )
+    parser.add_argument("--sim-loads", type=int, default=None, help="loads in benchmark 4")
+    args = parser.parse_args()
+    ctx = common.setup(args.quick, sim_hosts=20 if args.quick else 100)
+    # imported after setup: vclvirt reads its settings from the environment once
+    from bench import concurrency, distribution, latency, overhead, scale
+
+    plan = {
+        1: latency.run,
+        2: concurrency.run,
+        3: distribution.run,
+        4: lambda c: scale.run(c, args.sim_loads),
+        5: overhead.run,
+    }
+    started = time.monotonic()
+    sections: list[tuple[str, str]] = []
+    try:
+        for number in sorted(args.only):
+            begun = time.monotonic()
+            for title, body in plan[number](ctx):
+                sections.append((title, body))
+                print(f"\n## {title}\n\n{body}\n", flush=True)
+            print(f"(benchmark {number}: {time.monotonic() - begun:.0f} s)", flush=True)
+    finally:
+        common.cleanup_all(ctx)
+    text = (
+        f"# vclvirt benchmarks{' (--quick)' if args.quick else ''}\n\n{machine()}"
+        f"- total runtime: {time.monotonic() - started:.0f} s "
+        f"(`python -m bench{' --quick' if args.quick else ''}`)\n\n"
+        + "\n\n".join(f"## {title}\n\n{body}" for title, body in sections)
+        + "\n"
+    )
+    RESULTS.write_text(text)
+    print(f"\nwritten: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

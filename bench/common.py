@@ -1,0 +1,351 @@
+"""Shared helpers: environment, inventory, workers, reservations, loads, statistics, tables."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
+BROKER = "redis://127.0.0.1:6390/2"  # the benchmarks' own Redis database
+SSH_KEY = TESTBED / "ssh" / "id_ed25519"
+KNOWN_HOSTS = TESTBED / "ssh" / "known_hosts"
+GUEST_CACHE = Path("/var/cache/vclvirt/guest")
+PREFIX = "bench-"  # every computer the benchmarks create
+IMAGE_PREFIX = "linux-Bench"  # every image the benchmarks create
+STEPS = [
+    "node_status",
+    "delete_existing_domains",
+    "pre_define",
+    "generate_xml",
+    "define",
+    "power_on",
+    "post_load",
+]
+
+
+@dataclass
+class Context:
+    """What every benchmark shares: the work directory, the inventory, the run size."""
+
+    workdir: Path
+    inventory: Path
+    quick: bool
+    sim_hosts: list[str] = field(default_factory=list)
+    real_loads: list[Any] = field(default_factory=list)  # LoadResults over SSH, for gaps
+
+
+def setup(quick: bool, sim_hosts: int) -> Context:
+    """A temp work dir and one inventory (the test bed's hosts plus simulated ones); the
+    environment is set before anything imports vclvirt (its settings are read once)."""
+    workdir = Path(tempfile.mkdtemp(prefix="vclvirt-bench-"))
+    inventory = workdir / "inventory.toml"
+    text = (TESTBED / "inventory.toml").read_text()
+    names = [f"sim{i:03d}" for i in range(1, sim_hosts + 1)]
+    for name in names:
+        base = workdir / "sim" / name
+        for sub in ("images", "vms", "xml"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        text += (
+            f'\n[hosts.{name}]\naddress = "127.0.0.1"\ntransport = "local"\n'
+            f'libvirt_uri = "test:///default"\ndomain_type = "test"\n'
+            f'datastore_path = "{base}/images"\nvm_path = "{base}/vms"\nxml_dir = "{base}/xml"\n'
+        )
+    inventory.write_text(text)
+    os.environ.update(
+        VCLVIRT_BROKER_URL=BROKER,
+        VCLVIRT_INVENTORY=str(inventory),
+        VCLVIRT_TESTBED=str(TESTBED),
+        VCLVIRT_GUEST_KEY_FILE=str(GUEST_CACHE / "guest_key"),
+        VCLVIRT_RETRY_BACKOFF="1",
+        VCLVIRT_RETRY_BACKOFF_MAX="4",
+    )
+    import redis
+
+    redis.Redis.from_url(BROKER).flushdb()
+    return Context(workdir, inventory, quick, names)
+
+
+def run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=True, capture_output=True, text=True, **kwargs)
+
+
+# -- statistics and tables ---------------------------------------------------------
+
+
+def median(values: Iterable[float]) -> float:
+    data = list(values)
+    return statistics.median(data) if data else float("nan")
+
+
+def p95(values: Iterable[float]) -> float:
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    return data[min(len(data) - 1, round(0.95 * (len(data) - 1)))]
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return "n/a" if value != value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- workers -----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def pids(self) -> list[int]:
+        """The worker's main process and all its descendants."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            found.append(pid)
+            todo += [int(c) for c in children]
+        return found
+
+    def memory(self) -> tuple[int, int]:
+        """(RSS, PSS) in bytes, summed over the main process and its pool children; PSS
+        shares the pages children inherit from the main process instead of counting them
+        in every child."""
+        rss = pss = 0
+        for pid in self.pids():
+            try:
+                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+        return rss, pss
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+def start_worker(
+    ctx: Context, hosts: Sequence[str], concurrency: int, tag: str, module: str = "vclvirt"
+) -> Worker:
+    """A real `vclvirt worker` subprocess in its own session; returns once it is ready."""
+    log_path = ctx.workdir / f"worker-{tag}.log"
+    argv = [sys.executable, "-m", module, "worker", "--concurrency", str(concurrency)]
+    for host in hosts:
+        argv += ["--host", host]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+        )
+    worker = Worker(process, log_path)
+    deadline = time.monotonic() + 120
+    while "ready." not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            worker.stop()
+            raise RuntimeError(f"worker {tag} did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return worker
+
+
+# -- reservations and loads --------------------------------------------------------
+
+_next_id = [int(time.time()) % 100000 * 1000]
+
+
+def reservation(
+    computer: str,
+    computer_id: int,
+    image: str,
+    *,
+    host: str = "node-a",
+    image_id: int = 7001,
+    os_type: str = "none",
+) -> dict[str, Any]:
+    """A valid reservation with a fresh reservation id (computer names start with bench-)."""
+    _next_id[0] += 1
+    rid = _next_id[0]
+    tail = f"{computer_id % 256:02x}:{(computer_id // 256) % 256:02x}"
+    return {
+        "reservation_id": rid,
+        "request_id": rid + 1,
+        "state": "new",
+        "host": host,
+        "computer": {
+            "id": computer_id,
+            "hostname": f"{computer}.lab.test",
+            "eth0_mac": f"52:54:00:be:{tail}",
+            "eth1_mac": f"52:54:00:bf:{tail}",
+            "private_ip": None,
+        },
+        "image": {
+            "id": image_id,
+            "name": image,
+            "revision": 0,
+            "revision_id": image_id * 100,
+            "pretty_name": f"Bench {image}",
+            "os_type": os_type,
+            "os_name": "linux",
+            "min_ram_mb": 64,
+            "vcpus": 1,
+            "project": "vcl",
+        },
+    }
+
+
+@dataclass
+class LoadResult:
+    enqueued_at: float  # epoch, just before dispatch.load
+    record: Any  # vclvirt.status.ReservationStatus
+
+    def step(self, name: str) -> dict[str, Any]:
+        return dict(self.record.step_records.get(name, {}))
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.record.state == "succeeded")
+
+    @property
+    def to_running(self) -> float:
+        """Enqueue to the end of power_on (domain running)."""
+        return float(self.step("power_on")["ended_at"]) - self.enqueued_at
+
+    @property
+    def to_finished(self) -> float:
+        return float(self.record.finished_at) - self.enqueued_at
+
+
+def load_all(reservations: Sequence[dict[str, Any]], timeout: float = 900) -> list[LoadResult]:
+    """Enqueue every reservation at once, then wait for all of them (polling Redis)."""
+    from vclvirt import dispatch
+
+    started = []
+    for res in reservations:
+        started.append(time.time())
+        dispatch.load(res)
+    deadline = time.monotonic() + timeout
+    pending = {i: r["reservation_id"] for i, r in enumerate(reservations)}
+    records: dict[int, Any] = {}
+    while pending:
+        for i, rid in list(pending.items()):
+            record = dispatch.status(rid)
+            if record is not None and record.finished:
+                records[i] = record
+                del pending[i]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} loads did not finish in {timeout}s")
+        time.sleep(0.02 if len(pending) < 50 else 0.5)
+    results = [LoadResult(started[i], records[i]) for i in range(len(reservations))]
+    for result in results:
+        if not result.ok:
+            raise RuntimeError(
+                f"load {result.record.reservation_id} {result.record.state}: "
+                f"{json.dumps(result.record.error)[:500]}"
+            )
+    return results
+
+
+def step_gaps(result: LoadResult) -> list[tuple[str, float]]:
+    """(transition, seconds) between one step's end and the next step's start."""
+    gaps = []
+    done = [s for s in result.record.steps if result.step(s).get("started_at")]
+    for before, after in itertools.pairwise(done):
+        gap = result.step(after)["started_at"] - result.step(before)["ended_at"]
+        gaps.append((f"{before}→{after}", gap))
+    first = result.step(done[0])["started_at"] - result.enqueued_at if done else None
+    if first is not None:
+        gaps.insert(0, (f"enqueue→{done[0]}", first))
+    return gaps
+
+
+# -- clean-up ----------------------------------------------------------------------
+
+
+def destroy_domains(prefix: str = PREFIX, uri: str = "qemu:///system") -> None:
+    """Destroy and undefine every domain whose name starts with the prefix."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        for domain in conn.listAllDomains(0):
+            if domain.name().startswith(prefix):
+                try:
+                    if domain.isActive():
+                        domain.destroy()
+                    domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+                except libvirt.libvirtError:
+                    pass
+    finally:
+        conn.close()
+
+
+def remove_files(*patterns: str) -> None:
+    for pattern in patterns:
+        for path in TESTBED.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def cleanup_computers(prefix: str = PREFIX) -> None:
+    destroy_domains(prefix)
+    remove_files(f"hosts/*/vms/{prefix}*", f"hosts/*/xml/{prefix}*")
+
+
+def cleanup_all(ctx: Context) -> None:
+    cleanup_computers()
+    remove_files(
+        f"repository/{IMAGE_PREFIX}*",
+        f"hosts/*/images/{IMAGE_PREFIX}*",
+        f"hosts/*/images/.{IMAGE_PREFIX}*",
+    )
+    shutil.rmtree(ctx.workdir, ignore_errors=True)
+
+
+def publish_image(name: str, source: Path, reference_xml: str | None = None) -> Path:
+    """Put an image into the test bed's repository as <repo>/<name>/<name>.qcow2."""
+    directory = TESTBED / "repository" / name
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.qcow2"
+    run(["cp", "--sparse=always", str(source), str(path)])
+    if reference_xml:
+        (directory / f"{name}.xml").write_text(reference_xml)
+    return path
+
+
+def accepted_ssh(host: str = "node-a") -> int:
+    """SSH handshakes the test bed's sshd has accepted so far (its log)."""
+    log = TESTBED / "sshd" / host / "sshd.log"
+    return log.read_text(errors="replace").count("Accepted publickey")
