@@ -204,3 +204,56 @@ def test_truncated_repository_image_is_rejected(node: Any, host: Any) -> None:
         ensure_master(node, KvmDriver(host, node), host, name)
     assert not (Path(host.datastore_path) / f"{name}.qcow2").exists()
     assert leftovers(host) == []
+
+
+def test_worker_side_repository_is_streamed_over_ssh_and_stays_sparse(node: Any, host: Any):
+    """repository_location = "worker": a split VMware image on the worker's machine becomes
+    a verified qcow2 master on the host, sent over the SSH connection without its holes."""
+    worker_side = host.model_copy(update={"repository_location": "worker"})
+    name = "linux-Streamed-710-v0"
+    directory = Path(host.repository_path) / name
+    directory.mkdir()
+    raw = directory.parent / "scratch.raw"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), "3G"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 0x77 2G 8M", str(raw)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "qemu-img",
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=twoGbMaxExtentSparse",
+            str(raw),
+            str(directory / f"{name}.vmdk"),
+        ],
+        check=True,
+    )
+    raw.unlink()
+    (directory / f"{name}.xml").write_text("<domain><name>streamed</name></domain>\n")
+    reported: list[tuple[int, int]] = []
+
+    master = ensure_master(
+        node,
+        KvmDriver(worker_side, node),
+        worker_side,
+        name,
+        progress=lambda done, total: reported.append((done, total)),
+    )
+
+    assert (master.path, master.copied) == (f"{host.datastore_path}/{name}.qcow2", True)
+    assert qemu_img_check(master.path).returncode == 0
+    read = subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "read -P 0x77 2G 8M", master.path],
+        capture_output=True,
+        text=True,
+    )
+    assert read.returncode == 0 and "verification failed" not in read.stdout
+    assert master.bytes_written < 64 * 2**20  # 3 GiB virtual, 8 MiB of data: holes stayed holes
+    assert reported and reported[-1][0] == reported[-1][1] < 64 * 2**20
+    assert (Path(host.datastore_path) / f"{name}.xml").read_text().startswith("<domain>")
+    assert leftovers(host) == []

@@ -55,6 +55,9 @@ class HostConfig(BaseModel):
     datastore_path: HostPath
     vm_path: HostPath | None = None
     repository_path: HostPath | None = None
+    # "host": the repository is a path on the host (a shared mount); "worker": a path on
+    # the machine running the worker, streamed to the host over the SSH connection.
+    repository_location: Literal["host", "worker"] = "host"
     xml_dir: HostPath = "/tmp/vcl"
     private_switch: Annotated[str, StringConstraints(pattern=_SWITCH)] | None = None
     public_switch: Annotated[str, StringConstraints(pattern=_SWITCH)] | None = None

@@ -8,16 +8,21 @@ sees a half-written master (fixes B1/B2 of the reference).
 
 from __future__ import annotations
 
+import os
 import posixpath
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import ImageInvalid, ImageNotFound
 from vclvirt.hypervisor.drivers import HypervisorDriver
+from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.images.repository import RepositorySource, find_repository_image
 from vclvirt.node.host_lock import host_lock
-from vclvirt.node.transport import Transport, path_exists
+from vclvirt.node.local import LocalTransport
+from vclvirt.node.transport import Transport, path_exists, write_file
 
 _NOT_IMAGES = (".xml", ".reference", ".part", ".txt", ".vmx", ".lock")
 MASTER_FORMAT = "qcow2"
@@ -68,10 +73,12 @@ def find_master(node: Transport, host: HostConfig, image_name: str) -> str | Non
 def find_in_repository(
     node: Transport, host: HostConfig, image_name: str
 ) -> RepositorySource | None:
-    """The image in `<repository>/<image>/` on the host (see images.repository), or None."""
+    """The image in `<repository>/<image>/` (see images.repository), or None. The
+    repository is searched where it is: on the host, or on the worker's machine."""
     if not host.repository_path:
         return None
-    return find_repository_image(node, host.repository_path, image_name, host.name)
+    where = LocalTransport(host.name) if host.repository_location == "worker" else node
+    return find_repository_image(where, host.repository_path, image_name, host.name)
 
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
@@ -103,15 +110,18 @@ def ensure_master(
         if found:
             return MasterImage(found, _format(driver, found), copied=False)
         destination = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
-        write_verified_copy(
-            node,
-            driver,
-            source.path,
-            destination,
-            source_format=source.format_hint,
-            progress=progress,
-        )
-        copy_reference_xml(node, source.path, destination)
+        if host.repository_location == "worker":
+            stream_from_worker(node, driver, host, source, destination, progress)
+        else:
+            write_verified_copy(
+                node,
+                driver,
+                source.path,
+                destination,
+                source_format=source.format_hint,
+                progress=progress,
+            )
+            copy_reference_xml(node, source.path, destination)
     written = int(str(driver.image_info(destination).get("actual-size", 0)))
     return MasterImage(destination, MASTER_FORMAT, copied=True, bytes_written=written)
 
@@ -159,3 +169,58 @@ def copy_reference_xml(node: Transport, source: str, destination: str) -> None:
         target = posixpath.splitext(destination)[0] + ".xml"
         node.run(["cp", "-f", "--", source_xml, f"{target}.part"])
         node.run(["mv", "-f", "--", f"{target}.part", target])
+
+
+def stream_from_worker(
+    node: Transport,
+    driver: HypervisorDriver,
+    host: HostConfig,
+    source: RepositorySource,
+    destination: str,
+    progress: Progress | None = None,
+) -> None:
+    """A repository image on the worker's machine: converted here to a compact qcow2 (holes
+    stay holes, split VMware images are read through their descriptor), streamed over the
+    host's SSH connection to `<destination>.part`, verified on the host, then renamed."""
+    local = LocalTransport(host.name)
+    local_driver = KvmDriver(host, local)
+    local_driver.verify(source.path, source.format_hint)
+    part = f"{destination}.part"
+    with tempfile.TemporaryDirectory(prefix="vclvirt-stream-") as scratch:
+        compact = os.path.join(scratch, "image.qcow2")
+        local_driver.convert(source.path, compact, MASTER_FORMAT)
+        total = os.path.getsize(compact)
+        try:
+            with open(compact, "rb") as data:
+                node.run(
+                    ["dd", f"of={part}", "bs=1M", "status=none"],
+                    stdin=_CountingReader(data, total, progress),
+                    timeout=driver_timeout(driver),
+                )
+            driver.verify(part, MASTER_FORMAT)
+            node.run(["mv", "-f", "--", part, destination])
+        except BaseException:
+            node.run(["rm", "-f", "--", part], check=False)
+            raise
+    reference = os.path.splitext(source.path)[0] + ".xml"
+    if os.path.exists(reference):
+        with open(reference, "rb") as xml:
+            write_file(node, posixpath.splitext(destination)[0] + ".xml", xml.read())
+
+
+def driver_timeout(driver: HypervisorDriver) -> float:
+    return float(getattr(driver, "copy_timeout", 7200.0))
+
+
+class _CountingReader:
+    """A file whose reads are reported as copy progress."""
+
+    def __init__(self, data: BinaryIO, total: int, progress: Progress | None) -> None:
+        self.data, self.total, self.progress, self.done = data, total, progress, 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        chunk = self.data.read(size)
+        self.done += len(chunk)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        return chunk

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from vclvirt.errors import CommandTimeout
-from vclvirt.node.transport import CommandResult, command_line
+from vclvirt.node.transport import CommandResult, Readable, command_line
 
 
 class LocalProcess:
@@ -59,13 +59,14 @@ class LocalTransport:
         argv: Sequence[str],
         *,
         timeout: float = 300.0,
-        stdin: bytes | None = None,
+        stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         try:
+            data = stdin if stdin is None or isinstance(stdin, bytes) else stdin.read()
             proc = subprocess.run(
-                list(argv), input=stdin, capture_output=True, timeout=timeout, check=False
+                list(argv), input=data, capture_output=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
             raise CommandTimeout(

@@ -7,6 +7,7 @@ command). Connections are created lazily, after the worker forks.
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import threading
@@ -23,7 +24,7 @@ from vclvirt.errors import (
     HostKeyRejected,
     NodeUnreachable,
 )
-from vclvirt.node.transport import CommandResult, command_line
+from vclvirt.node.transport import CommandResult, Readable, command_line
 
 _READ_SIZE = 65536
 
@@ -178,26 +179,30 @@ class SSHTransport:
         argv: Sequence[str],
         *,
         timeout: float = 300.0,
-        stdin: bytes | None = None,
+        stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         line = command_line(argv)
         channel = self._open_channel()
         stdout, stderr = bytearray(), bytearray()
-        pending = memoryview(stdin) if stdin else memoryview(b"")
+        source = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
+        pending, sending = b"", source is not None
         deadline = time.monotonic() + timeout
         try:
             channel.exec_command(line)
-            if not pending:
+            if not sending:
                 channel.shutdown_write()
-            # One loop sends stdin and reads output, so neither side can fill its
-            # window and wait for the other, and the deadline holds throughout.
+            # One loop sends stdin (bytes or a file, chunk by chunk) and reads output, so
+            # neither side can fill its window and wait for the other, and the deadline
+            # holds throughout.
             while True:
-                if pending and channel.send_ready():
-                    sent = channel.send(bytes(pending[:_READ_SIZE]))
-                    pending = pending[sent:]
-                    if not pending:
+                if sending and channel.send_ready():
+                    pending = pending or source.read(_READ_SIZE)  # type: ignore[union-attr]
+                    if pending:
+                        pending = pending[channel.send(pending) :]
+                    else:
+                        sending = False
                         channel.shutdown_write()
                 while channel.recv_ready():
                     chunk = channel.recv(_READ_SIZE)
@@ -218,7 +223,7 @@ class SSHTransport:
                     raise CommandTimeout(
                         f"{line} did not finish in {timeout:g}s", host=self.host_name
                     )
-                select.select([channel], [], [], min(remaining, 0.01 if pending else 0.5))
+                select.select([channel], [], [], min(remaining, 0.01 if sending else 0.5))
             status = channel.recv_exit_status()
         except (OSError, paramiko.SSHException, EOFError) as error:
             raise NodeUnreachable(

@@ -49,6 +49,12 @@ class CommandResult:
         return self
 
 
+class Readable(Protocol):
+    """What stdin can be besides bytes: anything with read(size), e.g. an open file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class HeldProcess(Protocol):
     """A long-running command kept alive until closed (used for host-side locks)."""
 
@@ -69,11 +75,13 @@ class Transport(Protocol):
         argv: Sequence[str],
         *,
         timeout: float = 300.0,
-        stdin: bytes | None = None,
+        stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
         """Run argv to completion; with check, a non-zero exit raises CommandFailed.
+
+        `stdin` may be a file, streamed in chunks (large uploads).
 
         `on_output` sees stdout as it arrives (progress of long commands).
         """
