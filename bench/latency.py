@@ -85,6 +85,81 @@ def run_vclvirt() -> tuple[float, int, LoadResult]:
     return result.to_running, common.accepted_ssh() - before, result
 
 
+class CountingNode:
+    """Wraps a provisioner's transport: counts the commands a load runs and their time."""
+
+    def __init__(self, node: Any) -> None:
+        self.node, self.commands, self.seconds = node, 0, 0.0
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.node.run(*args, **kwargs)
+        finally:
+            self.commands += 1
+            self.seconds += time.perf_counter() - started
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+
+def run_inprocess(provisioner: Any) -> tuple[float, int, float, int]:
+    """The same Provisioner steps a worker runs, called in this process: same SSH and
+    libssh connections (pooled), no Celery, no status record, no computer lock."""
+    from vclvirt.models import parse_reservation
+
+    r = parse_reservation(common.reservation("bench-ip", 304, IMAGE))
+    counting = CountingNode(provisioner.node)
+    provisioner.node = counting
+    try:
+        started = time.perf_counter()
+        provisioner.node_status(r)
+        provisioner.delete_existing_domains(r)
+        provisioner.pre_define(r)
+        provisioner.define(r, provisioner.generate_xml(r)["xml"])
+        provisioner.power_on(r)
+        elapsed = time.perf_counter() - started
+    finally:
+        provisioner.node = counting.node
+    return elapsed, 0, counting.seconds, counting.commands
+
+
+def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
+    """One trivial command, n times: over the pooled SSH connection, as a new ssh process,
+    as a local process; one libvirt call over qemu+libssh and over the local socket."""
+    import libvirt
+
+    def timed(call: Any) -> float:
+        values = []
+        for _ in range(n):
+            started = time.perf_counter()
+            call()
+            values.append(time.perf_counter() - started)
+        return median(values) * 1000
+
+    local = libvirt.open("qemu:///system")
+    try:
+        rows = [
+            [
+                "`true` on the pooled paramiko connection (new channel)",
+                timed(lambda: provisioner.node.run(["true"])),
+            ],
+            [
+                "`true` in a new `ssh` process (VCL-style)",
+                timed(lambda: subprocess.run([*SSH, "true"], check=True)),
+            ],
+            ["`true` as a local process", timed(lambda: subprocess.run(["true"], check=True))],
+            [
+                "libvirt listAllDomains over qemu+libssh (pooled)",
+                timed(lambda: provisioner.conn.listAllDomains(0)),
+            ],
+            ["libvirt listAllDomains on qemu:///system", timed(lambda: local.listAllDomains(0))],
+        ]
+    finally:
+        local.close()
+    return rows
+
+
 def run_floor(conn: Any) -> tuple[float, int]:
     res = common.reservation("bench-floor", 301, IMAGE)
     names, xml = _names(res), vclvirt_xml(res)
@@ -143,6 +218,15 @@ def run_virt_install(workdir: Any) -> tuple[float, int]:
     return time.perf_counter() - started, 0
 
 
+def drop_new_pools(conn: Any, before: set[str]) -> None:
+    """virt-install defines a storage pool for the overlay's directory: remove it again."""
+    for pool in conn.listAllStoragePools(0):
+        if pool.name() not in before and str(common.TESTBED) in pool.XMLDesc(0):
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+
+
 def vcl_commands(res: dict[str, Any]) -> list[tuple[str, str | None]]:
     """The reference's load (§2.1.1 initialize, §2.1.3, §2.2.8, §2.2.10, §2.3.3, §2.2.7),
     cache warm, no old domain: one SSH process per command; (command, stdin)."""
@@ -195,15 +279,25 @@ def warm_load(ctx: Context, concurrency: int = 2) -> Any:
 def run(ctx: Context) -> list[tuple[str, str]]:
     import libvirt
 
-    reps = 2 if ctx.quick else 7
+    from vclvirt.workers.context import provisioner_for
+
+    reps = 1 if ctx.quick else 7
     worker = warm_load(ctx)
     conn = libvirt.open("qemu:///system")
-    times: dict[str, list[float]] = {k: [] for k in ("vclvirt", "floor", "virt-install", "vcl")}
-    shakes: dict[str, list[int]] = {k: [] for k in times}
+    provisioner = provisioner_for("node-a")
+    pools_before = {pool.name() for pool in conn.listAllStoragePools(0)}
+    names = ("vclvirt", "in-process", "floor", "virt-install", "vcl")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    shakes: dict[str, list[int]] = {k: [] for k in names}
+    ssh_time: list[float] = []
+    ssh_commands: list[int] = []
     try:
-        for _ in range(reps):  # interleaved: A B C D A B C D ...
+        run_inprocess(provisioner)  # opens this process's SSH and libssh connections
+        common.cleanup_computers()
+        for _ in range(reps):  # interleaved: A B C D E A B C D E ...
             for name, call in (
                 ("vclvirt", run_vclvirt),
+                ("in-process", lambda: run_inprocess(provisioner)),
                 ("floor", lambda: run_floor(conn)),
                 ("virt-install", lambda: run_virt_install(ctx.workdir)),
                 ("vcl", run_vcl_style),
@@ -213,15 +307,21 @@ def run(ctx: Context) -> list[tuple[str, str]]:
                 shakes[name].append(out[1])
                 if name == "vclvirt":
                     ctx.real_loads.append(out[2])
+                if name == "in-process":
+                    ssh_time.append(out[2])
+                    ssh_commands.append(out[3])
                 common.cleanup_computers()
-        guest_rows = guest_ready(ctx, 1 if ctx.quick else 3)
+        costs = command_costs(provisioner, 5 if ctx.quick else 20)
+        guest_rows = guest_ready(ctx, 0 if ctx.quick else 3)
     finally:
+        drop_new_pools(conn, pools_before)
         conn.close()
         worker.stop()
         common.cleanup_computers()
     med = {k: median(v) for k, v in times.items()}
     labels = {
         "vclvirt": "vclvirt (Redis + worker over SSH/libssh)",
+        "in-process": "vclvirt Provisioner in-process (same SSH/libssh, no queue)",
         "floor": "floor (qemu-img + defineXML + create, one process)",
         "virt-install": "virt-install --import (overlay created first)",
         "vcl": "VCL-style (one ssh process per command)",
@@ -257,6 +357,11 @@ def run(ctx: Context) -> list[tuple[str, str]]:
         f"ssh processes per load. Handshakes: new `Accepted publickey` lines in node-a's "
         f"sshd log during the load (vclvirt's worker reuses its pooled paramiko and libssh "
         f"connections)."
+    )
+    main += (
+        f"\n\nThe in-process Provisioner ran {median(ssh_commands):.0f} commands over SSH per "
+        f"load, {median(ssh_time):.3f} s of its {med['in-process']:.3f} s (median); the rest is "
+        f"libvirt over qemu+libssh and Python.\n\n" + table(["one operation", "median ms"], costs)
     )
     guest = table(
         [
