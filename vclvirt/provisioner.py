@@ -481,7 +481,7 @@ class Provisioner:
             {
                 posixpath.splitext(posixpath.basename(p))[0]
                 for p in masters
-                if not p.endswith(NOT_DISKS)
+                if not p.lower().endswith(NOT_DISKS)
             }
         )
         repository: list[str] = []

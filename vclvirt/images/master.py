@@ -19,12 +19,11 @@ from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import ImageInvalid, ImageNotFound
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
-from vclvirt.images.repository import RepositorySource, find_repository_image
+from vclvirt.images.repository import NOT_DISKS, RepositorySource, find_repository_image
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.local import LocalTransport
 from vclvirt.node.transport import Transport, path_exists, write_file
 
-_NOT_IMAGES = (".xml", ".reference", ".part", ".txt", ".vmx", ".lock")
 MASTER_FORMAT = "qcow2"
 
 
@@ -45,7 +44,7 @@ def _image_files(node: Transport, directory: str, image_name: str, *, recursive:
         ["find", directory, *depth, "-type", "f", "-iname", f"{image_name}.*"], timeout=120
     )
     return sorted(
-        path for path in result.text.splitlines() if path and not path.lower().endswith(_NOT_IMAGES)
+        path for path in result.text.splitlines() if path and not path.lower().endswith(NOT_DISKS)
     )
 
 
