@@ -5,7 +5,7 @@ PY := .venv/bin/python
 TESTBED ?= /var/lib/vclvirt-testbed
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap testbed guest test test-fast demo lint stop
+.PHONY: bootstrap testbed guest test test-fast demo lint stop bench
 
 bootstrap:
 	scripts/bootstrap
@@ -32,3 +32,6 @@ lint: bootstrap
 
 stop:
 	scripts/testbed stop --all
+
+bench: bootstrap testbed guest
+	.venv/bin/python -m bench

@@ -33,11 +33,14 @@ def machine() -> str:
     mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     virsh = out("virsh", "-c", "qemu:///system", "version").strip().replace("\n", "; ")
     qemu_img = out("qemu-img", "--version").splitlines()[0]
+    head = out("git", "-C", str(RESULTS.parents[1]), "rev-parse", "--short", "HEAD").strip()
+    dirty = out("git", "-C", str(RESULTS.parents[1]), "status", "--porcelain", "vclvirt")
     return (
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
         f"- machine: nproc {out('nproc').strip()}, {cpu}, {mem_kib / 2**20:.1f} GiB RAM, "
         f"kernel {platform.release()}\n"
         f"- virsh version: {virsh}\n- {qemu_img}\n"
+        f"- code: {head}{' + uncommitted changes in vclvirt/' if dirty.strip() else ''}\n"
     )
 
 

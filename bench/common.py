@@ -44,7 +44,8 @@ class Context:
     inventory: Path
     quick: bool
     sim_hosts: list[str] = field(default_factory=list)
-    real_loads: list[Any] = field(default_factory=list)  # LoadResults over SSH, for gaps
+    real_loads: list[Any] = field(default_factory=list)  # one at a time over SSH (bench 1)
+    concurrent_loads: list[Any] = field(default_factory=list)  # over SSH, bench 2's rounds
 
 
 def setup(quick: bool, sim_hosts: int) -> Context:

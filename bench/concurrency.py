@@ -16,7 +16,7 @@ def one_round(ctx: Context, size: int) -> tuple[float, list[float]]:
     """Makespan (first enqueue to last domain running) and each load's latency."""
     batch = [common.reservation(f"bench-c{i:02d}", 400 + i, IMAGE) for i in range(size)]
     results = common.load_all(batch)
-    ctx.real_loads.extend(results)
+    ctx.concurrent_loads.extend(results)
     start = min(r.enqueued_at for r in results)
     makespan = max(r.step("power_on")["ended_at"] for r in results) - start
     common.cleanup_computers("bench-c")

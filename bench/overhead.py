@@ -9,39 +9,56 @@ from bench import common
 from bench.common import Context, median, p95, table
 
 
-def gap_rows(loads: list[common.LoadResult]) -> tuple[list[list[object]], list[float]]:
-    by_transition: dict[str, list[float]] = defaultdict(list)
+def gaps_by_transition(loads: list[common.LoadResult]) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = defaultdict(list)
     for load in loads:
         for name, gap in common.step_gaps(load):
-            by_transition[name].append(gap * 1000)
-    inner = [g for name, gaps in by_transition.items() if "enqueue" not in name for g in gaps]
-    rows: list[list[object]] = [
-        [name, len(gaps), median(gaps), p95(gaps)] for name, gaps in by_transition.items()
-    ]
-    return rows, inner
+            found[name].append(gap * 1000)
+    return found
 
 
-def duration_rows(loads: list[common.LoadResult]) -> list[list[object]]:
-    rows: list[list[object]] = []
-    for step in common.STEPS:
-        values = [
-            load.step(step)["duration_s"] * 1000
-            for load in loads
-            if load.step(step).get("duration_s") is not None
+def durations_by_step(loads: list[common.LoadResult]) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = defaultdict(list)
+    for load in loads:
+        for step in common.STEPS:
+            if load.step(step).get("duration_s") is not None:
+                found[step].append(load.step(step)["duration_s"] * 1000)
+    return found
+
+
+def side_by_side(serial: dict[str, list[float]], crowd: dict[str, list[float]]) -> str:
+    rows = [
+        [
+            name,
+            median(serial.get(name, [])),
+            p95(serial.get(name, [])),
+            median(crowd.get(name, [])),
+            p95(crowd.get(name, [])),
         ]
-        rows.append([step, len(values), median(values), p95(values)])
-    return rows
+        for name in dict.fromkeys([*serial, *crowd])
+    ]
+    return table(["", "one at a time p50 ms", "p95 ms", "concurrent p50 ms", "p95 ms"], rows)
+
+
+def inner(gaps: dict[str, list[float]]) -> list[float]:
+    return [g for name, values in gaps.items() if "enqueue" not in name for g in values]
 
 
 def run(ctx: Context) -> list[tuple[str, str]]:
-    serial = [load for load in ctx.real_loads if load.record.host == "node-a"]
-    if not serial:
+    serial, crowd = ctx.real_loads, ctx.concurrent_loads
+    if not serial and not crowd:
         return [("5. Orchestration overhead per step", "(needs benchmark 1 or 2 in the run)")]
-    rows, inner = gap_rows(serial)
-    body = table(["transition", "n", "p50 ms", "p95 ms"], rows)
-    body += f"\n\nAll step-to-step gaps: p50 **{median(inner):.1f} ms**, "
-    body += f"p95 **{p95(inner):.1f} ms**"
-    body += f" over {len(serial)} loads (benchmarks 1 and 2, concurrent rounds included).\n\n"
-    body += "Step durations (time inside the step, status writes excluded):\n\n"
-    body += table(["step", "n", "p50 ms", "p95 ms"], duration_rows(serial))
+    gaps_serial, gaps_crowd = gaps_by_transition(serial), gaps_by_transition(crowd)
+    body = side_by_side(gaps_serial, gaps_crowd)
+    body += (
+        f"\n\nGap = next step's started_at - previous step's ended_at (status record; the "
+        f"first row is enqueue → node_status start). One at a time: {len(serial)} loads of "
+        f"benchmark 1 (os_type none and the test guest), all step-to-step gaps p50 "
+        f"**{median(inner(gaps_serial)):.1f} ms**, p95 **{p95(inner(gaps_serial)):.1f} ms**; "
+        f"concurrent: {len(crowd)} loads of benchmark 2, p50 "
+        f"**{median(inner(gaps_crowd)):.1f} ms**, p95 **{p95(inner(gaps_crowd)):.1f} ms**."
+        f"\n\nStep durations (inside the step: after the computer lock and the started "
+        f"write, before the succeeded write):\n\n"
+    )
+    body += side_by_side(durations_by_step(serial), durations_by_step(crowd))
     return [("5. Orchestration overhead per step (real chain)", body)]

@@ -46,7 +46,7 @@ from vclvirt.images.master import Progress, ensure_master, find_in_repository, f
 from vclvirt.images.repository import NOT_DISKS, allocated_bytes
 from vclvirt.models import IMAGE_NAME_PATTERN, Reservation
 from vclvirt.naming import LoadNames, domain_uuid, new_image_name
-from vclvirt.node.transport import Transport, path_exists, write_file
+from vclvirt.node.transport import Transport, write_file
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +72,7 @@ class Provisioner:
         self.driver = driver
         self._connect = connect
         self.management_node = management_node or socket.gethostname()
+        self._vm_fstype: str | None = None
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -146,7 +147,6 @@ class Provisioner:
         master = ensure_master(
             self.node, self.driver, self.host, reservation.image.name, progress=progress
         )
-        self.node.run(["mkdir", "-p", "--", self.host.vm_dir])
         created = self.driver.ensure_overlay(master.path, master.format, names.overlay_path)
         notes = self.driver.pre_define(reservation, master.path, names.overlay_path)
         return {
@@ -162,13 +162,13 @@ class Provisioner:
     def host_facts(self, reservation: Reservation) -> HostFacts:
         """What the XML needs from the host; read after the master (and its XML) is there."""
         names = self.names(reservation)
-        bus, model = None, None
-        if path_exists(self.node, names.master_reference_xml):
-            text = self.node.run(["cat", "--", names.master_reference_xml]).text
-            bus, model = reference_hardware(text)
-        fstype = self.node.run(
-            ["findmnt", "-n", "-o", "FSTYPE", "-T", self.host.vm_dir], check=False
-        ).text.strip()
+        reference = self.node.run(["cat", "--", names.master_reference_xml], check=False)
+        bus, model = reference_hardware(reference.text) if reference.ok else (None, None)
+        if self._vm_fstype is None:  # the filesystem under vm_path does not change under us
+            self._vm_fstype = self.node.run(
+                ["findmnt", "-n", "-o", "FSTYPE", "-T", self.host.vm_dir], check=False
+            ).text.strip()
+        fstype = self._vm_fstype
         return HostFacts(
             domain_type=resolve_domain_type(self.conn, self.host.domain_type, self.host.name),
             networks=network_names(self.conn, self.host.name),
@@ -199,7 +199,6 @@ class Provisioner:
     def define(self, reservation: Reservation, xml: str) -> dict[str, Any]:
         """Keep the XML on the host (for operators) and define the domain, autostarted."""
         names = self.names(reservation)
-        self.node.run(["mkdir", "-p", "--", self.host.xml_dir])
         write_file(self.node, names.xml_path, xml.encode())
         domain = domains.define(self.conn, xml, self.host.name)
         if domain.name() != names.domain:

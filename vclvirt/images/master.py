@@ -37,11 +37,11 @@ class MasterImage:
 
 def _image_files(node: Transport, directory: str, image_name: str, *, recursive: bool) -> list[str]:
     """Files named `<image>.<ext>` (any case) under directory, minus non-disk files."""
-    if not path_exists(node, directory):
-        return []
     depth = [] if recursive else ["-maxdepth", "1"]
     result = node.run(
-        ["find", directory, *depth, "-type", "f", "-iname", f"{image_name}.*"], timeout=120
+        ["find", directory, *depth, "-type", "f", "-iname", f"{image_name}.*"],
+        timeout=120,
+        check=False,  # a directory that does not exist yet holds no image
     )
     return sorted(
         path for path in result.text.splitlines() if path and not path.lower().endswith(NOT_DISKS)

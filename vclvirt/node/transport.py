@@ -94,11 +94,14 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+# Constant scripts: the paths are positional arguments, quoted like every argument.
+_WRITE_AND_RENAME = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1.part" && mv -f -- "$1.part" "$1"'
+
+
 def write_file(node: Transport, path: str, data: bytes, *, timeout: float = 60.0) -> None:
-    """Write a file on the host atomically: to `<path>.part`, then rename."""
-    part = f"{path}.part"
-    node.run(["dd", f"of={part}", "status=none"], stdin=data, timeout=timeout)
-    node.run(["mv", "-f", "--", part, path], timeout=timeout)
+    """Write a file on the host atomically (to `<path>.part`, then rename), creating its
+    directory: one command, so one round trip."""
+    node.run(["sh", "-c", _WRITE_AND_RENAME, "sh", path], stdin=data, timeout=timeout)
 
 
 def path_exists(node: Transport, path: str) -> bool:

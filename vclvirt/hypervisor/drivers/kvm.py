@@ -121,12 +121,27 @@ class KvmDriver:
     def ensure_overlay(self, master: str, master_format: str, overlay: str) -> bool:
         if self._is_overlay_of(overlay, master, master_format):
             return False
-        part = f"{overlay}.part"
+        # Written in place: a half-created overlay fails the check above and is recreated.
         self.node.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", master, "-F", master_format, part],
+            [
+                "sh",
+                "-c",
+                'mkdir -p -- "$(dirname -- "$1")" && shift && exec "$@"',
+                "sh",
+                overlay,
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                master,
+                "-F",
+                master_format,
+                overlay,
+            ],
             timeout=120,
         )
-        self.node.run(["mv", "-f", "--", part, overlay], timeout=60)
         return True
 
     def _is_overlay_of(self, overlay: str, master: str, master_format: str) -> bool:
