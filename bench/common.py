@@ -159,16 +159,25 @@ class Worker:
 
 
 def start_worker(
-    ctx: Context, hosts: Sequence[str], concurrency: int, tag: str, module: str = "vclvirt"
+    ctx: Context,
+    hosts: Sequence[str],
+    concurrency: int,
+    tag: str,
+    env: dict[str, str] | None = None,
 ) -> Worker:
     """A real `vclvirt worker` subprocess in its own session; returns once it is ready."""
     log_path = ctx.workdir / f"worker-{tag}.log"
-    argv = [sys.executable, "-m", module, "worker", "--concurrency", str(concurrency)]
+    argv = [sys.executable, "-m", "vclvirt", "worker", "--concurrency", str(concurrency)]
     for host in hosts:
         argv += ["--host", host]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
     worker = Worker(process, log_path)
     deadline = time.monotonic() + 120

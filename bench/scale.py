@@ -71,10 +71,14 @@ def run(ctx: Context, loads: int | None = None) -> list[tuple[str, str]]:
         copy = ctx.workdir / "sim" / host / "images" / f"{IMAGE}.qcow2"
         common.run(["cp", str(master), str(copy)])
     # test:///default keeps its domains per process: one pool child per worker, never
-    # recycled (bench.simworker), so every step of a load meets what its earlier steps made.
+    # recycled, so every step of a load meets what its earlier steps made.
     workers = [
         common.start_worker(
-            ctx, hosts[i * per_worker : (i + 1) * per_worker], 1, f"sim{i}", "bench.simworker"
+            ctx,
+            hosts[i * per_worker : (i + 1) * per_worker],
+            1,
+            f"sim{i}",
+            env={"VCLVIRT_MAX_TASKS_PER_CHILD": "0"},
         )
         for i in range(n_workers)
     ]
@@ -143,7 +147,8 @@ def run(ctx: Context, loads: int | None = None) -> list[tuple[str, str]]:
     )
     summary += (
         f"\n\nMemory: summed over all {n_workers} workers (main process + pool child each), "
-        f"from /proc/<pid>/smaps_rollup; a pool child is never recycled here (bench.simworker)."
+        "from /proc/<pid>/smaps_rollup; a pool child is never recycled here "
+        "(VCLVIRT_MAX_TASKS_PER_CHILD=0)."
     )
     if loads or ctx.quick:
         summary += f"\n\nScaled down: {total} loads instead of 100 hosts x 20 = 2000."

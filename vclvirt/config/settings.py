@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(default=2.0, gt=0)
     retry_backoff_max: float = Field(default=120.0, gt=0)
     status_ttl_days: int = Field(default=30, gt=0)
+    # Recycle a pool process after this many tasks (bounds leaks); 0 never recycles, which
+    # simulations on libvirt's test:/// driver need (its domains live in one process).
+    max_tasks_per_child: int = Field(default=200, ge=0)
     ssh_connect_timeout: float = Field(default=15.0, gt=0)
     command_timeout: float = Field(default=300.0, gt=0)
     copy_timeout: float = Field(default=7200.0, gt=0)

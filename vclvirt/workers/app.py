@@ -49,7 +49,7 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
-        worker_max_tasks_per_child=200,
+        worker_max_tasks_per_child=settings.max_tasks_per_child or None,
         # Host steps are always routed explicitly; what is not (run_reservation sent
         # from Flower) goes to the control queue every worker also consumes.
         task_default_queue=CONTROL_QUEUE,
