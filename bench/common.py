@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vclvirt.tasks.load import LOAD_STEPS
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
 BROKER = "redis://127.0.0.1:6390/2"  # the benchmarks' own Redis database
@@ -25,15 +27,7 @@ KNOWN_HOSTS = TESTBED / "ssh" / "known_hosts"
 GUEST_CACHE = Path("/var/cache/vclvirt/guest")
 PREFIX = "bench-"  # every computer the benchmarks create
 IMAGE_PREFIX = "linux-Bench"  # every image the benchmarks create
-STEPS = [
-    "node_status",
-    "delete_existing_domains",
-    "pre_define",
-    "generate_xml",
-    "define",
-    "power_on",
-    "post_load",
-]
+STEPS = LOAD_STEPS
 
 
 @dataclass
