@@ -263,7 +263,18 @@ class Provisioner:
         if domain is None or domains.power_state(domain, self.host.name) != "on":
             return {"status": hooks.RELOAD, "reason": f"domain {name} is not running"}
         if reservation.image.os_type.lower() == "none":
-            return {"status": hooks.READY, "reason": "domain runs; os_type none has no guest"}
+            # No guest to ask: the domain's disk must be this image's overlay instead.
+            backing = self._backing_image(domain)
+            if backing != reservation.image.name:
+                return {
+                    "status": hooks.RELOAD,
+                    "reason": f"domain {name} runs image {backing or 'unknown'}, "
+                    f"not {reservation.image.name}",
+                }
+            return {
+                "status": hooks.READY,
+                "reason": "domain runs the image; os_type none has no guest to check",
+            }
         try:
             target = guest_target(self.host, reservation, self.settings)
             guest = connect_guest(target, timeout=self.settings.node_status_timeout)
@@ -274,6 +285,17 @@ class Provisioner:
         finally:
             guest.close()
         return {"status": status, "reason": reason}
+
+    def _backing_image(self, domain: libvirt.virDomain) -> str | None:
+        """Name of the master behind the domain's first disk (its file name sans extension)."""
+        disks = domains.disk_files(domains.domain_xml(domain, self.host.name))
+        if not disks:
+            return None
+        try:
+            backing = self.driver.image_info(disks[0]).get("backing-filename")
+        except VclvirtError:
+            return None
+        return posixpath.splitext(posixpath.basename(str(backing)))[0] if backing else None
 
     def power_status(self, reservation: Reservation) -> dict[str, Any]:
         name = self.names(reservation).domain
