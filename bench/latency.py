@@ -13,13 +13,6 @@ from bench.common import Context, LoadResult, median, table
 
 IMAGE = f"{common.IMAGE_PREFIX}None-7001-v0"
 GUEST_IMAGE = f"{common.IMAGE_PREFIX}Guest-7002-v0"
-GUEST_XML = """<domain type="qemu">
-  <devices>
-    <disk type="file" device="disk"><target dev="vda" bus="virtio"/></disk>
-    <interface type="user"><model type="virtio"/></interface>
-  </devices>
-</domain>
-"""
 HOST_DIR = common.TESTBED / "hosts" / "node-a"
 MASTER = HOST_DIR / "images" / f"{IMAGE}.qcow2"
 SSH = [
@@ -399,7 +392,11 @@ def run(ctx: Context) -> list[tuple[str, str]]:
 
 def guest_ready(ctx: Context, runs: int) -> list[list[Any]]:
     """The first load copies the master (cold, shown as run 0); the others are warm."""
-    common.publish_image(GUEST_IMAGE, common.GUEST_CACHE / "vclvirt-test-guest.qcow2", GUEST_XML)
+    common.publish_image(
+        GUEST_IMAGE,
+        common.GUEST_CACHE / "vclvirt-test-guest.qcow2",
+        (common.GUEST_CACHE / "vclvirt-test-guest.xml").read_text(),
+    )
     rows = []
     for i in range(runs + 1):
         res = common.reservation("bench-guest", 310, GUEST_IMAGE, image_id=7002, os_type="linux")

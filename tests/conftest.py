@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,13 +248,6 @@ def cleanup_computers(testbed: Path) -> Iterator[list[str]]:
 
 
 GUEST_IMAGE = "linux-VclvirtTestGuest-900-v0"
-GUEST_REFERENCE_XML = """<domain type="qemu">
-  <devices>
-    <disk type="file" device="disk"><target dev="vda" bus="virtio"/></disk>
-    <interface type="user"><model type="virtio"/></interface>
-  </devices>
-</domain>
-"""
 
 
 @pytest.fixture(scope="session")
@@ -275,7 +269,7 @@ def guest_image(testbed: Path) -> str:
         ],
         check=True,
     )
-    (directory / f"{GUEST_IMAGE}.xml").write_text(GUEST_REFERENCE_XML)
+    shutil.copyfile(GUEST_CACHE / "vclvirt-test-guest.xml", directory / f"{GUEST_IMAGE}.xml")
     for cached in testbed.glob(f"hosts/*/images/{GUEST_IMAGE}.*"):
         cached.unlink()  # every session copies the current build to the hosts again
     return GUEST_IMAGE

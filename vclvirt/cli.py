@@ -244,6 +244,8 @@ def status(
         f"reservation {reservation_id}: {data['state']} ({data['operation']} of "
         f"{data['computer']} on {data['host']}, queued {_when(data['queued_at'])})"
     )
+    if data["computer_image"]:
+        typer.echo(f"computer holds: {data['computer_image']['image']}")
     if data["outcome"]:
         typer.echo(f"outcome: {json.dumps(data['outcome'])}")
     if data["current_step"]:

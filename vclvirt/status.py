@@ -57,6 +57,7 @@ class ReservationStatus:
     history: list[dict[str, Any]] = field(default_factory=list)
     outcome: dict[str, Any] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    computer_image: dict[str, Any] | None = None  # what the computer holds now
 
     def summary(self) -> dict[str, Any]:
         """This operation in one line of history."""
@@ -90,6 +91,7 @@ class ReservationStatus:
             "queued_at": self.queued_at,
             "finished_at": self.finished_at,
             "outcome": self.outcome,
+            "computer_image": self.computer_image,
             "history": self.history,
             "steps": [
                 {"name": s, **self.step_records.get(s, {"state": "pending"})} for s in self.steps
@@ -314,4 +316,5 @@ class StatusStore:
             history=json.loads(raw.get("history", "[]")),
             outcome=json.loads(raw["outcome"]) if raw.get("outcome") else None,
             params=json.loads(raw.get("params") or "{}"),
+            computer_image=self.computer_image(raw.get("host", ""), raw.get("computer", "")),
         )

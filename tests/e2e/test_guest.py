@@ -116,6 +116,7 @@ def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers,
     unloaded = vclvirt("unload", str(path))
     assert unloaded.returncode == 0, unloaded.stderr
     assert computer_domains("e2e-guest") == []
+    assert dispatch.status(8002).to_dict()["computer_image"]["image"] == "noimage"
     assert list(testbed.glob("hosts/node-a/*/e2e-guest_*")) == []
     assert (testbed / f"hosts/node-a/images/{guest_image}.qcow2").exists()  # never the master
     assert len(computer_domains("e2e-bystander")) == 1

@@ -51,6 +51,7 @@ def test_load_ends_with_running_domain_on_overlay(testbed, start_worker, cleanup
     assert not list(master.parent.glob("*.part"))
     assert (testbed / "hosts/node-a/xml" / f"{file_base_name('e2e-run1', 601, 0)}.xml").exists()
 
+    assert final.to_dict()["computer_image"]["image"] == image
     ready = dispatch.run(reservation, "node_status").wait(60)
     assert ready.step_records["node_status"]["result"]["status"] == "READY"
     # Same domain name, another image behind it: no guest to ask, so the disk decides.
