@@ -21,7 +21,10 @@ from vclvirt.tasks.load import LOAD_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
-BROKER = "redis://127.0.0.1:6390/2"  # the benchmarks' own Redis database
+REDIS_PORT = os.environ.get("VCLVIRT_TESTBED_REDIS_PORT", "6390")
+BROKER = f"redis://127.0.0.1:{REDIS_PORT}/2"  # the benchmarks' own Redis database
+SSH_PORT_A = os.environ.get("VCLVIRT_TESTBED_SSH_PORT_A", "2201")
+SSH_PORT_B = os.environ.get("VCLVIRT_TESTBED_SSH_PORT_B", "2202")
 SSH_KEY = TESTBED / "ssh" / "id_ed25519"
 KNOWN_HOSTS = TESTBED / "ssh" / "known_hosts"
 GUEST_CACHE = Path("/var/cache/vclvirt/guest")

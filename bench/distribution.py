@@ -20,7 +20,7 @@ SCP = [
     "-i",
     str(common.SSH_KEY),
     "-P",
-    "2202",
+    common.SSH_PORT_B,
     "-o",
     f"UserKnownHostsFile={common.KNOWN_HOSTS}",
     "-o",

@@ -20,7 +20,7 @@ SSH = [
     "-i",
     str(common.SSH_KEY),
     "-p",
-    "2201",
+    common.SSH_PORT_A,
     "-o",
     "BatchMode=yes",
     "-o",

@@ -24,6 +24,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
 REDIS_PORT = os.environ.get("VCLVIRT_TESTBED_REDIS_PORT", "6390")
+# The two sshd "hosts" (scripts/testbed): several test beds can run side by side.
+SSH_PORT_A = int(os.environ.get("VCLVIRT_TESTBED_SSH_PORT_A", "2201"))
+SSH_PORT_B = int(os.environ.get("VCLVIRT_TESTBED_SSH_PORT_B", "2202"))
 # Tests use their own Redis database, so a demo running beside them is not disturbed.
 TEST_BROKER = f"redis://127.0.0.1:{REDIS_PORT}/1"
 

@@ -13,7 +13,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.conftest import make_reservation
+from tests.conftest import SSH_PORT_A, SSH_PORT_B, make_reservation
 from vclvirt.errors import HostKeyRejected, HypervisorUnavailable
 from vclvirt.hypervisor.connection import connect, forget
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
@@ -58,7 +58,9 @@ def variant(host: Any) -> Iterator[Any]:
 
 def test_connect_over_libssh_is_cached_per_process(host: Any) -> None:
     """connect() reaches node-a's libvirtd over qemu+libssh and returns one connection twice."""
-    assert host.effective_libvirt_uri.startswith("qemu+libssh://root@127.0.0.1:2201/system?")
+    assert host.effective_libvirt_uri.startswith(
+        f"qemu+libssh://root@127.0.0.1:{SSH_PORT_A}/system?"
+    )
     conn = connect(host)
     assert connect(host) is conn
     assert conn.isAlive()
@@ -70,9 +72,9 @@ def test_wrong_host_key_raises_host_key_rejected(
     variant: Any, testbed: Path, tmp_path: Path
 ) -> None:
     """known_hosts with another key for node-a: HostKeyRejected, permanent."""
-    node_b_key = known_hosts_line(testbed, 2202).split(" ", 1)[1]
+    node_b_key = known_hosts_line(testbed, SSH_PORT_B).split(" ", 1)[1]
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:2201 {node_b_key}\n")
+    known_hosts.write_text(f"[127.0.0.1]:{SSH_PORT_A} {node_b_key}\n")
     with pytest.raises(HostKeyRejected) as caught:
         connect(variant(known_hosts=known_hosts))
     assert not caught.value.transient
@@ -83,9 +85,9 @@ def test_right_key_for_another_host_is_rejected(
 ) -> None:
     """known_hosts that only knows node-a, connecting to node-b's port: HostKeyRejected."""
     known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(known_hosts_line(testbed, 2201) + "\n")
+    known_hosts.write_text(known_hosts_line(testbed, SSH_PORT_A) + "\n")
     with pytest.raises(HostKeyRejected) as caught:
-        connect(variant(port=2202, known_hosts=known_hosts))
+        connect(variant(port=SSH_PORT_B, known_hosts=known_hosts))
     assert not caught.value.transient
 
 

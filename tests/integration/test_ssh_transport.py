@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import SSH_PORT_A
 from vclvirt.errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -194,13 +195,13 @@ class ClientWatcher(threading.Thread):
 
     def poll(self) -> None:
         listing = subprocess.run(
-            ["ss", "-Htnp", "state", "established", "( dport = :2201 )"],
+            ["ss", "-Htnp", "state", "established", f"( dport = :{SSH_PORT_A} )"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout
         for port, pid in re.findall(
-            r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:2201\s.*?pid=(\d+)", listing
+            rf"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:{SSH_PORT_A}\s.*?pid=(\d+)", listing
         ):
             self.owners.setdefault(int(port), int(pid))
 
@@ -280,7 +281,7 @@ def test_next_command_reconnects_after_server_side_kill(transport: SSHTransport)
     transport.run(["true"])
     port = local_port(transport)
     listing = subprocess.run(
-        ["ss", "-Htnp", "state", "established", f"( sport = :2201 and dport = :{port} )"],
+        ["ss", "-Htnp", "state", "established", f"( sport = :{SSH_PORT_A} and dport = :{port} )"],
         capture_output=True,
         text=True,
         check=True,
