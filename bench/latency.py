@@ -265,7 +265,10 @@ def warm_load(ctx: Context, concurrency: int = 2) -> Any:
         common.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "64M"])
         common.publish_image(IMAGE, source)
     worker = common.start_worker(ctx, ["node-a"], concurrency, f"node-a-c{concurrency}")
-    for i in range(1 if MASTER.exists() else 3):
+    # Every pool child opens its connections and reads what it keeps (a master's reference
+    # XML, the storage pools) on the first step it runs: enough loads that each child has
+    # run each step (a wider worker is warmed by its benchmark's own first round).
+    for i in range(6 if concurrency <= 2 else 1):
         common.load_all([common.reservation(f"bench-warm{i}", 320 + i, IMAGE)])
     common.cleanup_computers()
     return worker
