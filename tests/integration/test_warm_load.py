@@ -19,8 +19,10 @@ from tests.conftest import make_reservation, repository_image
 from vclvirt.errors import ImageInvalid
 from vclvirt.hypervisor.connection import connect
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
+from vclvirt.images.files import LibvirtFiles
 from vclvirt.images.master import MasterImage, ensure_master
 from vclvirt.models import parse_reservation
+from vclvirt.node.local import LocalTransport
 from vclvirt.node.ssh import SSHTransport
 from vclvirt.provisioner import Provisioner
 
@@ -236,3 +238,51 @@ def test_master_search_behind_the_fast_path(private_host: Any, tmp_path: Path) -
         assert node.commands_run == before
     finally:
         node.close()
+
+
+def test_host_with_local_transport_uses_storage_pools_too(
+    private_host: Any, tmp_path: Path
+) -> None:
+    """transport = "local" on qemu:///system (a worker on the host itself): the same files
+    through the same pools, and a load and unload that leave nothing behind."""
+    (tmp_path / "vms").mkdir()
+    host = private_host.model_copy(
+        update={
+            "name": "perf-local",
+            "transport": "local",
+            "libvirt_uri": None,
+            "key_file": None,
+            "known_hosts": None,
+            "vm_path": str(tmp_path / "vms"),
+            "xml_dir": str(tmp_path / "xml"),
+        }
+    )
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            str(tmp_path / "ds" / "linux-PerfLocal-646-v0.qcow2"),
+            "8M",
+        ],
+        check=True,
+    )
+    node = LocalTransport(host.name)
+    provisioner = Provisioner(host, node, KvmDriver(host, node), lambda: connect(host))
+    r = parse_reservation(
+        make_reservation(96406, "perf-local", "linux-PerfLocal-646-v0", image_id=646)
+    )
+    try:
+        assert host.effective_libvirt_uri == "qemu:///system"
+        assert isinstance(provisioner.context.files, LibvirtFiles)
+        pre = provisioner.pre_define(r)
+        generated = provisioner.generate_xml(r)
+        provisioner.define(r, generated["xml"])
+        assert (tmp_path / "xml" / "perf-local_646-v0.xml").read_text() == generated["xml"]
+        assert info(Path(pre["overlay"]))["backing-filename"] == pre["master"]
+    finally:
+        unloaded = provisioner.unload(r)
+    assert unloaded["deleted_domains"] == [generated["domain"]]
+    assert list((tmp_path / "vms").iterdir()) == [] and list((tmp_path / "xml").iterdir()) == []
