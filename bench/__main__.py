@@ -7,6 +7,7 @@ import argparse
 import platform
 import signal
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +96,7 @@ def main() -> None:
     text = (
         f"# vclvirt benchmarks{' (--quick)' if args.quick else ''}\n\n{machine()}"
         f"- total runtime: {time.monotonic() - started:.0f} s "
-        f"(`python -m bench{' --quick' if args.quick else ''}`)\n\n"
+        f"(`{' '.join(['python -m bench', *sys.argv[1:]])}`)\n\n"
         + "\n\n".join(f"## {title}\n\n{body}" for title, body in sections)
         + "\n"
     )
