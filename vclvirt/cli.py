@@ -8,13 +8,23 @@ import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from vclvirt.config.inventory import get_inventory
+from vclvirt.config.secrets import MASK, known_secrets, masked_url
 from vclvirt.config.settings import get_settings
-from vclvirt.errors import VclvirtError
+from vclvirt.errors import (
+    BrokerUnreachable,
+    InvalidInput,
+    ResourceBusy,
+    UnknownHost,
+    UnknownReservation,
+    VclvirtError,
+)
+from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
+from vclvirt.params import validate_params
 from vclvirt.status import ReservationStatus
 
 app = typer.Typer(
@@ -35,15 +45,36 @@ def main(
     if inventory is not None:
         os.environ["VCLVIRT_INVENTORY"] = str(inventory.resolve())
         get_settings.cache_clear()
+    from vclvirt.workers.logging import configure_logging
+
+    # Library warnings go through the redacting formatter too, to stderr unless --json-logs.
     if json_logs:
-        from vclvirt.workers.logging import configure_logging
-
         configure_logging(json=True)
+    else:
+        configure_logging(json=False, level="WARNING", stream=sys.stderr)
 
 
-def _fail(error: VclvirtError, code: int = 1) -> None:
+# Exit codes (README, "CLI"): 0 success, 1 the operation failed, 2 invalid input,
+# 3 timed out waiting, 4 unknown reservation, 5 broker unreachable, 6 busy.
+EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNKNOWN, EXIT_BROKER, EXIT_BUSY = 1, 2, 3, 4, 5, 6
+
+
+def exit_code_of(error: VclvirtError) -> int:
+    """The documented exit code for an error raised before or while enqueueing."""
+    if isinstance(error, UnknownReservation):
+        return EXIT_UNKNOWN
+    if isinstance(error, ResourceBusy):
+        return EXIT_BUSY
+    if isinstance(error, BrokerUnreachable):
+        return EXIT_BROKER
+    if isinstance(error, InvalidInput | UnknownHost):
+        return EXIT_INVALID
+    return EXIT_FAILED
+
+
+def _fail(error: VclvirtError, code: int | None = None) -> NoReturn:
     typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(code)
+    raise typer.Exit(exit_code_of(error) if code is None else code)
 
 
 @app.command()
@@ -106,8 +137,18 @@ def _serve_worker_metrics(port: int, hosts: list[str]) -> None:
     serve_metrics(port, redis.Redis.from_url(get_settings().broker_url), hosts)
 
 
-def _read_reservation(path: str) -> str:
-    return sys.stdin.read() if path == "-" else Path(path).read_text()
+def _read_reservation(path: str) -> bytes:
+    """The file's bytes (at most one past the document limit): decoding and every other
+    check is the same strict reader the API uses (models.load_json_document)."""
+    limit = MAX_DOCUMENT_BYTES + 1
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read(limit)
+        with Path(path).open("rb") as file:
+            return file.read(limit)
+    except OSError as error:
+        typer.echo(f"error: cannot read {path}: {error.strerror or error}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
 
 
 def _step_line(step: dict[str, Any]) -> str:
@@ -167,13 +208,11 @@ _ENDED = ("succeeded", "failed", "superseded", "retrying", "skipped")
 
 
 def _submit(enqueue: Any, reservation: str | None, wait: bool, timeout: float, verb: str) -> None:
+    document = _read_reservation(reservation) if reservation else None
     try:
-        handle = enqueue(_read_reservation(reservation) if reservation else None)
+        handle = enqueue(document)
     except VclvirtError as error:
-        _fail(error, 2)
-    except OSError as error:
-        typer.echo(f"error: cannot read {reservation}: {error}", err=True)
-        raise typer.Exit(2) from None
+        _fail(error)
     typer.echo(handle.reservation_id)
     if not wait:
         return
@@ -278,14 +317,15 @@ def _operate(
     """Enqueue one operation, wait for it, exit non-zero with the error if it failed."""
     from vclvirt import dispatch
 
+    document = _read_reservation(reservation)
     try:
-        handle = dispatch.run(_read_reservation(reservation), operation, params)
+        handle = dispatch.run(document, operation, params)
         final = handle.wait(timeout=timeout)
     except VclvirtError as error:
-        _fail(error, 2)
-    except (OSError, TimeoutError) as error:
+        _fail(error)
+    except TimeoutError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(3) from None
+        raise typer.Exit(EXIT_TIMEOUT) from None
     if final.state != "succeeded":
         failure = final.error or {}
         typer.echo(
@@ -348,16 +388,21 @@ def run() -> None:
     """Console entry point: the commands, with unreachable services reported in one line."""
     from kombu.exceptions import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     try:
         app()
-    except (RedisConnectionError, OperationalError) as error:
-        typer.echo(
-            f"error: cannot reach the broker at {get_settings().broker_url}: {error}. "
-            "Start Redis or set VCLVIRT_BROKER_URL.",
-            err=True,
+    except (RedisConnectionError, RedisTimeoutError, OperationalError) as error:
+        settings = get_settings()
+        line = (
+            f"error: cannot reach the broker at {masked_url(settings.broker_url)}: "
+            f"{str(error).rstrip('.')}. "
+            "Start Redis or set VCLVIRT_BROKER_URL."
         )
-        raise SystemExit(5) from None
+        for secret in known_secrets(settings):
+            line = line.replace(secret, MASK)
+        typer.echo(line, err=True)
+        raise SystemExit(EXIT_BROKER) from None
 
 
 class SnapshotAction(StrEnum):
@@ -375,12 +420,15 @@ def snapshot(
     timeout: Timeout = 600.0,
 ) -> None:
     """Snapshots of the reservation's domain, through libvirt."""
+    operation = f"snapshot_{action.value}"
     if action is not SnapshotAction.list and not name:
         typer.echo(f"error: snapshot {action.value} needs --name", err=True)
-        raise typer.Exit(2)
-    result = _operate(
-        reservation, f"snapshot_{action.value}", timeout, {"name": name} if name else None
-    )
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        params = validate_params(operation, {"name": name} if name is not None else None)
+    except InvalidInput as error:
+        _fail(error)
+    result = _operate(reservation, operation, timeout, params or None)
     if action is SnapshotAction.list:
         for item in result["snapshots"]:
             created = _when(float(item["created"]))
@@ -399,22 +447,26 @@ app.add_typer(images_app, name="images")
 HostOption = Annotated[str, typer.Option("--host", help="Inventory name of the host")]
 
 
-def _host_provisioner(host: str) -> Any:
+def _host_provisioner(host: str, image: str | None = None) -> Any:
+    """The host's provisioner, once the image name (if any) has passed the image-name rule:
+    nothing reaches the host before that."""
     from vclvirt.workers.context import provisioner_for
 
     try:
+        if image is not None:
+            check_image_name(image)
         return provisioner_for(host)
     except VclvirtError as error:
-        _fail(error, 2)
+        _fail(error, EXIT_INVALID)
 
 
 @images_app.command("exists")
 def images_exists(image: str, host: HostOption) -> None:
     """Exit 0 and print 'yes' when the image is a master on the host or in the repository."""
     try:
-        found = _host_provisioner(host).does_image_exist(image)
+        found = _host_provisioner(host, image).does_image_exist(image)
     except VclvirtError as error:
-        _fail(error)
+        _fail(error, EXIT_FAILED)
     typer.echo("yes" if found else "no")
     raise typer.Exit(0 if found else 1)
 
@@ -427,7 +479,7 @@ def images_size(
 ) -> None:
     """Allocated size of the image (master on the host, else repository files), in MB."""
     try:
-        provisioner = _host_provisioner(host)
+        provisioner = _host_provisioner(host, image)
         size = (
             provisioner.get_image_size_bytes(image)
             if in_bytes
@@ -498,16 +550,22 @@ def api(
     bound to loopback."""
     import uvicorn
 
-    from vclvirt.api import create_api, is_loopback
+    from vclvirt.api import create_api
+    from vclvirt.api_guard import MIN_TOKEN_LENGTH, api_token, is_loopback
     from vclvirt.workers.logging import configure_logging
 
     settings = get_settings()
-    if settings.api_token is None and not is_loopback(host):
+    try:
+        token = api_token(settings)
+    except InvalidInput as error:
+        _fail(error)
+    if token is None and not is_loopback(host):
         typer.echo(
             f"error: refusing to serve on {host} without a token: set "
-            "VCLVIRT_API_TOKEN, or bind to 127.0.0.1 for development",
+            f"VCLVIRT_API_TOKEN (at least {MIN_TOKEN_LENGTH} characters, e.g. "
+            "`openssl rand -hex 32`), or bind to 127.0.0.1 for development",
             err=True,
         )
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_INVALID)
     configure_logging(json=True)
     uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False)

@@ -208,3 +208,20 @@ class InternalError(PermanentError):
 
     code = "INTERNAL_ERROR"
     default_hint = "Report it with the worker log lines of this reservation"
+
+
+class BrokerUnreachable(TransientError):
+    """Redis (the broker and the status records) does not answer."""
+
+    code = "BROKER_UNREACHABLE"
+    default_hint = "Start Redis or fix VCLVIRT_BROKER_URL, then try again"
+
+
+class GuestHostKeyChanged(PermanentError):
+    """The guest answered with another SSH host key than the one pinned at first contact."""
+
+    code = "GUEST_HOST_KEY_CHANGED"
+    default_hint = (
+        "Something else may answer at the guest's address: check the network before "
+        "trusting it; a new load of the reservation pins the new guest's key"
+    )

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -56,6 +57,8 @@ SnapshotName = Annotated[str, TextCheck, StringConstraints(pattern=SNAPSHOT_NAME
 FreeText = Annotated[str, TextCheck, StringConstraints(min_length=1, max_length=255)]
 PositiveId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Revision = Annotated[int, Field(ge=0, le=MAX_ID)]
+
+_IMAGE_NAME: TypeAdapter[str] = TypeAdapter(ImageName, config=ConfigDict(strict=True))
 
 ReservationState = Literal["new", "reload", "reinstall", "image", "checkpoint"]
 
@@ -282,6 +285,20 @@ def load_json_document(data: str | bytes) -> Any:
             hint="Remove the repeated key; other parsers would read a different value",
         )
     return value
+
+
+def check_image_name(name: str) -> str:
+    """An image name given on its own (CLI argument): the rule of Image.name."""
+    try:
+        return _IMAGE_NAME.validate_python(name)
+    except ValidationError as error:
+        _, message = describe_errors(error, prefix="IMAGE")
+        raise InvalidInput(
+            f"invalid image name: {message}",
+            field="IMAGE",
+            hint="Image names are letters, digits and ._+- (no leading . or -), "
+            "at most 128 characters",
+        ) from None
 
 
 def json_type(value: Any) -> str:

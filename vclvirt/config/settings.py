@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # Graceful shutdown: ACPI power button, re-sent every 10 s, destroy after this.
     power_off_timeout: float = Field(default=120.0, gt=0)
+    # HTTP API: a request body must arrive whole within this many seconds (slow clients
+    # cannot hold a connection); bodies are capped at models.MAX_DOCUMENT_BYTES.
+    api_body_timeout: float = Field(default=10.0, gt=0)
 
     @property
     def effective_visibility_timeout(self) -> int:
