@@ -21,6 +21,7 @@ from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings, get_settings
 from vclvirt.errors import (
     DomainMissing,
+    GuestHostKeyChanged,
     HypervisorError,
     ImageExists,
     ImageNotFound,
@@ -29,6 +30,7 @@ from vclvirt.errors import (
 )
 from vclvirt.guest import hooks
 from vclvirt.guest.access import connect_guest, guest_target
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.connection import network_names, resolve_domain_type
 from vclvirt.hypervisor.domain_xml import (
@@ -65,8 +67,11 @@ class Provisioner:
         *,
         management_node: str | None = None,
         settings: Settings | None = None,
+        guest_host_keys: GuestHostKeys | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        # Guests' SSH host keys, pinned per reservation (default: in the broker's records).
+        self.guest_host_keys = guest_host_keys or GuestHostKeys.from_url(self.settings.broker_url)
         self.host = host
         self.node = node
         self.driver = driver
@@ -95,6 +100,7 @@ class Provisioner:
         for domain in domains.computer_domains(self.conn, computer, self.host.name):
             removed_files += self.delete_domain(domain, computer)
             deleted.append(domain.name())
+        self.guest_host_keys.forget(reservation.reservation_id)  # a new guest, a new key
         self.node.run(
             [
                 "find",
@@ -241,7 +247,7 @@ class Provisioner:
             if reservation.image.is_windows
             else self.settings.post_load_timeout_linux
         )
-        target = guest_target(self.host, reservation, self.settings)
+        target = guest_target(self.host, reservation, self.settings, self.guest_host_keys)
         started = time.monotonic()
         guest = connect_guest(target, timeout=timeout)
         try:
@@ -276,8 +282,10 @@ class Provisioner:
                 "reason": "domain runs the image; os_type none has no guest to check",
             }
         try:
-            target = guest_target(self.host, reservation, self.settings)
+            target = guest_target(self.host, reservation, self.settings, self.guest_host_keys)
             guest = connect_guest(target, timeout=self.settings.node_status_timeout)
+        except GuestHostKeyChanged:
+            raise  # not a guest to reload over: something else answers at its address
         except VclvirtError as error:
             return {"status": hooks.RELOAD, "reason": f"guest does not answer: {error.message}"}
         try:
@@ -363,7 +371,7 @@ class Provisioner:
             )
         guest_done: dict[str, Any] = {"guest": "not contacted: os_type none"}
         if reservation.image.os_type.lower() != "none" and domain.isActive():
-            target = guest_target(self.host, reservation, self.settings)
+            target = guest_target(self.host, reservation, self.settings, self.guest_host_keys)
             guest = connect_guest(target, timeout=self.settings.node_status_timeout * 4)
             try:
                 guest_done = hooks.pre_capture(guest, reservation, new_image, xml)

@@ -23,6 +23,7 @@ from vclvirt.errors import (
     CommandTimeout,
     HostKeyRejected,
     NodeUnreachable,
+    VclvirtError,
 )
 from vclvirt.node.transport import CommandResult, Readable, command_line
 
@@ -96,7 +97,11 @@ class SSHTransport:
                 hint="Set key_file in the inventory",
             )
         client = paramiko.SSHClient()
-        if self.host.known_hosts is None:
+        # A target may decide on host keys itself (guests pin theirs per reservation).
+        policy = getattr(self.host, "host_key_policy", None)
+        if policy is not None:
+            client.set_missing_host_key_policy(policy)
+        elif self.host.known_hosts is None:
             # A guest just built from an image has a key nobody can know in advance.
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
         else:
@@ -121,6 +126,9 @@ class SSHTransport:
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
             )
+        except VclvirtError:  # raised by the target's host key policy
+            client.close()
+            raise
         except paramiko.BadHostKeyException:
             client.close()
             raise HostKeyRejected(
