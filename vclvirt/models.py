@@ -237,9 +237,16 @@ def _decode_text(data: bytes) -> str:
             "the document starts with a UTF-8 byte order mark",
             hint="Save the file as UTF-8 without BOM",
         )
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 1 and b"\x00" in data[:4]):
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise InvalidInput(
-            "the document is UTF-16 or UTF-32, not UTF-8", hint="Convert it to UTF-8"
+            "the document starts with a UTF-16 or UTF-32 byte order mark, not UTF-8 text",
+            hint="Convert it to UTF-8",
+        )
+    if b"\x00" in data:  # never in JSON text; in every UTF-16/32 encoding of it
+        raise InvalidInput(
+            f"the document holds NUL bytes (the first at byte {data.index(0)}): it is binary, "
+            "UTF-16 or UTF-32, not UTF-8 JSON text",
+            hint="Send JSON text encoded as UTF-8",
         )
     try:
         return data.decode("utf-8")
