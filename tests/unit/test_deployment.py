@@ -292,15 +292,18 @@ def test_api_service() -> None:
 
 
 def test_flower_requires_basic_auth() -> None:
-    """Flower runs on the broker with basic auth built from two required variables."""
+    """Flower runs on the broker (from CELERY_BROKER_URL) with basic auth built from two
+    required variables, both handed over in its environment."""
     compose = load_compose()
     flower = compose["services"]["flower"]
     assert {"FLOWER_USER", "FLOWER_PASSWORD"} <= required_variables()
     env = {"FLOWER_USER": "ops", "FLOWER_PASSWORD": "s3cret", "VCLVIRT_API_TOKEN": "t"}
     argv = command_argv(interpolate(flower["command"], env))
-    assert argv[:3] == ["celery", f"--broker={BROKER_URL}", "flower"]
+    assert argv[:2] == ["celery", "flower"]
     assert "--port=5555" in argv
-    assert environment(interpolate(flower, env))["FLOWER_BASIC_AUTH"] == "ops:s3cret"
+    flower_env = environment(interpolate(flower, env))
+    assert flower_env["CELERY_BROKER_URL"] == BROKER_URL
+    assert flower_env["FLOWER_BASIC_AUTH"] == "ops:s3cret"
     assert flower["image"] == compose["x-worker"]["image"]
 
 
