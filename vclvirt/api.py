@@ -127,6 +127,20 @@ def _object_body(body: bytes, model: type[StrictModel], *, optional: bool = Fals
         raise InvalidInput(f"invalid request: {message}", field=field) from None
 
 
+def _known_query_parameters_only(request: Request) -> None:
+    """A query parameter the route does not take is refused, like an unknown body field."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    known = {p.alias for p in dependant.query_params} if dependant is not None else set()
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidInput(
+                f"unknown query parameter {field_label(name)}"
+                + (f"; this route takes: {', '.join(sorted(known))}" if known else ""),
+                field=field_label(name),
+            )
+
+
 def _openapi_body(schema_name: str, *, required: bool = True) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -184,6 +198,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         title="vclvirt",
         version=__version__,
         description="Enqueue loads, captures and operations; read their status.",
+        dependencies=[Depends(_known_query_parameters_only)],
     )
     api.state.settings = settings
 

@@ -48,13 +48,13 @@ MAX_ID = 2**63 - 1
 MAX_DOCUMENT_BYTES = 64 * 1024
 
 TextCheck = BeforeValidator(check_text)
-Hostname = Annotated[str, TextCheck, StringConstraints(pattern=HOSTNAME_PATTERN, max_length=253)]
-MacAddress = Annotated[str, TextCheck, StringConstraints(pattern=MAC_PATTERN)]
-ImageName = Annotated[str, TextCheck, StringConstraints(pattern=IMAGE_NAME_PATTERN)]
-HostName = Annotated[str, TextCheck, StringConstraints(pattern=HOST_NAME_PATTERN)]
-Word = Annotated[str, TextCheck, StringConstraints(pattern=WORD_PATTERN)]
-SnapshotName = Annotated[str, TextCheck, StringConstraints(pattern=SNAPSHOT_NAME_PATTERN)]
-FreeText = Annotated[str, TextCheck, StringConstraints(min_length=1, max_length=255)]
+Hostname = Annotated[str, StringConstraints(pattern=HOSTNAME_PATTERN, max_length=253), TextCheck]
+MacAddress = Annotated[str, StringConstraints(pattern=MAC_PATTERN), TextCheck]
+ImageName = Annotated[str, StringConstraints(pattern=IMAGE_NAME_PATTERN), TextCheck]
+HostName = Annotated[str, StringConstraints(pattern=HOST_NAME_PATTERN), TextCheck]
+Word = Annotated[str, StringConstraints(pattern=WORD_PATTERN), TextCheck]
+SnapshotName = Annotated[str, StringConstraints(pattern=SNAPSHOT_NAME_PATTERN), TextCheck]
+FreeText = Annotated[str, StringConstraints(min_length=1, max_length=255), TextCheck]
 PositiveId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Revision = Annotated[int, Field(ge=0, le=MAX_ID)]
 
