@@ -35,8 +35,6 @@ os.environ["VCLVIRT_BROKER_URL"] = TEST_BROKER
 os.environ["VCLVIRT_INVENTORY"] = str(TESTBED / "inventory.toml")
 GUEST_CACHE = Path(os.environ.get("VCLVIRT_GUEST_CACHE", "/var/cache/vclvirt/guest"))
 os.environ["VCLVIRT_GUEST_KEY_FILE"] = str(GUEST_CACHE / "guest_key")
-os.environ.setdefault("VCLVIRT_RETRY_BACKOFF", "1")
-os.environ.setdefault("VCLVIRT_RETRY_BACKOFF_MAX", "4")
 
 
 @pytest.fixture(scope="session")

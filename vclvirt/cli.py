@@ -15,7 +15,7 @@ import typer
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import VclvirtError
-from vclvirt.status import ReservationStatus
+from vclvirt.state.records import ReservationStatus
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -65,7 +65,19 @@ def worker(
         configs = [get_inventory().host(name) for name in host]
     except VclvirtError as error:
         _fail(error, 2)
+    import socket
+    import uuid
+
+    from vclvirt.recovery import BOOT_ENV, NODE_ENV
+
+    node = (
+        f"{host[0]}@{socket.gethostname()}"
+        if len(host) == 1
+        else (f"{host[0]}+{len(host) - 1}@{socket.gethostname()}")
+    )
     os.environ["VCLVIRT_WORKER_HOST"] = ",".join(host)
+    os.environ[NODE_ENV] = node  # leases name this worker run and its processes
+    os.environ[BOOT_ENV] = uuid.uuid4().hex[:12]
     settings = get_settings()
     if settings.metrics_port:
         _serve_worker_metrics(settings.metrics_port, host)
@@ -78,7 +90,7 @@ def worker(
             "--queues",
             ",".join([*(host_queue(name) for name in host), CONTROL_QUEUE]),
             "--hostname",
-            f"{host[0]}@%h" if len(host) == 1 else f"{host[0]}+{len(host) - 1}@%h",
+            node,
             "--concurrency",
             str(concurrency or configs[0].max_concurrent_loads),
             "--pool",
@@ -250,6 +262,15 @@ def status(
         typer.echo(f"outcome: {json.dumps(data['outcome'])}")
     if data["current_step"]:
         typer.echo(f"current step: {data['current_step']}")
+    if data["waiting"]:
+        waiting = data["waiting"]
+        fails = (
+            f"; fails at {_when(waiting['fails_at'])} unless a worker takes it"
+            if waiting.get("fails_at")
+            else ""
+        )
+        since = f" since {_when(waiting['since'])}" if waiting.get("since") else ""
+        typer.echo(f"waiting: {waiting['reason']}{since}{fails}")
     for step in data["steps"]:
         typer.echo(_step_line(step))
     if data["error"]:
@@ -486,6 +507,9 @@ def failed(
             f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
             f"{record.computer}\t{record.failed_step}\t[{error.get('code')}] "
             f"{error.get('message')}\t{_when(record.finished_at)}"
+            if record.state == "failed"
+            else f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
+            f"{record.computer}\twaiting: {(record.waiting or {}).get('reason')}"
         )
 
 

@@ -208,3 +208,30 @@ class InternalError(PermanentError):
 
     code = "INTERNAL_ERROR"
     default_hint = "Report it with the worker log lines of this reservation"
+
+
+class NoWorker(PermanentError):
+    """No live worker served the reservation's host before the deadline."""
+
+    code = "NO_WORKER"
+    default_hint = (
+        "Start a worker for the host (vclvirt worker --host NAME), then retry the reservation "
+        "(vclvirt retry ID)"
+    )
+
+
+class StepInterrupted(PermanentError):
+    """A step was started several times and its worker was lost each time."""
+
+    code = "STEP_INTERRUPTED"
+    default_hint = (
+        "Read the worker logs around the step's starts (a crash or an out-of-memory kill?); "
+        "fix the cause, then retry the reservation"
+    )
+
+
+class LeaseLost(TransientError):
+    """This process no longer holds the reservation's lease; another may run it now."""
+
+    code = "LEASE_LOST"
+    default_hint = "Nothing to do: recovery dispatches the operation again"
