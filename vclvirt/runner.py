@@ -169,6 +169,7 @@ class OperationRun:
         first = self.record.next_step()
         todo = self.record.steps[self.record.steps.index(first) :] if first else []
         for name in todo:
+            self.current = name  # cancelled from here on: this step records why
             self.keeper.check()
             entry = self.entries[name]
             if self.plan is not None and name not in self.plan:
