@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import structlog
 
-from vclvirt import cancellation
+from vclvirt import cancellation, testhooks
 from vclvirt.cancellation import Cancelled
 from vclvirt.config.settings import Settings
 from vclvirt.errors import (
@@ -199,6 +199,7 @@ class OperationRun:
         started = time.monotonic()
         entry.started(task_id=self.task_id, worker=self.me.node)
         log.info("step_started", attempt=entry.data["attempt"])
+        testhooks.hold(self.rid, name)
         try:
             result = self.operation.bodies[name](self._context(entry))
         except TransientError as error:
