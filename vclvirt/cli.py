@@ -16,6 +16,7 @@ from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import VclvirtError
 from vclvirt.status import ReservationStatus
+from vclvirt.vcl.cli import inventory_app
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -511,3 +512,6 @@ def api(
         raise typer.Exit(2)
     configure_logging(json=True)
     uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+app.add_typer(inventory_app, name="inventory")  # vclvirt inventory from-vcl (vclvirt/vcl/cli.py)

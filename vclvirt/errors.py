@@ -208,3 +208,20 @@ class InternalError(PermanentError):
 
     code = "INTERNAL_ERROR"
     default_hint = "Report it with the worker log lines of this reservation"
+
+
+class VclProfileUnsupported(PermanentError):
+    """A VCL VM host profile asks for something vclvirt does not do (shared disk, VMware paths)."""
+
+    code = "VCL_PROFILE_UNSUPPORTED"
+    default_hint = (
+        "Give the host a KVM profile with local (dedicated) disks and qcow2 images, "
+        "or leave it out with --skip-unsupported"
+    )
+
+
+class VclDatabaseError(PermanentError):
+    """VCL's database could not be read (unreachable, refused, or not VCL's schema)."""
+
+    code = "VCL_DATABASE_ERROR"
+    default_hint = "Check --database (host, port, user, database name) and the password file"
