@@ -16,7 +16,6 @@ from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import VclvirtError
 from vclvirt.status import ReservationStatus
-from vclvirt.vcl.cli import inventory_app
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -514,4 +513,6 @@ def api(
     uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False)
 
 
-app.add_typer(inventory_app, name="inventory")  # vclvirt inventory from-vcl (vclvirt/vcl/cli.py)
+from vclvirt.vcl.cli import inventory_app  # noqa: E402  (the VCL lane's sub-app, kept apart)
+
+app.add_typer(inventory_app, name="inventory")  # vclvirt inventory from-vcl

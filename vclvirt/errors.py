@@ -203,13 +203,6 @@ class ResourceBusy(TransientError):
     default_hint = "Another reservation is working on it; the step is retried"
 
 
-class InternalError(PermanentError):
-    """An unexpected exception: a bug in vclvirt."""
-
-    code = "INTERNAL_ERROR"
-    default_hint = "Report it with the worker log lines of this reservation"
-
-
 class VclProfileUnsupported(PermanentError):
     """A VCL VM host profile asks for something vclvirt does not do (shared disk, VMware paths)."""
 
@@ -225,3 +218,10 @@ class VclDatabaseError(PermanentError):
 
     code = "VCL_DATABASE_ERROR"
     default_hint = "Check --database (host, port, user, database name) and the password file"
+
+
+class InternalError(PermanentError):
+    """An unexpected exception: a bug in vclvirt."""
+
+    code = "INTERNAL_ERROR"
+    default_hint = "Report it with the worker log lines of this reservation"
