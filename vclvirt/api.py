@@ -28,6 +28,7 @@ from vclvirt.errors import (
     UnknownReservation,
     VclvirtError,
 )
+from vclvirt.vcl import api_routes as vcl_api_routes
 
 log = structlog.get_logger(__name__)
 
@@ -188,4 +189,5 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         """Re-run a failed reservation from the step that failed (or from_step)."""
         return enqueued(dispatch.retry(reservation_id, request.from_step if request else None))
 
+    api.include_router(vcl_api_routes.router, dependencies=guarded)  # VCL's module (contrib/vcl)
     return api

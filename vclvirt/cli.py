@@ -535,3 +535,8 @@ def api(
         raise typer.Exit(2)
     configure_logging(json=True)
     uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+from vclvirt.vcl.cli import inventory_app  # noqa: E402  (the VCL lane's sub-app, kept apart)
+
+app.add_typer(inventory_app, name="inventory")  # vclvirt inventory from-vcl

@@ -203,6 +203,23 @@ class ResourceBusy(TransientError):
     default_hint = "Another reservation is working on it; the step is retried"
 
 
+class VclProfileUnsupported(PermanentError):
+    """A VCL VM host profile asks for something vclvirt does not do (shared disk, VMware paths)."""
+
+    code = "VCL_PROFILE_UNSUPPORTED"
+    default_hint = (
+        "Give the host a KVM profile with local (dedicated) disks and qcow2 images, "
+        "or leave it out with --skip-unsupported"
+    )
+
+
+class VclDatabaseError(PermanentError):
+    """VCL's database could not be read (unreachable, refused, or not VCL's schema)."""
+
+    code = "VCL_DATABASE_ERROR"
+    default_hint = "Check --database (host, port, user, database name) and the password file"
+
+
 class InternalError(PermanentError):
     """An unexpected exception: a bug in vclvirt."""
 
