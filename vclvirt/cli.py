@@ -109,13 +109,13 @@ def _serve_worker_metrics(port: int, hosts: list[str]) -> None:
     prometheus_client is first imported, which is why this runs before the app loads."""
     import tempfile
 
-    import redis
+    from vclvirt.state.client import redis_client
 
     directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{hosts[0]}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from vclvirt.metrics import serve_metrics
 
-    serve_metrics(port, redis.Redis.from_url(get_settings().broker_url), hosts)
+    serve_metrics(port, redis_client(get_settings().broker_url), hosts)
 
 
 def _read_reservation(path: str) -> str:
