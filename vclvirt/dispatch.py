@@ -99,16 +99,25 @@ def _check(
     return _Checked(reservation, op.name, validate_params(op.name, params))
 
 
+def _begin(checked: _Checked) -> int:
+    """The record of the operation, begun (ResourceBusy if one is in flight)."""
+    op = operation(checked.operation)
+    return _records().begin(
+        checked.reservation,
+        op.name,
+        list(op.steps),
+        checked.params,
+        owns_computer=op.owns_computer,
+    )
+
+
 def _send(checked: _Checked) -> Handle:
     from vclvirt.tasks.publish import publish
 
-    op = operation(checked.operation)
-    reservation = checked.reservation
-    generation = _records().begin(
-        reservation, op.name, list(op.steps), checked.params, owns_computer=op.owns_computer
-    )
-    publish(op.name, reservation, generation)
-    return Handle(reservation.reservation_id, task_id(reservation.reservation_id, generation))
+    generation = _begin(checked)
+    publish(checked.operation, checked.reservation, generation)
+    rid = checked.reservation.reservation_id
+    return Handle(rid, task_id(rid, generation))
 
 
 def load(reservation: ReservationInput) -> Handle:
@@ -129,12 +138,21 @@ def load_many(reservations: Sequence[ReservationInput]) -> list[Handle | Vclvirt
                 f"[{index}]: {error.message}",
                 field=f"[{index}]" + (f".{error.field}" if error.field else ""),
             ) from None
+    from vclvirt.tasks.publish import publish_many
+
     answers: list[Handle | VclvirtError] = []
+    begun = []
     for request in checked:
         try:
-            answers.append(_send(request))
+            generation = _begin(request)
         except VclvirtError as error:
             answers.append(error)
+            continue
+        rid = request.reservation.reservation_id
+        begun.append((request.operation, request.reservation, generation))
+        answers.append(Handle(rid, task_id(rid, generation)))
+    # Sent together; a message lost here is sent again by recovery (records say queued).
+    publish_many(begun)
     return answers
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.operations.registry import operation
 from vclvirt.recovery import task_id
@@ -24,7 +26,12 @@ def describe(reservation: Reservation) -> str:
 
 
 def publish(
-    operation_name: str, reservation: Reservation, generation: int, *, resumed: bool = False
+    operation_name: str,
+    reservation: Reservation,
+    generation: int,
+    *,
+    resumed: bool = False,
+    producer: Any = None,
 ) -> str:
     """Send the operation's message for this generation; returns the task id."""
     identifier = task_id(reservation.reservation_id, generation)
@@ -41,8 +48,16 @@ def publish(
         task_id=identifier,
         priority=RESUMED if resumed else NEW,
         kwargsrepr=f"{describe(reservation)} generation={generation}",
+        producer=producer,
     )
     return identifier
+
+
+def publish_many(messages: list[tuple[str, Reservation, int]]) -> None:
+    """Send many operations' messages in pipelined batches (a bulk enqueue)."""
+    with app.producer_or_acquire() as producer, producer.batch():
+        for operation_name, reservation, generation in messages:
+            publish(operation_name, reservation, generation, producer=producer)
 
 
 def publish_record(record: ReservationStatus, generation: int, resumed: bool) -> None:
