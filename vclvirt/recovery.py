@@ -46,7 +46,7 @@ from vclvirt.locks import ResourceLock
 from vclvirt.state import keys
 from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.leases import Holder, Leases, WorkerRegistry
-from vclvirt.state.records import RecordStore, ReservationStatus, now
+from vclvirt.state.records import FINAL, Glance, RecordStore, ReservationStatus, now
 
 log = structlog.get_logger(__name__)
 
@@ -301,49 +301,48 @@ class Reconciler:
         for member in self.redis.zrangebyscore(keys.due(host), 0, time.time()):
             if not self.redis.zrem(keys.due(host), member):  # type: ignore[arg-type]
                 continue  # another worker of the host took it
-            record = self.records.get(int(member))  # type: ignore[arg-type]
-            if record is not None and record.state in ("retrying", "waiting"):
-                self._again(record, "due")
+            (seen,) = self.records.glance([int(member)])  # type: ignore[arg-type]
+            if seen.state in ("retrying", "waiting"):
+                self._again(seen, "due")
 
     def recover(self, host: str) -> None:
         """Dispatch again what has no live work behind it."""
         queued: set[str] | None = None
-        for rid in self.records.in_flight(host):
-            record = self.records.get(rid)
-            if record is None or record.finished:
-                self.records.forget_in_flight(host, rid)
-                continue
-            if record.state == "running":
-                holder = self.leases.holder(rid)
-                if holder is None:
-                    self._again(record, f"lease expired (worker {record.lease_holder} lost)")
-                elif holder_is_dead(holder, self.me):
-                    self._again(record, f"worker process {holder} is gone", dead_holder=holder)
-            elif record.state == "queued" and self._scan_due(host, record):
+        for seen in self.records.glance(self.records.in_flight(host)):
+            if seen.state is None or seen.state in FINAL:
+                self.records.forget_in_flight(host, seen.reservation_id)
+            elif seen.state == "running":
+                if seen.lease is None:
+                    self._again(seen, f"lease expired (worker {seen.lease_holder} lost)")
+                elif holder_is_dead(seen.lease, self.me):
+                    self._again(seen, f"worker process {seen.lease} is gone", seen.lease)
+            elif seen.state == "queued" and self._scan_due(host, seen):
                 if queued is None:
                     queued = queued_task_ids(self.redis, host)
                     self._last_scan[host] = time.monotonic()
-                if task_id(rid, record.generation) not in queued:
-                    self._again(record, "message lost by the broker")
+                if task_id(seen.reservation_id, seen.generation) not in queued:
+                    self._again(seen, "message lost by the broker")
 
-    def _scan_due(self, host: str, record: ReservationStatus) -> bool:
+    def _scan_due(self, host: str, seen: Glance) -> bool:
         """A queued record is looked for in the broker once it has waited past the grace,
         at most once per grace period per host (a long backlog is not rescanned per cycle)."""
         grace = self.settings.lost_message_grace
-        if now() - (record.dispatched_at or 0.0) < grace:
+        if now() - seen.dispatched_at < grace:
             return False
         return time.monotonic() - self._last_scan.get(host, 0.0) >= grace
 
-    def _again(self, record: ReservationStatus, reason: str, *, dead_holder: str = "") -> None:
-        generation = self.records.redispatch(
-            record.reservation_id, record.generation, reason, dead_holder
-        )
+    def _again(self, seen: Glance, reason: str, dead_holder: str = "") -> None:
+        rid = seen.reservation_id
+        generation = self.records.redispatch(rid, seen.generation, reason, dead_holder)
         if generation is None:
+            return
+        record = self.records.get(rid)
+        if record is None:
             return
         self.publish(record, generation, True)
         log.info(
             "reservation_redispatched",
-            reservation_id=record.reservation_id,
+            reservation_id=rid,
             host=record.host,
             generation=generation,
             reason=reason,
@@ -364,5 +363,5 @@ class Reconciler:
                 record = self.records.get(rid)
                 if record is None or record.finished:
                     self.records.forget_in_flight(host, rid)
-                elif fail_if_abandoned(self.records, self.registry, self.settings, record):
-                    pass
+                else:
+                    fail_if_abandoned(self.records, self.registry, self.settings, record)

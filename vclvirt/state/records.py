@@ -163,6 +163,18 @@ return generation
 """
 
 
+@dataclass(frozen=True)
+class Glance:
+    """The few fields recovery looks at, for many records in one round trip."""
+
+    reservation_id: int
+    state: str | None  # None: the record has expired
+    generation: int
+    dispatched_at: float
+    lease_holder: str | None  # who claimed it last, as the record says
+    lease: str | None  # who holds its lease now (None: nobody, or it expired)
+
+
 class RecordStore:
     """Begins, reads, re-dispatches and ends reservation records."""
 
@@ -176,6 +188,28 @@ class RecordStore:
         if not raw:
             return None
         return decode(reservation_id, {_text(k): _text(v) for k, v in raw.items()})
+
+    def glance(self, reservation_ids: list[int]) -> list[Glance]:
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in reservation_ids:
+            pipe.hmget(keys.record(rid), "state", "generation", "dispatched_at", "lease_holder")
+            pipe.get(keys.lease(rid))
+        answers = pipe.execute()
+        found = []
+        for index, rid in enumerate(reservation_ids):
+            state, generation, dispatched, claimed = answers[2 * index]
+            lease = answers[2 * index + 1]
+            found.append(
+                Glance(
+                    rid,
+                    _text(state) if state else None,
+                    int(generation or 0),
+                    float(dispatched or 0.0),
+                    _text(claimed) if claimed else None,
+                    _text(lease) if lease else None,
+                )
+            )
+        return found
 
     def begin(
         self,
