@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vclvirt.tasks.load import LOAD_STEPS
+from vclvirt.operations.load import LOAD_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))

@@ -46,6 +46,7 @@ from vclvirt.models import (
 )
 from vclvirt.params import SINGLE_OPERATIONS, validate_params
 from vclvirt.textcheck import field_label
+from vclvirt.vcl import api_routes as vcl_api_routes
 from vclvirt.workers.logging import register_secrets
 
 __all__ = ["create_api", "is_loopback"]
@@ -157,7 +158,8 @@ _ERROR_RESPONSES = {
     "408": "the body did not arrive in time",
     "413": "the body is too large",
     "422": "invalid input: `field` names it",
-    "503": "the broker (Redis) does not answer",
+    "500": "an unexpected or permanent failure behind the API: `code` says which",
+    "503": "the broker (Redis), a host or libvirt does not answer: try again later",
 }
 
 
@@ -182,6 +184,8 @@ def _add_openapi_extras(api: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
                 operation["security"] = [{"bearer": []}]
                 for status, description in _ERROR_RESPONSES.items():
                     responses[status] = {"description": description, "content": envelope}
+                if "{reservation_id}" in path:
+                    responses["404"] = {"description": "unknown reservation", "content": envelope}
             for status in operation.get("x-vclvirt-errors", []):
                 responses[str(status)] = {"description": "see the error code", "content": envelope}
             operation.pop("x-vclvirt-errors", None)
@@ -217,7 +221,10 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     @api.exception_handler(VclvirtError)
     def _vclvirt_error(request: Request, error: VclvirtError) -> JSONResponse:
-        status = next((code for cls, code in _STATUS_OF if isinstance(error, cls)), 500)
+        # Unlisted: a transient failure behind the API (host, libvirt) is 503, worth a retry;
+        # any other is 500, its code saying what failed.
+        default = 503 if error.transient else 500
+        status = next((code for cls, code in _STATUS_OF if isinstance(error, cls)), default)
         return JSONResponse(_vclvirt_envelope(error), status_code=status)
 
     def _broker_down(request: Request, error: Exception) -> JSONResponse:
@@ -320,7 +327,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         params = validate_params(operation, request.params)
         return enqueued(dispatch.run(request.reservation, operation, params or None))
 
-    @api.get("/v1/reservations/{reservation_id}", openapi_extra={"x-vclvirt-errors": [404]})
+    @api.get("/v1/reservations/{reservation_id}")
     def status(reservation_id: ReservationId) -> dict[str, Any]:
         """The reservation's status record."""
         record = dispatch.status(reservation_id)
@@ -340,7 +347,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         status_code=202,
         openapi_extra={
             **_openapi_body("RetryRequest", required=False),
-            "x-vclvirt-errors": [404, 409],
+            "x-vclvirt-errors": [409],
         },
     )
     def retry(reservation_id: ReservationId, body: RawBody) -> Enqueued:
@@ -349,4 +356,6 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         request = _object_body(body, RetryRequest, optional=True)
         return enqueued(dispatch.retry(reservation_id, request.from_step if request else None))
 
+    # VCL's module (contrib/vcl); RequestGuard checks the token on every /v1 route.
+    api.include_router(vcl_api_routes.router)
     return api

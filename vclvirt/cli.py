@@ -25,7 +25,7 @@ from vclvirt.errors import (
 )
 from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
 from vclvirt.params import validate_params
-from vclvirt.status import ReservationStatus
+from vclvirt.state.records import ReservationStatus
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -96,7 +96,19 @@ def worker(
         configs = [get_inventory().host(name) for name in host]
     except VclvirtError as error:
         _fail(error, 2)
+    import socket
+    import uuid
+
+    from vclvirt.recovery import BOOT_ENV, NODE_ENV
+
+    node = (
+        f"{host[0]}@{socket.gethostname()}"
+        if len(host) == 1
+        else (f"{host[0]}+{len(host) - 1}@{socket.gethostname()}")
+    )
     os.environ["VCLVIRT_WORKER_HOST"] = ",".join(host)
+    os.environ[NODE_ENV] = node  # leases name this worker run and its processes
+    os.environ[BOOT_ENV] = uuid.uuid4().hex[:12]
     settings = get_settings()
     if settings.metrics_port:
         _serve_worker_metrics(settings.metrics_port, host)
@@ -109,7 +121,7 @@ def worker(
             "--queues",
             ",".join([*(host_queue(name) for name in host), CONTROL_QUEUE]),
             "--hostname",
-            f"{host[0]}@%h" if len(host) == 1 else f"{host[0]}+{len(host) - 1}@%h",
+            node,
             "--concurrency",
             str(concurrency or configs[0].max_concurrent_loads),
             "--pool",
@@ -128,13 +140,13 @@ def _serve_worker_metrics(port: int, hosts: list[str]) -> None:
     prometheus_client is first imported, which is why this runs before the app loads."""
     import tempfile
 
-    import redis
+    from vclvirt.state.client import redis_client
 
     directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{hosts[0]}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from vclvirt.metrics import serve_metrics
 
-    serve_metrics(port, redis.Redis.from_url(get_settings().broker_url), hosts)
+    serve_metrics(port, redis_client(get_settings().broker_url), hosts)
 
 
 def _read_reservation(path: str) -> bytes:
@@ -289,6 +301,15 @@ def status(
         typer.echo(f"outcome: {json.dumps(data['outcome'])}")
     if data["current_step"]:
         typer.echo(f"current step: {data['current_step']}")
+    if data["waiting"]:
+        waiting = data["waiting"]
+        fails = (
+            f"; fails at {_when(waiting['fails_at'])} unless a worker takes it"
+            if waiting.get("fails_at")
+            else ""
+        )
+        since = f" since {_when(waiting['since'])}" if waiting.get("since") else ""
+        typer.echo(f"waiting: {waiting['reason']}{since}{fails}")
     for step in data["steps"]:
         typer.echo(_step_line(step))
     if data["error"]:
@@ -538,6 +559,9 @@ def failed(
             f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
             f"{record.computer}\t{record.failed_step}\t[{error.get('code')}] "
             f"{error.get('message')}\t{_when(record.finished_at)}"
+            if record.state == "failed"
+            else f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
+            f"{record.computer}\twaiting: {(record.waiting or {}).get('reason')}"
         )
 
 
@@ -569,3 +593,8 @@ def api(
         raise typer.Exit(EXIT_INVALID)
     configure_logging(json=True)
     uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+from vclvirt.vcl.cli import inventory_app  # noqa: E402  (the VCL lane's sub-app, kept apart)
+
+app.add_typer(inventory_app, name="inventory")  # vclvirt inventory from-vcl

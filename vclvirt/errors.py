@@ -203,6 +203,23 @@ class ResourceBusy(TransientError):
     default_hint = "Another reservation is working on it; the step is retried"
 
 
+class VclProfileUnsupported(PermanentError):
+    """A VCL VM host profile asks for something vclvirt does not do (shared disk, VMware paths)."""
+
+    code = "VCL_PROFILE_UNSUPPORTED"
+    default_hint = (
+        "Give the host a KVM profile with local (dedicated) disks and qcow2 images, "
+        "or leave it out with --skip-unsupported"
+    )
+
+
+class VclDatabaseError(PermanentError):
+    """VCL's database could not be read (unreachable, refused, or not VCL's schema)."""
+
+    code = "VCL_DATABASE_ERROR"
+    default_hint = "Check --database (host, port, user, database name) and the password file"
+
+
 class InternalError(PermanentError):
     """An unexpected exception: a bug in vclvirt."""
 
@@ -225,3 +242,30 @@ class GuestHostKeyChanged(PermanentError):
         "Something else may answer at the guest's address: check the network before "
         "trusting it; a new load of the reservation pins the new guest's key"
     )
+
+
+class NoWorker(PermanentError):
+    """No live worker served the reservation's host before the deadline."""
+
+    code = "NO_WORKER"
+    default_hint = (
+        "Start a worker for the host (vclvirt worker --host NAME), then retry the reservation "
+        "(vclvirt retry ID)"
+    )
+
+
+class StepInterrupted(PermanentError):
+    """A step was started several times and its worker was lost each time."""
+
+    code = "STEP_INTERRUPTED"
+    default_hint = (
+        "Read the worker logs around the step's starts (a crash or an out-of-memory kill?); "
+        "fix the cause, then retry the reservation"
+    )
+
+
+class LeaseLost(TransientError):
+    """This process no longer holds the reservation's lease; another may run it now."""
+
+    code = "LEASE_LOST"
+    default_hint = "Nothing to do: recovery dispatches the operation again"

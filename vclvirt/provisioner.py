@@ -48,7 +48,7 @@ from vclvirt.images.master import Progress, ensure_master, find_in_repository, f
 from vclvirt.images.repository import NOT_DISKS, allocated_bytes
 from vclvirt.models import IMAGE_NAME_PATTERN, Reservation
 from vclvirt.naming import LoadNames, domain_uuid, new_image_name
-from vclvirt.node.transport import Transport, write_file
+from vclvirt.node.transport import Transport, path_exists, write_file
 
 log = structlog.get_logger(__name__)
 
@@ -146,13 +146,20 @@ class Provisioner:
         )
 
     def pre_define(
-        self, reservation: Reservation, progress: Progress | None = None
+        self,
+        reservation: Reservation,
+        progress: Progress | None = None,
+        *,
+        reuse_overlay: bool = False,
     ) -> dict[str, Any]:
-        """Master on the host (copied from the repository if needed), then the overlay."""
+        """Master on the host (copied from the repository if needed), then the overlay
+        (made anew unless `reuse_overlay`: a file at its path may be another user's disk)."""
         names = self.names(reservation)
         master = ensure_master(
             self.node, self.driver, self.host, reservation.image.name, progress=progress
         )
+        if not reuse_overlay:
+            self.node.run(["rm", "-f", "--", names.overlay_path])
         created = self.driver.ensure_overlay(master.path, master.format, names.overlay_path)
         notes = self.driver.pre_define(reservation, master.path, names.overlay_path)
         return {
@@ -164,6 +171,20 @@ class Provisioner:
             "overlay_created": created,
             "notes": notes,
         }
+
+    def remove_overlay(self, reservation: Reservation) -> list[str]:
+        """The reservation's overlay and XML file, unless a domain of the computer uses it."""
+        names = self.names(reservation)
+        computer = reservation.computer.short_name
+        for domain in domains.computer_domains(self.conn, computer, self.host.name):
+            if names.overlay_path in domains.disk_files(domains.domain_xml(domain, self.host.name)):
+                return []
+        removed = []
+        for path in (names.overlay_path, names.xml_path):
+            if path_exists(self.node, path):
+                self.node.run(["rm", "-f", "--", path])
+                removed.append(path)
+        return removed
 
     def host_facts(self, reservation: Reservation) -> HostFacts:
         """What the XML needs from the host; read after the master (and its XML) is there."""

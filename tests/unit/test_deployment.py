@@ -461,3 +461,16 @@ def test_dockerignore_keeps_junk_out_but_not_the_sources() -> None:
     assert any("__pycache__" in p for p in patterns)
     for source in ("pyproject.toml", "vclvirt"):
         assert not any(p.lstrip("/") == source or p in {"*", "**"} for p in patterns), source
+
+
+def test_redis_keeps_queues_and_records_through_a_restart() -> None:
+    """The broker writes an append-only file fsynced every second and never evicts keys
+    (a full broker refuses writes rather than dropping queued loads or status records)."""
+    argv = command_argv(load_compose()["services"]["redis"]["command"])
+    options = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert argv[0] == "redis-server"
+    assert options == {
+        "--appendonly": "yes",
+        "--appendfsync": "everysec",
+        "--maxmemory-policy": "noeviction",
+    }

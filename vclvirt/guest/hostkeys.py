@@ -50,7 +50,9 @@ class GuestHostKeys:
 
     @classmethod
     def from_url(cls, url: str) -> GuestHostKeys:
-        return cls(redis.Redis.from_url(url))
+        from vclvirt.state.client import redis_client
+
+        return cls(redis_client(url))
 
     def pinned(self, reservation_id: int) -> str | None:
         value = self.redis.hget(_record_key(reservation_id), FIELD)

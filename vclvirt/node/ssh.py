@@ -233,6 +233,10 @@ class SSHTransport:
                     )
                 select.select([channel], [], [], min(remaining, 0.01 if sending else 0.5))
             status = channel.recv_exit_status()
+            if status == -1:  # paramiko's word for "the connection closed, no exit status"
+                raise NodeUnreachable(
+                    f"connection dropped while running {line}", host=self.host_name
+                )
         except (OSError, paramiko.SSHException, EOFError) as error:
             raise NodeUnreachable(
                 f"SSH failed while running {line}: {error}", host=self.host_name

@@ -111,19 +111,15 @@ def _celery_setup_logging(loglevel: Any = None, **_: Any) -> None:
 
 
 def _bind_task_context(task_id: str = "", task: Any = None, kwargs: Any = None, **_: Any) -> None:
+    """A task's message names its reservation (id, request, host, computer): bind them."""
     structlog.contextvars.clear_contextvars()
     context: dict[str, Any] = {"task_id": task_id}
     if task is not None:
-        context["step"] = task.name.rsplit(".", 1)[-1]
-    reservation = (kwargs or {}).get("reservation")
-    if isinstance(reservation, dict):
-        computer = reservation.get("computer") or {}
-        context.update(
-            reservation_id=reservation.get("reservation_id"),
-            request_id=reservation.get("request_id"),
-            host=reservation.get("host"),
-            computer=computer.get("hostname") if isinstance(computer, dict) else None,
-        )
+        context["operation"] = task.name.rsplit(".", 1)[-1]
+    given = kwargs if isinstance(kwargs, dict) else {}
+    context.update(
+        {k: given[k] for k in ("reservation_id", "request_id", "host", "computer") if k in given}
+    )
     structlog.contextvars.bind_contextvars(**context)
 
 
