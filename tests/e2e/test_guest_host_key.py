@@ -35,8 +35,9 @@ def _guest_key(port: int) -> str:
 def test_guest_key_is_pinned_at_post_load_and_required_later(
     testbed, guest_image, start_worker, cleanup_computers
 ):
-    """post_load pins the guest's real key in the record; node_status passes with it, fails
-    with GUEST_HOST_KEY_CHANGED when the guest answers with another; unload drops the pin."""
+    """post_load pins the guest's real key in the record; a later node_status operation
+    passes with it and fails with GUEST_HOST_KEY_CHANGED when the guest answers with
+    another; unload drops the pin."""
     cleanup_computers.append("sec-pinned")
     start_worker("node-a")
     data = make_reservation(
@@ -51,15 +52,22 @@ def test_guest_key_is_pinned_at_post_load_and_required_later(
     pinned = client.hget(record, FIELD)
     assert pinned is not None and pinned.decode() == _guest_key(port)
 
-    reservation = parse_reservation(data)
-    provisioner = provisioner_for("node-a")
-    assert provisioner.node_status(reservation)["status"] == "READY"
+    # A later operation of the reservation, through the worker: the pin is kept and passes.
+    checked = dispatch.run(data, "node_status").wait(timeout=120)
+    assert checked.state == "succeeded", checked.error
+    assert checked.step_records["node_status"]["result"]["status"] == "READY"
+    assert client.hget(record, FIELD) == pinned
 
     # Another real key pinned: the guest now answering is not the one first contacted.
     client.hset(record, FIELD, key_text(paramiko.ECDSAKey.generate()))
-    with pytest.raises(GuestHostKeyChanged) as caught:
-        provisioner.node_status(reservation)
-    assert caught.value.code == "GUEST_HOST_KEY_CHANGED"
+    refused = dispatch.run(data, "node_status").wait(timeout=120)
+    assert refused.state == "failed"
+    assert refused.error is not None and refused.error["code"] == "GUEST_HOST_KEY_CHANGED"
 
-    provisioner.unload(reservation)
+    # The same through the Provisioner API directly (no Celery).
+    with pytest.raises(GuestHostKeyChanged):
+        provisioner_for("node-a").node_status(parse_reservation(data))
+
+    unloaded = dispatch.run(data, "unload").wait(timeout=120)
+    assert unloaded.state == "succeeded", unloaded.error
     assert client.hget(record, FIELD) is None  # the domain is gone, and so is its pin
