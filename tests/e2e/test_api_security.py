@@ -188,8 +188,6 @@ def test_broker_down_is_503_in_the_envelope(serve):
         for response in (
             client.post("/v1/loads", json=make_reservation(7901, "sec-api-down", "img-1-v0")),
             client.get("/v1/reservations/7901"),
-            client.get("/v1/failed"),
-            client.post("/v1/reservations/7901/retry"),
         ):
             assert response.status_code == 503, response.text
             assert response.headers["content-type"] == "application/json"
