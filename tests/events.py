@@ -98,17 +98,3 @@ def pid_ended(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-class Latch:
-    """A flag one thread sets and another waits for, with the hang deadline."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def wait(self, what: str, deadline: float = HUNG) -> None:
-        if not self._event.wait(deadline):
-            raise AssertionError(f"timed out after {deadline:g}s waiting for {what}")

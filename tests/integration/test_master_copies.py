@@ -8,7 +8,7 @@ an operator would see: files in the datastore, what qemu-img says, which copies 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,9 @@ def test_concurrent_loads_of_a_missing_master_copy_it_once(host, qemu_img_faults
         wait_for_lock_waiters(Path(host.datastore_path), 3, unless=second_copy)
     finally:
         qemu_img_faults.resume()
-        results = [f.result(timeout=HUNG) for f in futures]
-        pool.shutdown()
+        wait(futures, timeout=HUNG)
+        pool.shutdown(wait=False)
+    results = [f.result(timeout=0) for f in futures]
 
     assert len(qemu_img_faults.converts()) == 1, qemu_img_faults.converts()
     assert sorted(r["master_copied"] for r in results) == [False, False, False, True]
