@@ -303,3 +303,16 @@ def state_redis(testbed: Path) -> Iterator[Any]:
     yield client
     client.flushdb()
     client.close()
+
+
+# --- Fault injection for image copies (tests of #13; see tests/faults.py) -----------------
+
+
+@pytest.fixture
+def qemu_img_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A `qemu-img` shim first in PATH for this test (local transports only)."""
+    from tests.faults import QemuImgFaults
+
+    faults = QemuImgFaults(tmp_path / "qemu-img-faults", monkeypatch)
+    yield faults
+    faults.resume()  # no paused copy outlives its test

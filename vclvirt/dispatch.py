@@ -26,7 +26,7 @@ ReservationInput = Reservation | dict[str, Any] | str | bytes
 
 @lru_cache(maxsize=1)
 def _client() -> redis.Redis:
-    return redis_client(get_settings().broker_url)
+    return redis_client(get_settings().broker_url, patient=False)
 
 
 def _records() -> RecordStore:

@@ -26,7 +26,7 @@ from tests.conftest import (
     uncached_image,
     wait_for,
 )
-from tests.faults import restart_redis, start_testbed, stop_host
+from tests.outages import restart_redis, start_testbed, stop_host
 from vclvirt import dispatch
 from vclvirt.operations.load import LOAD_STEPS
 
@@ -371,7 +371,7 @@ def test_libvirtd_restarted_mid_load_is_waited_out(
 ) -> None:
     """libvirtd restarted while a load is in define: the pooled libvirt connection is
     found dead, reopened, and the load finishes by itself."""
-    from tests.faults import restart_libvirtd
+    from tests.outages import restart_libvirtd
 
     env, hold = holds
     image = "linux-E2eLibvirtd-620-v0"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT, make_reservation, repository_image, wait_for
-from tests.faults import start_testbed, stop_host
+from tests.outages import start_testbed, stop_host
 from vclvirt import dispatch
 
 
