@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import signal
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -44,14 +45,30 @@ def machine() -> str:
     )
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so the `finally` below stops what the run started.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGHUP, _interrupted)
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
     parser.add_argument(
         "--only", type=int, nargs="*", default=[1, 2, 3, 4, 5], help="benchmark numbers"
     )
     parser.add_argument("--sim-loads", type=int, default=None, help="loads in benchmark 4")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="write the tables here (default: bench/results.md for a full run, none for "
+        "--quick or --only)",
+    )
     args = parser.parse_args()
+    full = not args.quick and sorted(args.only) == [1, 2, 3, 4, 5] and args.sim_loads is None
+    output = args.output or (RESULTS if full else None)
     ctx = common.setup(args.quick, sim_hosts=20 if args.quick else 100)
     # imported after setup: vclvirt reads its settings from the environment once
     from bench import concurrency, distribution, latency, overhead, scale
@@ -73,6 +90,7 @@ def main() -> None:
                 print(f"\n## {title}\n\n{body}\n", flush=True)
             print(f"(benchmark {number}: {time.monotonic() - begun:.0f} s)", flush=True)
     finally:
+        common.stop_workers()  # a benchmark that failed half-way may have left some running
         common.cleanup_all(ctx)
     text = (
         f"# vclvirt benchmarks{' (--quick)' if args.quick else ''}\n\n{machine()}"
@@ -81,8 +99,9 @@ def main() -> None:
         + "\n\n".join(f"## {title}\n\n{body}" for title, body in sections)
         + "\n"
     )
-    RESULTS.write_text(text)
-    print(f"\nwritten: {RESULTS}")
+    if output is not None:
+        output.write_text(text)
+        print(f"\nwritten: {output}")
 
 
 if __name__ == "__main__":

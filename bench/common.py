@@ -1,4 +1,8 @@
-"""Shared helpers: environment, inventory, workers, reservations, loads, statistics, tables."""
+"""Shared helpers: environment, inventory, workers, reservations, loads, statistics, tables.
+
+Nothing of vclvirt is imported at the top: vclvirt reads its settings (inventory, broker)
+from the environment once, and `setup` sets that environment first.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from vclvirt.operations.load import LOAD_STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
@@ -30,7 +33,13 @@ KNOWN_HOSTS = TESTBED / "ssh" / "known_hosts"
 GUEST_CACHE = Path("/var/cache/vclvirt/guest")
 PREFIX = "bench-"  # every computer the benchmarks create
 IMAGE_PREFIX = "linux-Bench"  # every image the benchmarks create
-STEPS = LOAD_STEPS
+
+
+def host_login(host: str = "node-a") -> str:
+    """`user@127.0.0.1` as vclvirt logs in to the test bed's host (its inventory entry), so
+    scp and the VCL-style ssh sequence pay the same login as vclvirt."""
+    hosts = tomllib.loads((TESTBED / "inventory.toml").read_text())["hosts"]
+    return f"{hosts[host].get('user', 'root')}@127.0.0.1"
 
 
 @dataclass
@@ -146,13 +155,27 @@ class Worker:
         return rss, pss
 
     def stop(self) -> None:
+        """SIGTERM to the worker's process group (main process and pool), SIGKILL after 60 s."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
             try:
+                os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        if self in _started:
+            _started.remove(self)
+
+
+_started: list[Worker] = []  # every worker this process started and has not stopped
+
+
+def stop_workers() -> None:
+    """Stop every worker the benchmarks started (any exit path of the run calls this)."""
+    for worker in list(_started):
+        worker.stop()
 
 
 def start_worker(
@@ -177,6 +200,7 @@ def start_worker(
             env={**os.environ, **(env or {})},
         )
     worker = Worker(process, log_path)
+    _started.append(worker)
     deadline = time.monotonic() + 120
     while "ready." not in log_path.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -233,15 +257,26 @@ def reservation(
 
 @dataclass
 class LoadResult:
+    """A finished load: when it was enqueued, and its status record as the API shows it
+    (`GET /v1/reservations/{id}`, `vclvirt status --json`): the steps are read from there."""
+
     enqueued_at: float  # epoch, just before dispatch.load
-    record: Any  # vclvirt.status.ReservationStatus
+    record: dict[str, Any]
+
+    @classmethod
+    def of(cls, enqueued_at: float, status: Any) -> LoadResult:
+        return cls(enqueued_at, status.to_dict())
+
+    @property
+    def steps(self) -> list[str]:
+        return [s["name"] for s in self.record["steps"]]
 
     def step(self, name: str) -> dict[str, Any]:
-        return dict(self.record.step_records.get(name, {}))
+        return next((dict(s) for s in self.record["steps"] if s["name"] == name), {})
 
     @property
     def ok(self) -> bool:
-        return bool(self.record.state == "succeeded")
+        return bool(self.record["state"] == "succeeded")
 
     @property
     def to_running(self) -> float:
@@ -250,7 +285,12 @@ class LoadResult:
 
     @property
     def to_finished(self) -> float:
-        return float(self.record.finished_at) - self.enqueued_at
+        return float(self.record["finished_at"]) - self.enqueued_at
+
+
+def step_names(results: Iterable[LoadResult]) -> list[str]:
+    """The steps of these loads in chain order, as their status records list them."""
+    return list(dict.fromkeys(name for result in results for name in result.steps))
 
 
 def load_all(reservations: Sequence[dict[str, Any]], timeout: float = 900) -> list[LoadResult]:
@@ -273,12 +313,12 @@ def load_all(reservations: Sequence[dict[str, Any]], timeout: float = 900) -> li
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} loads did not finish in {timeout}s")
         time.sleep(0.02 if len(pending) < 50 else 0.5)
-    results = [LoadResult(started[i], records[i]) for i in range(len(reservations))]
+    results = [LoadResult.of(started[i], records[i]) for i in range(len(reservations))]
     for result in results:
         if not result.ok:
             raise RuntimeError(
-                f"load {result.record.reservation_id} {result.record.state}: "
-                f"{json.dumps(result.record.error)[:500]}"
+                f"load {result.record['reservation_id']} {result.record['state']}: "
+                f"{json.dumps(result.record['error'])[:500]}"
             )
     return results
 
@@ -286,7 +326,7 @@ def load_all(reservations: Sequence[dict[str, Any]], timeout: float = 900) -> li
 def step_gaps(result: LoadResult) -> list[tuple[str, float]]:
     """(transition, seconds) between one step's end and the next step's start."""
     gaps = []
-    done = [s for s in result.record.steps if result.step(s).get("started_at")]
+    done = [s for s in result.steps if result.step(s).get("started_at")]
     for before, after in itertools.pairwise(done):
         gap = result.step(after)["started_at"] - result.step(before)["ended_at"]
         gaps.append((f"{before}→{after}", gap))
@@ -350,6 +390,35 @@ def publish_image(name: str, source: Path, reference_xml: str | None = None) -> 
     if reference_xml:
         (directory / f"{name}.xml").write_text(reference_xml)
     return path
+
+
+def drop_new_pools(before: set[str]) -> None:
+    """Storage pools virt-install defined for the test bed's directories during the run go
+    again; vclvirt's own transient pools (`vclvirt-…`) are left to vclvirt."""
+    import libvirt
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        for pool in conn.listAllStoragePools(0):
+            name = pool.name()
+            if name in before or name.startswith("vclvirt-") or not pool.isPersistent():
+                continue
+            if str(TESTBED) in pool.XMLDesc(0):
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+    finally:
+        conn.close()
+
+
+def pool_names() -> set[str]:
+    import libvirt
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        return {pool.name() for pool in conn.listAllStoragePools(0)}
+    finally:
+        conn.close()
 
 
 def accepted_ssh(host: str = "node-a") -> int:

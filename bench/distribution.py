@@ -72,6 +72,7 @@ def concurrent_uncached(image: str, image_id: int, n: int) -> list[Any]:
 
 def run(ctx: Context) -> list[tuple[str, str]]:
     reps, n = (1, 3) if ctx.quick else (3, 10)
+    crowd_variant = "sparse" if ctx.quick else "full"
     variants = {"sparse": VARIANTS["sparse"]} if ctx.quick else VARIANTS
     paths = {v: make_image(ctx, image, mib) for v, (image, mib) in variants.items()}
     worker = common.start_worker(ctx, ["node-b"], n, "node-b")
@@ -102,14 +103,13 @@ def run(ctx: Context) -> list[tuple[str, str]]:
                 copied.append(was_copied)
                 dest = ctx.workdir / "copy.qcow2"
                 times.setdefault((variant, "scp"), []).append(
-                    timed([*SCP, str(paths[variant]), f"root@127.0.0.1:{dest}"])
+                    timed([*SCP, str(paths[variant]), f"{common.host_login('node-b')}:{dest}"])
                 )
                 dest.unlink()
                 times.setdefault((variant, "qemu-img convert"), []).append(
                     timed(["qemu-img", "convert", "-O", "qcow2", str(paths[variant]), str(dest)])
                 )
                 dest.unlink()
-        crowd_variant = "sparse" if ctx.quick else "full"
         crowd = concurrent_uncached(variants[crowd_variant][0], 7003 if ctx.quick else 7004, n)
     finally:
         worker.stop()
@@ -130,11 +130,11 @@ def run(ctx: Context) -> list[tuple[str, str]]:
         f"{len(copied)} runs; scp: to another path on this machine through node-b's sshd; "
         f"qemu-img convert: local, to qcow2. {reps} interleaved runs each. The same pre_define "
         f"with the master already cached took {cached.step('pre_define')['duration_s']:.3f} s "
-        f"(lookups and the overlay over SSH).\n\n"
+        f"(master lookup and overlay through libvirt's storage pools).\n\n"
     )
     body += table(
         [
-            "concurrent loads (full image, uncached)",
+            f"concurrent loads ({crowd_variant} image, uncached)",
             "master copies",
             "total s (enqueue → last running)",
             "slowest pre_define s",

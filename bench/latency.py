@@ -25,7 +25,7 @@ SSH = [
     "BatchMode=yes",
     "-o",
     f"UserKnownHostsFile={common.KNOWN_HOSTS}",
-    "root@127.0.0.1",
+    common.host_login("node-a"),
 ]
 
 
@@ -78,24 +78,6 @@ def run_vclvirt() -> tuple[float, int, LoadResult]:
     return result.to_running, common.accepted_ssh() - before, result
 
 
-class CountingNode:
-    """Wraps a provisioner's transport: counts the commands a load runs and their time."""
-
-    def __init__(self, node: Any) -> None:
-        self.node, self.commands, self.seconds = node, 0, 0.0
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self.node.run(*args, **kwargs)
-        finally:
-            self.commands += 1
-            self.seconds += time.perf_counter() - started
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.node, name)
-
-
 RETRIES: list[str] = []  # transient errors the in-process run retried, as a worker would
 
 
@@ -118,24 +100,22 @@ def run_inprocess(provisioner: Any) -> tuple[float, int, float, int]:
     from vclvirt.models import parse_reservation
 
     r = parse_reservation(common.reservation("bench-ip", 304, IMAGE))
-    counting = CountingNode(provisioner.node)
-    provisioner.node = counting
-    try:
-        started = time.perf_counter()
-        retrying(provisioner.node_status, r)
-        retrying(provisioner.delete_existing_domains, r)
-        retrying(provisioner.pre_define, r)
-        retrying(provisioner.define, r, retrying(provisioner.generate_xml, r)["xml"])
-        retrying(provisioner.power_on, r)
-        elapsed = time.perf_counter() - started
-    finally:
-        provisioner.node = counting.node
-    return elapsed, 0, counting.seconds, counting.commands
+    node = provisioner.node  # the process's pooled SSH transport: it counts its commands
+    commands, seconds = node.commands_run, node.command_seconds
+    started = time.perf_counter()
+    retrying(provisioner.node_status, r)
+    retrying(provisioner.delete_existing_domains, r)
+    retrying(provisioner.pre_define, r)
+    retrying(provisioner.define, r, retrying(provisioner.generate_xml, r)["xml"])
+    retrying(provisioner.power_on, r)
+    elapsed = time.perf_counter() - started
+    return elapsed, 0, node.command_seconds - seconds, node.commands_run - commands
 
 
 def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
     """One trivial command, n times: over the pooled SSH connection, as a new ssh process,
-    as a local process; one libvirt call over qemu+libssh and over the local socket."""
+    as a local process; one libvirt call over qemu+libssh and over the local socket; the
+    storage-pool calls a warm load makes instead of commands."""
     import libvirt
 
     def timed(call: Any) -> float:
@@ -145,6 +125,13 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
             call()
             values.append(time.perf_counter() - started)
         return median(values) * 1000
+
+    files = provisioner.context.files
+    overlay = str(HOST_DIR / "vms" / "bench-cost_7001-v0.qcow2")
+
+    def overlay_cycle() -> None:
+        files.create_overlay(str(MASTER), "qcow2", overlay)
+        files.remove(overlay)
 
     local = libvirt.open("qemu:///system")
     try:
@@ -163,6 +150,14 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
                 timed(lambda: provisioner.conn.listAllDomains(0)),
             ],
             ["libvirt listAllDomains on qemu:///system", timed(lambda: local.listAllDomains(0))],
+            [
+                "master check through the storage pool (qemu+libssh)",
+                timed(lambda: files.master_format(str(MASTER))),
+            ],
+            [
+                "overlay through the storage pool (qemu+libssh), created and removed",
+                timed(overlay_cycle),
+            ],
         ]
     finally:
         local.close()
@@ -227,15 +222,6 @@ def run_virt_install(workdir: Any) -> tuple[float, int]:
     return time.perf_counter() - started, 0
 
 
-def drop_new_pools(conn: Any, before: set[str]) -> None:
-    """virt-install defines a storage pool for the overlay's directory: remove it again."""
-    for pool in conn.listAllStoragePools(0):
-        if pool.name() not in before and str(common.TESTBED) in pool.XMLDesc(0):
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
-
-
 def vcl_commands(res: dict[str, Any]) -> list[tuple[str, str | None]]:
     """The reference's load (§2.1.1 initialize, §2.1.3, §2.2.8, §2.2.10, §2.3.3, §2.2.7),
     cache warm, no old domain: one SSH process per command; (command, stdin)."""
@@ -279,7 +265,10 @@ def warm_load(ctx: Context, concurrency: int = 2) -> Any:
         common.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "64M"])
         common.publish_image(IMAGE, source)
     worker = common.start_worker(ctx, ["node-a"], concurrency, f"node-a-c{concurrency}")
-    for i in range(1 if MASTER.exists() else 3):
+    # Every pool child opens its connections and reads what it keeps (a master's reference
+    # XML, the storage pools) on the first step it runs: enough loads that each child has
+    # run each step (a wider worker is warmed by its benchmark's own first round).
+    for i in range(6 if concurrency <= 2 else 1):
         common.load_all([common.reservation(f"bench-warm{i}", 320 + i, IMAGE)])
     common.cleanup_computers()
     return worker
@@ -294,7 +283,7 @@ def run(ctx: Context) -> list[tuple[str, str]]:
     worker = warm_load(ctx)
     conn = libvirt.open("qemu:///system")
     provisioner = provisioner_for("node-a")
-    pools_before = {pool.name() for pool in conn.listAllStoragePools(0)}
+    pools_before = common.pool_names()
     names = ("vclvirt", "in-process", "floor", "virt-install", "vcl")
     times: dict[str, list[float]] = {k: [] for k in names}
     shakes: dict[str, list[int]] = {k: [] for k in names}
@@ -323,7 +312,7 @@ def run(ctx: Context) -> list[tuple[str, str]]:
         costs = command_costs(provisioner, 5 if ctx.quick else 20)
         guest_rows = guest_ready(ctx, 0 if ctx.quick else 3)
     finally:
-        drop_new_pools(conn, pools_before)
+        common.drop_new_pools(pools_before)
         conn.close()
         worker.stop()
         common.cleanup_computers()

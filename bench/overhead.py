@@ -20,7 +20,7 @@ def gaps_by_transition(loads: list[common.LoadResult]) -> dict[str, list[float]]
 def durations_by_step(loads: list[common.LoadResult]) -> dict[str, list[float]]:
     found: dict[str, list[float]] = defaultdict(list)
     for load in loads:
-        for step in common.STEPS:
+        for step in load.steps:
             if load.step(step).get("duration_s") is not None:
                 found[step].append(load.step(step)["duration_s"] * 1000)
     return found

@@ -110,7 +110,7 @@ def run(ctx: Context, loads: int | None = None) -> list[tuple[str, str]]:
         for w in workers:
             w.stop()
     results = [
-        common.LoadResult(t, dispatch.status(r["reservation_id"]))
+        common.LoadResult.of(t, dispatch.status(r["reservation_id"]))
         for t, r in zip(enqueued_at, batch, strict=True)
     ]
     failed = [r for r in results if not r.ok]
@@ -137,7 +137,7 @@ def run(ctx: Context, loads: int | None = None) -> list[tuple[str, str]]:
                 total / dispatched,
                 makespan,
                 total / makespan,
-                total * len(common.STEPS) / makespan,
+                total * len(common.step_names(results)) / makespan,
                 len(failed),
                 mib(idle),
                 mib(sampler.peak),
@@ -157,19 +157,19 @@ def run(ctx: Context, loads: int | None = None) -> list[tuple[str, str]]:
 
 
 def step_table(results: list[common.LoadResult]) -> str:
+    steps = common.step_names(results)
     durations: dict[str, list[float]] = defaultdict(list)
     gaps: dict[str, list[float]] = defaultdict(list)
     for r in results:
-        for step in common.STEPS:
+        for step in steps:
             if r.step(step).get("duration_s") is not None:
                 durations[step].append(r.step(step)["duration_s"] * 1000)
         for name, gap in common.step_gaps(r):
             gaps[name.split("→")[1]].append(gap * 1000)
     rows: list[list[Any]] = [
-        [s, median(durations[s]), p95(durations[s]), median(gaps[s]), p95(gaps[s])]
-        for s in common.STEPS
+        [s, median(durations[s]), p95(durations[s]), median(gaps[s]), p95(gaps[s])] for s in steps
     ]
-    inner = [g for s in common.STEPS[1:] for g in gaps[s]]
+    inner = [g for s in steps[1:] for g in gaps[s]]
     return (
         table(
             ["step", "in step p50 ms", "in step p95 ms", "gap before p50 ms", "gap before p95 ms"],

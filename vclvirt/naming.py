@@ -48,9 +48,21 @@ def file_base_name(computer: str, image_id: int, revision: int) -> str:
     return f"{computer}_{image_id}-v{revision}"
 
 
-def belongs_to_computer(domain: str, computer: str) -> bool:
-    """Domains named `C_…` (current) or `C:…` (before 2016) belong to computer C."""
-    return domain.startswith((f"{computer}_", f"{computer}:"))
+def short_forms(computer: str, computer_id: int | None) -> set[str]:
+    """The names domain_name falls back to for this computer (none without its id): its id
+    when C itself is longer than 48 characters, else C alone (`C_<image id>-v<rev>` is too
+    long for a long enough image id)."""
+    if computer_id is None:
+        return set()
+    return {str(computer_id)} if len(computer) > MAX_DOMAIN_NAME else {computer}
+
+
+def belongs_to_computer(domain: str, computer: str, computer_id: int | None = None) -> bool:
+    """Domains named `C_…` (current) or `C:…` (before 2016) belong to computer C; given C's
+    id, so do the short forms its names fall back to (short_forms)."""
+    return domain.startswith((f"{computer}_", f"{computer}:")) or domain in short_forms(
+        computer, computer_id
+    )
 
 
 def new_image_name(os_name: str, pretty_name: str, image_id: int, revision: int) -> str:

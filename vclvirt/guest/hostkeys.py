@@ -18,10 +18,12 @@ import redis
 import structlog
 
 from vclvirt.errors import GuestHostKeyChanged
+from vclvirt.state import keys
+from vclvirt.state.records import GUEST_HOST_KEY
 
 log = structlog.get_logger(__name__)
 
-FIELD = "guest_host_key"
+FIELD = GUEST_HOST_KEY
 
 # Pin only into an existing status record: a hash holding nothing but a pin would look
 # like a record of an operation that never ends. HSETNX makes the first pin win.
@@ -30,10 +32,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('HGET', KEYS[1], ARGV[1])
 """
-
-
-def _record_key(reservation_id: int) -> str:
-    return f"vclvirt:reservation:{reservation_id}"
 
 
 def key_text(key: paramiko.PKey) -> str:
@@ -55,19 +53,19 @@ class GuestHostKeys:
         return cls(redis_client(url))
 
     def pinned(self, reservation_id: int) -> str | None:
-        value = self.redis.hget(_record_key(reservation_id), FIELD)
+        value = self.redis.hget(keys.record(reservation_id), FIELD)
         return value.decode() if isinstance(value, bytes) else value
 
     def pin(self, reservation_id: int, key: str) -> str | None:
         """Pin `key` unless a key is pinned already; the pinned key (None: no record)."""
-        value: Any = self._pin_script(keys=[_record_key(reservation_id)], args=[FIELD, key])
+        value: Any = self._pin_script(keys=[keys.record(reservation_id)], args=[FIELD, key])
         if value == -1:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def forget(self, reservation_id: int) -> None:
         """The guest is gone (its domain deleted): the next one pins its own key."""
-        self.redis.hdel(_record_key(reservation_id), FIELD)
+        self.redis.hdel(keys.record(reservation_id), FIELD)
 
     def policy(self, reservation_id: int, guest: str) -> PinnedHostKeyPolicy:
         return PinnedHostKeyPolicy(self, reservation_id, guest)

@@ -29,13 +29,14 @@ def flatten_to_master(
     """`<datastore>/<image>.qcow2`: the disk with its backing chain, as one standalone file."""
     master = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
     with host_lock(node, posixpath.join(host.datastore_path, f".{image_name}.lock")):
+        # The reference XML first: whoever finds the master finds its XML too.
+        write_file(
+            node, posixpath.join(host.datastore_path, f"{image_name}.xml"), reference_xml.encode()
+        )
         if path_exists(node, master):  # an earlier attempt of this capture got this far
             driver.verify(master, MASTER_FORMAT)
         else:
             write_verified_copy(node, driver, disk, master, source_format="qcow2")
-        write_file(
-            node, posixpath.join(host.datastore_path, f"{image_name}.xml"), reference_xml.encode()
-        )
     return {"master": master, **sizes(driver, master)}
 
 
@@ -54,6 +55,7 @@ def publish_to_repository(
     target = posixpath.join(directory, f"{image_name}.{MASTER_FORMAT}")
     node.run(["mkdir", "-p", "--", directory])
     with host_lock(node, posixpath.join(directory, f".{image_name}.lock")):
+        write_file(node, posixpath.join(directory, f"{image_name}.xml"), reference_xml.encode())
         if path_exists(node, target):
             driver.verify(target, MASTER_FORMAT)
         else:
@@ -65,7 +67,6 @@ def publish_to_repository(
                 source_format=MASTER_FORMAT,
                 compat=REPOSITORY_COMPAT,
             )
-        write_file(node, posixpath.join(directory, f"{image_name}.xml"), reference_xml.encode())
     return target
 
 

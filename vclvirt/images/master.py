@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -19,10 +18,12 @@ from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import ImageInvalid, ImageNotFound
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
+from vclvirt.images.copy import FROM_STDIN, CopyOutcome, Progress, Recheck, verified_copy
+from vclvirt.images.files import HostFiles
 from vclvirt.images.repository import NOT_DISKS, RepositorySource, find_repository_image
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.local import LocalTransport
-from vclvirt.node.transport import Transport, path_exists, write_file
+from vclvirt.node.transport import Transport, write_file
 
 MASTER_FORMAT = "qcow2"
 
@@ -80,17 +81,23 @@ def find_in_repository(
     return find_repository_image(where, host.repository_path, image_name, host.name)
 
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
-
-
 def ensure_master(
     node: Transport,
     driver: HypervisorDriver,
     host: HostConfig,
     image_name: str,
     progress: Progress | None = None,
+    files: HostFiles | None = None,
 ) -> MasterImage:
-    """Return the host's master for the image, copying it from the repository if absent."""
+    """Return the host's master for the image, copying it from the repository if absent.
+
+    With `files`, `<datastore>/<image>.qcow2` is looked up there first (through libvirt,
+    no command); the recursive search runs only when that exact file is absent."""
+    destination = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
+    if files is not None:
+        fmt = files.master_format(destination)
+        if fmt is not None:
+            return MasterImage(destination, fmt, copied=False)
     found = find_master(node, host, image_name)
     if found:
         return MasterImage(found, _format(driver, found), copied=False)
@@ -103,26 +110,28 @@ def ensure_master(
             f"image {image_name} not found; searched {', '.join(searched)}", host=host.name
         )
     lock = posixpath.join(host.datastore_path, f".{image_name}.lock")
-    node.run(["mkdir", "-p", "--", host.datastore_path])
-    with host_lock(node, lock):
-        found = find_master(node, host, image_name)  # another load may have copied it meanwhile
-        if found:
-            return MasterImage(found, _format(driver, found), copied=False)
-        destination = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
-        if host.repository_location == "worker":
-            stream_from_worker(node, driver, host, source, destination, progress)
-        else:
-            write_verified_copy(
-                node,
-                driver,
-                source.path,
-                destination,
-                source_format=source.format_hint,
-                progress=progress,
-            )
-            copy_reference_xml(node, source.path, destination)
-    written = int(str(driver.image_info(destination).get("actual-size", 0)))
-    return MasterImage(destination, MASTER_FORMAT, copied=True, bytes_written=written)
+    if host.repository_location == "worker":
+        outcome = stream_from_worker(node, driver, host, source, destination, lock, progress)
+    else:
+        outcome = verified_copy(
+            node,
+            source.path,
+            destination,
+            source_format=source.format_hint,
+            source_xml=posixpath.splitext(source.path)[0] + ".xml",
+            destination_xml=posixpath.splitext(destination)[0] + ".xml",
+            recheck=Recheck(lock, image_name, NOT_DISKS),
+            progress=progress,
+            timeout=driver_timeout(driver),
+        )
+    if outcome.found:  # another load copied it while this one waited for the lock
+        files_found = sorted(p for p in outcome.found if not p.lower().endswith(NOT_DISKS))
+        chosen = _choose(files_found, destination, host.name, f"master of {image_name}")
+        chosen = chosen or destination
+        return MasterImage(chosen, _format(driver, chosen), copied=False)
+    if files is not None:
+        files.changed(host.datastore_path)
+    return MasterImage(destination, MASTER_FORMAT, copied=True, bytes_written=outcome.bytes_written)
 
 
 def _format(driver: HypervisorDriver, path: str) -> str:
@@ -142,32 +151,17 @@ def write_verified_copy(
     compat: str | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Convert source to a standalone qcow2 at destination, visible only once verified."""
-    part = f"{destination}.part"
-    # A damaged source converts "successfully" with zeros where data was lost: check it first.
-    driver.verify(source, source_format)
-    total = int(str(driver.image_info(source).get("virtual-size", 0)))
-
-    def fraction_done(fraction: float) -> None:
-        if progress is not None:
-            progress(int(fraction * total), total)
-
-    try:
-        driver.convert(source, part, MASTER_FORMAT, compat=compat, progress=fraction_done)
-        driver.verify(part, MASTER_FORMAT)
-        node.run(["mv", "-f", "--", part, destination])
-    except BaseException:
-        node.run(["rm", "-f", "--", part], check=False)
-        raise
-
-
-def copy_reference_xml(node: Transport, source: str, destination: str) -> None:
-    """The image's reference XML travels with it (it decides disk bus and NIC model)."""
-    source_xml = posixpath.splitext(source)[0] + ".xml"
-    if path_exists(node, source_xml):
-        target = posixpath.splitext(destination)[0] + ".xml"
-        node.run(["cp", "-f", "--", source_xml, f"{target}.part"])
-        node.run(["mv", "-f", "--", f"{target}.part", target])
+    """Convert source to a standalone qcow2 at destination, visible only once verified
+    (one command on the host, see images.copy)."""
+    verified_copy(
+        node,
+        source,
+        destination,
+        source_format=source_format,
+        compat=compat,
+        progress=progress,
+        timeout=driver_timeout(driver),
+    )
 
 
 def stream_from_worker(
@@ -176,35 +170,39 @@ def stream_from_worker(
     host: HostConfig,
     source: RepositorySource,
     destination: str,
+    lock: str,
     progress: Progress | None = None,
-) -> None:
+) -> CopyOutcome:
     """A repository image on the worker's machine: converted here to a compact qcow2 (holes
-    stay holes, split VMware images are read through their descriptor), streamed over the
-    host's SSH connection to `<destination>.part`, verified on the host, then renamed."""
+    stay holes, split VMware images are read through their descriptor), then, under the
+    image's lock on the host and unless another load copied it meanwhile, its reference XML
+    written and the image streamed over the host's SSH connection to `<destination>.part`,
+    verified on the host and renamed (one command, see images.copy)."""
     local = LocalTransport(host.name)
     local_driver = KvmDriver(host, local)
     local_driver.verify(source.path, source.format_hint)
-    part = f"{destination}.part"
+    image_name = posixpath.splitext(posixpath.basename(destination))[0]
     with tempfile.TemporaryDirectory(prefix="vclvirt-stream-") as scratch:
         compact = os.path.join(scratch, "image.qcow2")
         local_driver.convert(source.path, compact, MASTER_FORMAT)
         total = os.path.getsize(compact)
-        try:
+        node.run(["mkdir", "-p", "--", host.datastore_path])
+        with host_lock(node, lock):
+            found = _image_files(node, host.datastore_path, image_name, recursive=True)
+            if found:
+                return CopyOutcome(found=tuple(found))
+            reference = os.path.splitext(source.path)[0] + ".xml"
+            if os.path.exists(reference):
+                with open(reference, "rb") as xml:
+                    write_file(node, posixpath.splitext(destination)[0] + ".xml", xml.read())
             with open(compact, "rb") as data:
-                node.run(
-                    ["dd", f"of={part}", "bs=1M", "status=none"],
+                return verified_copy(
+                    node,
+                    FROM_STDIN,
+                    destination,
                     stdin=_CountingReader(data, total, progress),
                     timeout=driver_timeout(driver),
                 )
-            driver.verify(part, MASTER_FORMAT)
-            node.run(["mv", "-f", "--", part, destination])
-        except BaseException:
-            node.run(["rm", "-f", "--", part], check=False)
-            raise
-    reference = os.path.splitext(source.path)[0] + ".xml"
-    if os.path.exists(reference):
-        with open(reference, "rb") as xml:
-            write_file(node, posixpath.splitext(destination)[0] + ".xml", xml.read())
 
 
 def driver_timeout(driver: HypervisorDriver) -> float:

@@ -43,6 +43,10 @@ class HypervisorDriver(Protocol):
         """Make `overlay` a qcow2 backed by master; True when it had to be (re)created."""
         ...
 
+    def create_overlay(self, master: str, master_format: str, overlay: str) -> None:
+        """A new qcow2 at `overlay` backed by master, replacing any file there."""
+        ...
+
     def extend_domain_xml(self, spec: DomainSpec, reservation: Reservation) -> DomainSpec:
         """Hook: last changes to the domain before it is rendered and defined."""
         ...

@@ -121,7 +121,12 @@ class KvmDriver:
     def ensure_overlay(self, master: str, master_format: str, overlay: str) -> bool:
         if self._is_overlay_of(overlay, master, master_format):
             return False
-        # Written in place: a half-created overlay fails the check above and is recreated.
+        self.create_overlay(master, master_format, overlay)
+        return True
+
+    def create_overlay(self, master: str, master_format: str, overlay: str) -> None:
+        # Written in place over any file there: a half-created overlay is not the right
+        # one for ensure_overlay, so it is recreated.
         self.node.run(
             [
                 "sh",
@@ -142,7 +147,6 @@ class KvmDriver:
             ],
             timeout=120,
         )
-        return True
 
     def _is_overlay_of(self, overlay: str, master: str, master_format: str) -> bool:
         try:

@@ -1,0 +1,94 @@
+"""provisioning.cleanup on libvirt's test driver with real files: what a computer holds is
+removed (short-form domain names included), nothing else; remove_overlay."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.unit._provisioning import make_host, reservation
+from vclvirt.provisioning.cleanup import Cleanup, is_own_overlay
+
+LONG = "perf-" + "l" * 45  # 50 characters: its domains are named by its id
+
+
+@pytest.fixture
+def host(tmp_path):
+    return make_host(tmp_path)
+
+
+def overlay(host, name: str, master) -> str:
+    path = host.vms / name
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(master), "-F", "qcow2", str(path)],
+        check=True,
+    )
+    return str(path)
+
+
+def test_is_own_overlay_only_inside_vm_path_and_named_for_the_computer():
+    """`<vm_path>/<computer>_<id>-v<rev>.<ext>` only: not a master, not a neighbour's."""
+    assert is_own_overlay("/vms/vm1_7-v0.qcow2", "vm1", "/vms")
+    assert not is_own_overlay("/images/vm1_7-v0.qcow2", "vm1", "/vms")
+    assert not is_own_overlay("/vms/vm10_7-v0.qcow2", "vm1", "/vms")
+    assert not is_own_overlay("/vms/linux-X-7-v0.qcow2", "vm1", "/vms")
+    assert not is_own_overlay("/vms/sub/vm1_7-v0.qcow2", "vm1", "/vms")
+
+
+def test_delete_existing_domains_removes_the_short_form_domains_too(host):
+    """A long-named computer's domain named by its id, with its overlay, XML files of the
+    computer: all gone; the master, a neighbour's domain and files stay."""
+    master = host.master("linux-Unit-11-v0")
+    r = reservation(LONG, computer_id=77)
+    own = overlay(host, f"{LONG}_11-v0.qcow2", master)
+    other = overlay(host, "unit-other_11-v0.qcow2", master)
+    host.conn.defineXML(host.domain_xml("77", [own, str(master)]))
+    host.conn.defineXML(host.domain_xml("78", [other]))
+    host.conn.lookupByName("77").create()
+    (host.xml / f"{LONG}_11-v0.xml").write_text("<domain/>")
+    (host.xml / "unit-other_11-v0.xml").write_text("<domain/>")
+
+    outcome = Cleanup(host.context).delete_existing_domains(r)
+
+    assert outcome == {"deleted_domains": ["77"], "removed_files": [own]}
+    assert [d.name() for d in host.conn.listAllDomains(0)] == ["78"]
+    assert sorted(p.name for p in host.vms.iterdir()) == ["unit-other_11-v0.qcow2"]
+    assert sorted(p.name for p in host.xml.iterdir()) == ["unit-other_11-v0.xml"]
+    assert master.exists()
+
+
+def test_delete_existing_domains_finds_a_bare_computer_name(host):
+    """A domain named exactly after the computer (its name fell back) is the computer's."""
+    host.conn.defineXML(host.domain_xml("unit-vm1", []))
+    host.conn.defineXML(host.domain_xml("unit-vm10", []))
+    outcome = Cleanup(host.context).delete_existing_domains(reservation("unit-vm1"))
+    assert outcome["deleted_domains"] == ["unit-vm1"]
+    assert [d.name() for d in host.conn.listAllDomains(0)] == ["unit-vm10"]
+
+
+def test_remove_overlay_removes_overlay_and_xml_when_no_domain_uses_it(host):
+    """A load that will not run: its overlay and XML file go; the paths are returned."""
+    master = host.master("linux-Unit-11-v0")
+    r = reservation()
+    path = overlay(host, "unit-vm1_11-v0.qcow2", master)
+    (host.xml / "unit-vm1_11-v0.xml").write_text("<domain/>")
+
+    removed = Cleanup(host.context).remove_overlay(r)
+
+    assert removed == [path, str(host.xml / "unit-vm1_11-v0.xml")]
+    assert list(host.vms.iterdir()) == [] and list(host.xml.iterdir()) == []
+    assert master.exists()
+    assert Cleanup(host.context).remove_overlay(r) == []  # nothing left: nothing removed
+
+
+def test_remove_overlay_keeps_everything_while_a_domain_uses_it(host):
+    """An overlay some domain runs from (whatever its name) is never removed."""
+    master = host.master("linux-Unit-11-v0")
+    path = overlay(host, "unit-vm1_11-v0.qcow2", master)
+    (host.xml / "unit-vm1_11-v0.xml").write_text("<domain/>")
+    host.conn.defineXML(host.domain_xml("someone-else", [path]))
+
+    assert Cleanup(host.context).remove_overlay(reservation()) == []
+    assert (host.vms / "unit-vm1_11-v0.qcow2").exists()
+    assert (host.xml / "unit-vm1_11-v0.xml").exists()

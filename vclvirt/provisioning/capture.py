@@ -1,0 +1,144 @@
+"""Capture (state image / checkpoint): the computer's disk becomes a new master revision
+and a repository copy; `image` then deletes the domain, `checkpoint` powers it on.
+
+capture_prepare → capture_shutdown → capture_flatten → capture_publish → capture_finish
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import libvirt
+
+from vclvirt.errors import DomainMissing, HypervisorError, ImageExists, InvalidInput
+from vclvirt.guest import hooks
+from vclvirt.guest.access import connect_guest, guest_target
+from vclvirt.hypervisor import domains
+from vclvirt.images.capture import flatten_to_master, publish_to_repository
+from vclvirt.images.master import find_in_repository, find_master
+from vclvirt.models import IMAGE_NAME_PATTERN, Reservation
+from vclvirt.naming import new_image_name
+from vclvirt.provisioning.cleanup import Cleanup
+from vclvirt.provisioning.context import HostContext
+
+
+class Capture:
+    """The five capture steps; later ones take what capture_prepare recorded."""
+
+    def __init__(self, context: HostContext, cleanup: Cleanup) -> None:
+        self.ctx = context
+        self.cleanup = cleanup
+
+    def prepare(self, reservation: Reservation) -> dict[str, Any]:
+        """Find the VM by MAC, check the new name is free, let the guest describe itself."""
+        ctx = self.ctx
+        new_image = new_image_name(
+            reservation.image.os_name,
+            reservation.image.pretty_name,
+            reservation.image.id,
+            reservation.image.revision,
+        )
+        if not re.fullmatch(IMAGE_NAME_PATTERN, new_image):
+            raise InvalidInput(
+                f"the captured image would be named {new_image!r}, which is not a valid image name",
+                hint="Change the pretty name",
+            )
+        domain = self._domain_of_computer(reservation)
+        xml = domains.domain_xml(domain, ctx.host.name)
+        disks = domains.disk_files(xml)
+        if not disks:
+            raise HypervisorError(
+                f"domain {domain.name()} has no file-backed disk to capture", host=ctx.host.name
+            )
+        in_repository = find_in_repository(ctx.node, ctx.host, new_image)
+        existing = [
+            path
+            for path in (
+                find_master(ctx.node, ctx.host, new_image),
+                in_repository.path if in_repository else None,
+            )
+            if path
+        ]
+        if existing:
+            raise ImageExists(
+                f"image {new_image} exists already: {', '.join(existing)}", host=ctx.host.name
+            )
+        guest_done: dict[str, Any] = {"guest": "not contacted: os_type none"}
+        if reservation.image.os_type.lower() != "none" and domain.isActive():
+            target = guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
+            guest = connect_guest(target, timeout=ctx.settings.node_status_timeout * 4)
+            try:
+                guest_done = hooks.pre_capture(guest, reservation, new_image, xml)
+            finally:
+                guest.close()
+        return {
+            "domain": domain.name(),
+            "new_image": new_image,
+            "disk": disks[0],
+            "disks_not_captured": disks[1:],
+            "xml": xml,
+            **guest_done,
+        }
+
+    def _domain_of_computer(self, reservation: Reservation) -> libvirt.virDomain:
+        """The domain whose NICs carry the computer's MACs (a base VM may be named freely)."""
+        ctx = self.ctx
+        macs = {reservation.computer.eth0_mac, reservation.computer.eth1_mac}
+        names = domains.domains_with_mac(ctx.conn, macs, ctx.host.name)
+        if len(names) > 1:
+            raise HypervisorError(
+                f"several domains carry the computer's MACs: {names}",
+                host=ctx.host.name,
+                hint="Remove the stale domains",
+            )
+        if names:
+            found = domains.lookup(ctx.conn, names[0], ctx.host.name)
+            if found is not None:
+                return found
+        return ctx.domain(reservation)
+
+    def shutdown(self, reservation: Reservation, domain_name: str) -> dict[str, Any]:
+        ctx = self.ctx
+        domain = domains.lookup(ctx.conn, domain_name, ctx.host.name)
+        if domain is None:
+            raise DomainMissing(f"domain {domain_name} disappeared", host=ctx.host.name)
+        started = time.monotonic()
+        method = domains.shut_down(domain, ctx.host.name, timeout=ctx.settings.power_off_timeout)
+        return {
+            "domain": domain_name,
+            "method": method,
+            "seconds": round(time.monotonic() - started, 2),
+        }
+
+    def flatten(self, reservation: Reservation, prepared: dict[str, Any]) -> dict[str, Any]:
+        ctx = self.ctx
+        return flatten_to_master(
+            ctx.node, ctx.driver, ctx.host, prepared["disk"], prepared["new_image"], prepared["xml"]
+        )
+
+    def publish(
+        self, reservation: Reservation, prepared: dict[str, Any], master: str
+    ) -> dict[str, Any]:
+        ctx = self.ctx
+        published = publish_to_repository(
+            ctx.node, ctx.driver, ctx.host, master, prepared["new_image"], prepared["xml"]
+        )
+        return {"repository_image": published}
+
+    def finish(self, reservation: Reservation, prepared: dict[str, Any]) -> dict[str, Any]:
+        """`image`: delete the domain and only its own overlay; `checkpoint`: power it on."""
+        ctx = self.ctx
+        domain = domains.lookup(ctx.conn, prepared["domain"], ctx.host.name)
+        if domain is None:
+            return {"domain": prepared["domain"], "action": "already gone"}
+        if reservation.state == "image":
+            removed = self.cleanup.delete_domain(domain, reservation.computer.short_name)
+            return {"domain": prepared["domain"], "action": "deleted", "removed_files": removed}
+        domains.start(domain, ctx.host.name)
+        return {
+            "domain": prepared["domain"],
+            "action": "powered on",
+            "power": domains.power_state(domain, ctx.host.name),
+        }

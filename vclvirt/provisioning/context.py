@@ -1,0 +1,68 @@
+"""What every operation on one host shares: its inventory entry, the ways to reach it
+(transport for commands, hypervisor driver, libvirt connection), its files, settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import libvirt
+
+from vclvirt.config.inventory import HostConfig
+from vclvirt.config.settings import Settings
+from vclvirt.errors import DomainMissing
+from vclvirt.guest.hostkeys import GuestHostKeys
+from vclvirt.hypervisor import domains
+from vclvirt.hypervisor.drivers import HypervisorDriver
+from vclvirt.images.files import CommandFiles, HostFiles, host_files
+from vclvirt.models import Reservation
+from vclvirt.naming import LoadNames
+from vclvirt.node.transport import Transport
+
+
+@dataclass
+class HostContext:
+    """One host, as every provisioning module sees it (one per process and host)."""
+
+    host: HostConfig
+    node: Transport
+    driver: HypervisorDriver
+    connect: Callable[[], libvirt.virConnect]
+    settings: Settings
+    management_node: str
+    guest_host_keys: GuestHostKeys  # guests' SSH host keys, pinned per reservation
+    _files: HostFiles | None = field(default=None, init=False, repr=False)
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        """The process's libvirt connection to the host (reopened when it died)."""
+        return self.connect()
+
+    @property
+    def files(self) -> HostFiles:
+        """The host's files: through libvirt's storage pools, or commands for the test
+        driver (chosen on first use, when the connection tells which driver it is)."""
+        if self._files is None:
+            commands = CommandFiles(self.node, self.driver)
+            self._files = host_files(self.conn, self.host.name, self.connect, commands)
+        return self._files
+
+    def names(self, reservation: Reservation) -> LoadNames:
+        return LoadNames.for_reservation(
+            reservation,
+            datastore_path=self.host.datastore_path,
+            vm_path=self.host.vm_dir,
+            xml_dir=self.host.xml_dir,
+        )
+
+    def domain(self, reservation: Reservation) -> libvirt.virDomain:
+        """The reservation's own domain; DomainMissing when it is not defined."""
+        name = self.names(reservation).domain
+        domain = domains.lookup(self.conn, name, self.host.name)
+        if domain is None:
+            raise DomainMissing(
+                f"domain {name} is not defined",
+                host=self.host.name,
+                hint="Load the reservation (vclvirt load) to create it",
+            )
+        return domain

@@ -1,0 +1,68 @@
+"""Image queries on a host (does_image_exist, get_image_size, list_images): a master in
+the datastore first, else the repository."""
+
+from __future__ import annotations
+
+import posixpath
+
+from vclvirt.errors import ImageNotFound
+from vclvirt.images.master import find_in_repository, find_master
+from vclvirt.images.repository import NOT_DISKS, allocated_bytes
+from vclvirt.provisioning.context import HostContext
+
+
+class ImageQueries:
+    """What the scheduler asks about images, answered by the host."""
+
+    def __init__(self, context: HostContext) -> None:
+        self.ctx = context
+
+    def exists(self, image_name: str) -> bool:
+        """On the host as a master, or in the repository."""
+        ctx = self.ctx
+        return bool(find_master(ctx.node, ctx.host, image_name)) or bool(
+            find_in_repository(ctx.node, ctx.host, image_name)
+        )
+
+    def size_bytes(self, image_name: str) -> int:
+        """Allocated bytes of the host's master, else of the repository files; ImageNotFound."""
+        ctx = self.ctx
+        master = find_master(ctx.node, ctx.host, image_name)
+        if master:
+            return allocated_bytes(ctx.node, [master])
+        source = find_in_repository(ctx.node, ctx.host, image_name)
+        if source is None:
+            raise ImageNotFound(
+                f"image {image_name} is neither a master on the host nor in the repository",
+                host=ctx.host.name,
+            )
+        return allocated_bytes(ctx.node, list(source.files))
+
+    def size_mb(self, image_name: str) -> int:
+        """Size in MB (floor), as the reference reports it to image.pm."""
+        return self.size_bytes(image_name) // 2**20
+
+    def listing(self) -> dict[str, list[str]]:
+        """Masters in the datastore and image directories in the repository."""
+        ctx = self.ctx
+        masters = ctx.node.run(
+            ["find", ctx.host.datastore_path, "-type", "f", "-name", "*.*"], check=False
+        ).text.splitlines()
+        names = sorted(
+            {
+                posixpath.splitext(posixpath.basename(p))[0]
+                for p in masters
+                if not p.lower().endswith(NOT_DISKS)
+            }
+        )
+        repository: list[str] = []
+        if ctx.host.repository_path:
+            listing = ctx.node.run(
+                [
+                    *("find", ctx.host.repository_path),
+                    *("-mindepth", "1", "-maxdepth", "1", "-type", "d"),
+                ],
+                check=False,
+            )
+            repository = sorted(posixpath.basename(p) for p in listing.text.splitlines() if p)
+        return {"datastore": names, "repository": repository}
