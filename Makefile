@@ -35,3 +35,9 @@ stop:
 
 bench: bootstrap testbed guest
 	.venv/bin/python -m bench
+
+# Mutation check: the deliberate bugs of tests/mutants.toml, applied one at a time to a
+# copy of the working tree; each must make its tests fail (scripts/mutants).
+.PHONY: mutants
+mutants: bootstrap testbed
+	scripts/mutants

@@ -35,8 +35,6 @@ os.environ["VCLVIRT_BROKER_URL"] = TEST_BROKER
 os.environ["VCLVIRT_INVENTORY"] = str(TESTBED / "inventory.toml")
 GUEST_CACHE = Path(os.environ.get("VCLVIRT_GUEST_CACHE", "/var/cache/vclvirt/guest"))
 os.environ["VCLVIRT_GUEST_KEY_FILE"] = str(GUEST_CACHE / "guest_key")
-os.environ.setdefault("VCLVIRT_RETRY_BACKOFF", "1")
-os.environ.setdefault("VCLVIRT_RETRY_BACKOFF_MAX", "4")
 
 
 @pytest.fixture(scope="session")
@@ -292,3 +290,29 @@ def guest_shell(testbed: Path, reservation: dict[str, Any], *argv: str) -> str:
         return guest.run(list(argv)).text
     finally:
         guest.close()
+
+
+@pytest.fixture
+def state_redis(testbed: Path) -> Iterator[Any]:
+    """A real Redis client on a database of its own (3), empty for each test: for the
+    record, lease, lock and recovery tests, away from the workers' database."""
+    from vclvirt.state.client import redis_client
+
+    client = redis_client(f"redis://127.0.0.1:{REDIS_PORT}/3")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+# --- Fault injection for image copies (tests of #13; see tests/faults.py) -----------------
+
+
+@pytest.fixture
+def qemu_img_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A `qemu-img` shim first in PATH for this test (local transports only)."""
+    from tests.faults import QemuImgFaults
+
+    faults = QemuImgFaults(tmp_path / "qemu-img-faults", monkeypatch)
+    yield faults
+    faults.resume()  # no paused copy outlives its test

@@ -1,42 +1,68 @@
 """HTTP API for schedulers that are not Python (VCL's own daemon is Perl).
 
 JSON in, JSON out; the OpenAPI document is at /openapi.json. Every enqueue goes
-through `vclvirt.dispatch`, so the API, the CLI and the Python API behave alike.
+through `vclvirt.dispatch`, and every body is read by `models.load_json_document`,
+so the API, the CLI and the Python API accept and refuse exactly the same input.
+Every error, whatever its source, is the envelope
+`{"error": {"code", "field", "message", "hint", ...}}`.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-import time
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict
+from kombu.exceptions import OperationalError as KombuOperationalError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vclvirt import __version__, dispatch
+from vclvirt.api_guard import RequestGuard, api_token, error_body, is_loopback
+from vclvirt.config.secrets import masked_url
 from vclvirt.config.settings import Settings, get_settings
 from vclvirt.dispatch import Handle
 from vclvirt.errors import (
+    BrokerUnreachable,
     InvalidInput,
     ResourceBusy,
     UnknownHost,
     UnknownReservation,
     VclvirtError,
 )
+from vclvirt.models import (
+    MAX_ID,
+    WORD_PATTERN,
+    Reservation,
+    StrictModel,
+    describe_errors,
+    json_type,
+    load_json_document,
+)
+from vclvirt.params import SINGLE_OPERATIONS, validate_params
+from vclvirt.textcheck import field_label
+from vclvirt.vcl import api_routes as vcl_api_routes
+from vclvirt.workers.logging import register_secrets
+
+__all__ = ["create_api", "is_loopback"]
 
 log = structlog.get_logger(__name__)
 
-_STATUS_OF = [
+_STATUS_OF: list[tuple[type[VclvirtError], int]] = [
     (InvalidInput, 422),
     (UnknownHost, 422),
     (UnknownReservation, 404),
     (ResourceBusy, 409),
+    (BrokerUnreachable, 503),
 ]
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+# Raised by redis-py and kombu when Redis does not answer.
+_BROKER_ERRORS = (RedisConnectionError, RedisTimeoutError, KombuOperationalError)
 
 
 class Enqueued(BaseModel):
@@ -45,96 +71,213 @@ class Enqueued(BaseModel):
     status_url: str
 
 
-class OperationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ErrorDetail(BaseModel):
+    """What failed, which input field (or null), why, and what to do."""
 
-    reservation: dict[str, Any]
-    params: dict[str, Any] | None = None
+    model_config = ConfigDict(extra="allow")
 
-
-class RetryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    from_step: str | None = None
+    code: str
+    field: str | None
+    message: str
+    hint: str
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+class ErrorEnvelope(BaseModel):
+    error: ErrorDetail
+
+
+class OperationRequest(StrictModel):
+    """The body of POST /v1/operations/{operation}."""
+
+    reservation: Reservation
+    params: dict[str, Any] | None = Field(
+        default=None, description='{"name": ...} for snapshot_create|revert|delete, else none'
+    )
+
+
+class RetryRequest(StrictModel):
+    """The (optional) body of POST /v1/reservations/{id}/retry."""
+
+    from_step: Annotated[str, StringConstraints(pattern=WORD_PATTERN)] | None = None
+
+
+def _vclvirt_envelope(error: VclvirtError) -> dict[str, Any]:
+    return {"error": {**error.to_dict(), "field": getattr(error, "field", None)}}
+
+
+async def _raw_body(request: Request) -> bytes:
+    """The body as bytes: RequestGuard has read it already (authorised, capped, in time)."""
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(_raw_body)]
+ReservationId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+def _object_body(body: bytes, model: type[StrictModel], *, optional: bool = False) -> Any:
+    """A body parsed strictly, then validated by `model`; errors name the field."""
+    if optional and not body.strip():
+        return None
+    document = load_json_document(body)
+    if not isinstance(document, dict):
+        raise InvalidInput(f"the body must be a JSON object, not {json_type(document)}")
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return model.model_validate(document)
+    except ValidationError as error:
+        field, message = describe_errors(error)
+        raise InvalidInput(f"invalid request: {message}", field=field) from None
 
 
-_bearer = HTTPBearer(auto_error=False)
+def _known_query_parameters_only(request: Request) -> None:
+    """A query parameter the route does not take is refused, like an unknown body field."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    known = {p.alias for p in dependant.query_params} if dependant is not None else set()
+    for name in request.query_params:
+        if name not in known:
+            raise InvalidInput(
+                f"unknown query parameter {field_label(name)}"
+                + (f"; this route takes: {', '.join(sorted(known))}" if known else ""),
+                field=field_label(name),
+            )
 
 
-def authorised(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """The bearer token from the settings, compared in constant time."""
-    token: str | None = request.app.state.settings.api_token
-    if token is None:
-        return
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise HTTPException(
-            401,
-            detail={"code": "UNAUTHORIZED", "message": "missing or wrong bearer token"},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+def _openapi_body(schema_name: str, *, required: bool = True) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+            },
+        }
+    }
+
+
+_ERROR_RESPONSES = {
+    "401": "missing or wrong bearer token",
+    "408": "the body did not arrive in time",
+    "413": "the body is too large",
+    "422": "invalid input: `field` names it",
+    "500": "an unexpected or permanent failure behind the API: `code` says which",
+    "503": "the broker (Redis), a host or libvirt does not answer: try again later",
+}
+
+
+def _add_openapi_extras(api: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
+    """Request bodies, the error envelope and bearer security on every /v1 operation."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's, replaced by ours
+        schemas.pop(unused, None)
+    for model in (Reservation, OperationRequest, RetryRequest, ErrorEnvelope):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(model_schema.pop("$defs", {}))
+        schemas[model.__name__] = model_schema
+    schema["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "VCLVIRT_API_TOKEN"}
+    }
+    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)  # FastAPI's own validation-error shape is not ours
+            if path.startswith("/v1"):
+                operation["security"] = [{"bearer": []}]
+                for status, description in _ERROR_RESPONSES.items():
+                    responses[status] = {"description": description, "content": envelope}
+                if "{reservation_id}" in path:
+                    responses["404"] = {"description": "unknown reservation", "content": envelope}
+            for status in operation.get("x-vclvirt-errors", []):
+                responses[str(status)] = {"description": "see the error code", "content": envelope}
+            operation.pop("x-vclvirt-errors", None)
+    return schema
 
 
 def create_api(settings: Settings | None = None) -> FastAPI:
-    """The application; without a token configured every request is allowed (loopback dev)."""
+    """The application. Without a token configured every request is allowed (loopback
+    development only; `vclvirt api` refuses to bind elsewhere)."""
     settings = settings or get_settings()
+    token = api_token(settings)  # InvalidInput for a token that is too short
+    register_secrets(token)
     api = FastAPI(
         title="vclvirt",
         version=__version__,
         description="Enqueue loads, captures and operations; read their status.",
+        dependencies=[Depends(_known_query_parameters_only)],
     )
     api.state.settings = settings
 
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title,
+                version=api.version,
+                description=api.description,
+                routes=api.routes,
+            )
+            api.openapi_schema = _add_openapi_extras(api, schema)
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
     @api.exception_handler(VclvirtError)
     def _vclvirt_error(request: Request, error: VclvirtError) -> JSONResponse:
-        status = next((code for cls, code in _STATUS_OF if isinstance(error, cls)), 400)
-        return JSONResponse({"error": error.to_dict()}, status_code=status)
+        # Unlisted: a transient failure behind the API (host, libvirt) is 503, worth a retry;
+        # any other is 500, its code saying what failed.
+        default = 503 if error.transient else 500
+        status = next((code for cls, code in _STATUS_OF if isinstance(error, cls)), default)
+        return JSONResponse(_vclvirt_envelope(error), status_code=status)
+
+    def _broker_down(request: Request, error: Exception) -> JSONResponse:
+        log.error(
+            "broker_unreachable",
+            broker=masked_url(settings.broker_url),
+            error=f"{type(error).__name__}: {error}",
+            path=request.url.path,
+        )
+        down = BrokerUnreachable(f"the broker at {masked_url(settings.broker_url)} does not answer")
+        return JSONResponse(_vclvirt_envelope(down), status_code=503)
+
+    for broker_error in _BROKER_ERRORS:
+        api.add_exception_handler(broker_error, _broker_down)
 
     @api.exception_handler(RequestValidationError)
     def _bad_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]}
+            (".".join(str(p) for p in e["loc"] if p not in ("body", "path", "query")), e["msg"])
             for e in error.errors()
         ]
-        first = problems[0] if problems else {"field": None, "reason": "invalid request"}
+        field = problems[0][0] if problems else None
+        message = "; ".join(f"{name or '(request)'}: {reason}" for name, reason in problems)
+        body = error_body(
+            "INVALID_INPUT",
+            f"invalid request: {message}",
+            hint="Correct the named field and submit again",
+            field=field or None,
+        )
+        return JSONResponse(body, status_code=422)
+
+    @api.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(error.status_code, f"HTTP_{error.status_code}")
+        hint = "See /openapi.json for the routes and their methods"
         return JSONResponse(
-            {
-                "error": {
-                    "code": "INVALID_INPUT",
-                    "field": first["field"],
-                    "message": "; ".join(
-                        f"{p['field'] or '(body)'}: {p['reason']}" for p in problems
-                    ),
-                    "hint": "Correct the named field and submit again",
-                }
-            },
-            status_code=422,
+            error_body(code, f"{request.method} {request.url.path}: {error.detail}", hint=hint),
+            status_code=error.status_code,
+            headers=error.headers,
         )
 
-    @api.middleware("http")
-    async def _log_request(request: Request, call_next: Any) -> Any:
-        started = time.monotonic()
-        response = await call_next(request)
-        log.info(
-            "http_request",
-            method=request.method,
-            path=request.url.path,
-            status=response.status_code,
-            duration_ms=round(1000 * (time.monotonic() - started), 1),
+    @api.exception_handler(Exception)
+    def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        body = error_body(
+            "INTERNAL_ERROR",
+            f"unexpected {type(error).__name__} in {request.url.path}",
+            hint="Report it with the API's log lines of this request",
         )
-        return response
+        return JSONResponse(body, status_code=500)
+
+    api.add_middleware(
+        RequestGuard, token=token, body_timeout=settings.api_body_timeout, logger=log
+    )
 
     def enqueued(handle: Handle) -> Enqueued:
         return Enqueued(
@@ -143,31 +286,49 @@ def create_api(settings: Settings | None = None) -> FastAPI:
             status_url=f"/v1/reservations/{handle.reservation_id}",
         )
 
-    guarded = [Depends(authorised)]
-
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
         """Liveness, no authentication."""
         return {"status": "ok", "version": __version__}
 
-    @api.post("/v1/loads", status_code=202, dependencies=guarded)
-    def load(reservation: Annotated[dict[str, Any], Body()]) -> Enqueued:
-        """Enqueue a load; 409 while the same reservation is still running."""
-        return enqueued(dispatch.load(reservation))
+    @api.post(
+        "/v1/loads",
+        status_code=202,
+        openapi_extra={**_openapi_body("Reservation"), "x-vclvirt-errors": [409]},
+    )
+    def load(body: RawBody) -> Enqueued:
+        """Enqueue a load; 409 while the same reservation is queued or running."""
+        return enqueued(dispatch.load(body))
 
-    @api.post("/v1/captures", status_code=202, dependencies=guarded)
-    def capture(reservation: Annotated[dict[str, Any], Body()]) -> Enqueued:
+    @api.post(
+        "/v1/captures",
+        status_code=202,
+        openapi_extra={**_openapi_body("Reservation"), "x-vclvirt-errors": [409]},
+    )
+    def capture(body: RawBody) -> Enqueued:
         """Enqueue a capture (state image or checkpoint)."""
-        return enqueued(dispatch.capture(reservation))
+        return enqueued(dispatch.capture(body))
 
-    @api.post("/v1/operations/{operation}", status_code=202, dependencies=guarded)
-    def operation(operation: str, request: OperationRequest) -> Enqueued:
+    @api.post(
+        "/v1/operations/{operation}",
+        status_code=202,
+        openapi_extra={**_openapi_body("OperationRequest"), "x-vclvirt-errors": [409]},
+    )
+    def operation(operation: str, body: RawBody) -> Enqueued:
         """power_status|on|off|reset, node_status, unload, post_maintenance_action,
         snapshot_create|list|revert|delete (params: {"name": ...})."""
-        return enqueued(dispatch.run(request.reservation, operation, request.params))
+        if operation not in SINGLE_OPERATIONS:
+            raise InvalidInput(
+                f"unknown operation {field_label(operation)}; "
+                f"known: {', '.join(SINGLE_OPERATIONS)}",
+                field="operation",
+            )
+        request = _object_body(body, OperationRequest)
+        params = validate_params(operation, request.params)
+        return enqueued(dispatch.run(request.reservation, operation, params or None))
 
-    @api.get("/v1/reservations/{reservation_id}", dependencies=guarded)
-    def status(reservation_id: int) -> dict[str, Any]:
+    @api.get("/v1/reservations/{reservation_id}")
+    def status(reservation_id: ReservationId) -> dict[str, Any]:
         """The reservation's status record."""
         record = dispatch.status(reservation_id)
         if record is None:
@@ -176,16 +337,25 @@ def create_api(settings: Settings | None = None) -> FastAPI:
             )
         return record.to_dict()
 
-    @api.get("/v1/failed", dependencies=guarded)
-    def failed(limit: int = 100) -> list[dict[str, Any]]:
+    @api.get("/v1/failed")
+    def failed(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         """Reservations whose last operation failed, most recent first."""
         return [r.to_dict() for r in dispatch.failed(limit)]
 
-    @api.post("/v1/reservations/{reservation_id}/retry", status_code=202, dependencies=guarded)
-    def retry(
-        reservation_id: int, request: Annotated[RetryRequest | None, Body()] = None
-    ) -> Enqueued:
-        """Re-run a failed reservation from the step that failed (or from_step)."""
+    @api.post(
+        "/v1/reservations/{reservation_id}/retry",
+        status_code=202,
+        openapi_extra={
+            **_openapi_body("RetryRequest", required=False),
+            "x-vclvirt-errors": [409],
+        },
+    )
+    def retry(reservation_id: ReservationId, body: RawBody) -> Enqueued:
+        """Re-run a failed reservation from the step that failed (or from_step);
+        404 for an unknown reservation, 409 while it is queued or running."""
+        request = _object_body(body, RetryRequest, optional=True)
         return enqueued(dispatch.retry(reservation_id, request.from_step if request else None))
 
+    # VCL's module (contrib/vcl); RequestGuard checks the token on every /v1 route.
+    api.include_router(vcl_api_routes.router)
     return api

@@ -8,14 +8,24 @@ import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from vclvirt.config.inventory import get_inventory
+from vclvirt.config.secrets import MASK, known_secrets, masked_url
 from vclvirt.config.settings import get_settings
-from vclvirt.errors import VclvirtError
-from vclvirt.status import ReservationStatus
+from vclvirt.errors import (
+    BrokerUnreachable,
+    InvalidInput,
+    ResourceBusy,
+    UnknownHost,
+    UnknownReservation,
+    VclvirtError,
+)
+from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
+from vclvirt.params import validate_params
+from vclvirt.state.records import ReservationStatus
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -35,15 +45,36 @@ def main(
     if inventory is not None:
         os.environ["VCLVIRT_INVENTORY"] = str(inventory.resolve())
         get_settings.cache_clear()
+    from vclvirt.workers.logging import configure_logging
+
+    # Library warnings go through the redacting formatter too, to stderr unless --json-logs.
     if json_logs:
-        from vclvirt.workers.logging import configure_logging
-
         configure_logging(json=True)
+    else:
+        configure_logging(json=False, level="WARNING", stream=sys.stderr)
 
 
-def _fail(error: VclvirtError, code: int = 1) -> None:
+# Exit codes (README, "CLI"): 0 success, 1 the operation failed, 2 invalid input,
+# 3 timed out waiting, 4 unknown reservation, 5 broker unreachable, 6 busy.
+EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNKNOWN, EXIT_BROKER, EXIT_BUSY = 1, 2, 3, 4, 5, 6
+
+
+def exit_code_of(error: VclvirtError) -> int:
+    """The documented exit code for an error raised before or while enqueueing."""
+    if isinstance(error, UnknownReservation):
+        return EXIT_UNKNOWN
+    if isinstance(error, ResourceBusy):
+        return EXIT_BUSY
+    if isinstance(error, BrokerUnreachable):
+        return EXIT_BROKER
+    if isinstance(error, InvalidInput | UnknownHost):
+        return EXIT_INVALID
+    return EXIT_FAILED
+
+
+def _fail(error: VclvirtError, code: int | None = None) -> NoReturn:
     typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(code)
+    raise typer.Exit(exit_code_of(error) if code is None else code)
 
 
 @app.command()
@@ -65,7 +96,19 @@ def worker(
         configs = [get_inventory().host(name) for name in host]
     except VclvirtError as error:
         _fail(error, 2)
+    import socket
+    import uuid
+
+    from vclvirt.recovery import BOOT_ENV, NODE_ENV
+
+    node = (
+        f"{host[0]}@{socket.gethostname()}"
+        if len(host) == 1
+        else (f"{host[0]}+{len(host) - 1}@{socket.gethostname()}")
+    )
     os.environ["VCLVIRT_WORKER_HOST"] = ",".join(host)
+    os.environ[NODE_ENV] = node  # leases name this worker run and its processes
+    os.environ[BOOT_ENV] = uuid.uuid4().hex[:12]
     settings = get_settings()
     if settings.metrics_port:
         _serve_worker_metrics(settings.metrics_port, host)
@@ -78,7 +121,7 @@ def worker(
             "--queues",
             ",".join([*(host_queue(name) for name in host), CONTROL_QUEUE]),
             "--hostname",
-            f"{host[0]}@%h" if len(host) == 1 else f"{host[0]}+{len(host) - 1}@%h",
+            node,
             "--concurrency",
             str(concurrency or configs[0].max_concurrent_loads),
             "--pool",
@@ -97,17 +140,27 @@ def _serve_worker_metrics(port: int, hosts: list[str]) -> None:
     prometheus_client is first imported, which is why this runs before the app loads."""
     import tempfile
 
-    import redis
+    from vclvirt.state.client import redis_client
 
     directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{hosts[0]}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from vclvirt.metrics import serve_metrics
 
-    serve_metrics(port, redis.Redis.from_url(get_settings().broker_url), hosts)
+    serve_metrics(port, redis_client(get_settings().broker_url), hosts)
 
 
-def _read_reservation(path: str) -> str:
-    return sys.stdin.read() if path == "-" else Path(path).read_text()
+def _read_reservation(path: str) -> bytes:
+    """The file's bytes (at most one past the document limit): decoding and every other
+    check is the same strict reader the API uses (models.load_json_document)."""
+    limit = MAX_DOCUMENT_BYTES + 1
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read(limit)
+        with Path(path).open("rb") as file:
+            return file.read(limit)
+    except OSError as error:
+        typer.echo(f"error: cannot read {path}: {error.strerror or error}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
 
 
 def _step_line(step: dict[str, Any]) -> str:
@@ -167,13 +220,11 @@ _ENDED = ("succeeded", "failed", "superseded", "retrying", "skipped")
 
 
 def _submit(enqueue: Any, reservation: str | None, wait: bool, timeout: float, verb: str) -> None:
+    document = _read_reservation(reservation) if reservation else None
     try:
-        handle = enqueue(_read_reservation(reservation) if reservation else None)
+        handle = enqueue(document)
     except VclvirtError as error:
-        _fail(error, 2)
-    except OSError as error:
-        typer.echo(f"error: cannot read {reservation}: {error}", err=True)
-        raise typer.Exit(2) from None
+        _fail(error)
     typer.echo(handle.reservation_id)
     if not wait:
         return
@@ -250,6 +301,15 @@ def status(
         typer.echo(f"outcome: {json.dumps(data['outcome'])}")
     if data["current_step"]:
         typer.echo(f"current step: {data['current_step']}")
+    if data["waiting"]:
+        waiting = data["waiting"]
+        fails = (
+            f"; fails at {_when(waiting['fails_at'])} unless a worker takes it"
+            if waiting.get("fails_at")
+            else ""
+        )
+        since = f" since {_when(waiting['since'])}" if waiting.get("since") else ""
+        typer.echo(f"waiting: {waiting['reason']}{since}{fails}")
     for step in data["steps"]:
         typer.echo(_step_line(step))
     if data["error"]:
@@ -278,14 +338,15 @@ def _operate(
     """Enqueue one operation, wait for it, exit non-zero with the error if it failed."""
     from vclvirt import dispatch
 
+    document = _read_reservation(reservation)
     try:
-        handle = dispatch.run(_read_reservation(reservation), operation, params)
+        handle = dispatch.run(document, operation, params)
         final = handle.wait(timeout=timeout)
     except VclvirtError as error:
-        _fail(error, 2)
-    except (OSError, TimeoutError) as error:
+        _fail(error)
+    except TimeoutError as error:
         typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(3) from None
+        raise typer.Exit(EXIT_TIMEOUT) from None
     if final.state != "succeeded":
         failure = final.error or {}
         typer.echo(
@@ -348,16 +409,21 @@ def run() -> None:
     """Console entry point: the commands, with unreachable services reported in one line."""
     from kombu.exceptions import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     try:
         app()
-    except (RedisConnectionError, OperationalError) as error:
-        typer.echo(
-            f"error: cannot reach the broker at {get_settings().broker_url}: {error}. "
-            "Start Redis or set VCLVIRT_BROKER_URL.",
-            err=True,
+    except (RedisConnectionError, RedisTimeoutError, OperationalError) as error:
+        settings = get_settings()
+        line = (
+            f"error: cannot reach the broker at {masked_url(settings.broker_url)}: "
+            f"{str(error).rstrip('.')}. "
+            "Start Redis or set VCLVIRT_BROKER_URL."
         )
-        raise SystemExit(5) from None
+        for secret in known_secrets(settings):
+            line = line.replace(secret, MASK)
+        typer.echo(line, err=True)
+        raise SystemExit(EXIT_BROKER) from None
 
 
 class SnapshotAction(StrEnum):
@@ -375,12 +441,15 @@ def snapshot(
     timeout: Timeout = 600.0,
 ) -> None:
     """Snapshots of the reservation's domain, through libvirt."""
+    operation = f"snapshot_{action.value}"
     if action is not SnapshotAction.list and not name:
         typer.echo(f"error: snapshot {action.value} needs --name", err=True)
-        raise typer.Exit(2)
-    result = _operate(
-        reservation, f"snapshot_{action.value}", timeout, {"name": name} if name else None
-    )
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        params = validate_params(operation, {"name": name} if name is not None else None)
+    except InvalidInput as error:
+        _fail(error)
+    result = _operate(reservation, operation, timeout, params or None)
     if action is SnapshotAction.list:
         for item in result["snapshots"]:
             created = _when(float(item["created"]))
@@ -399,22 +468,26 @@ app.add_typer(images_app, name="images")
 HostOption = Annotated[str, typer.Option("--host", help="Inventory name of the host")]
 
 
-def _host_provisioner(host: str) -> Any:
+def _host_provisioner(host: str, image: str | None = None) -> Any:
+    """The host's provisioner, once the image name (if any) has passed the image-name rule:
+    nothing reaches the host before that."""
     from vclvirt.workers.context import provisioner_for
 
     try:
+        if image is not None:
+            check_image_name(image)
         return provisioner_for(host)
     except VclvirtError as error:
-        _fail(error, 2)
+        _fail(error, EXIT_INVALID)
 
 
 @images_app.command("exists")
 def images_exists(image: str, host: HostOption) -> None:
     """Exit 0 and print 'yes' when the image is a master on the host or in the repository."""
     try:
-        found = _host_provisioner(host).does_image_exist(image)
+        found = _host_provisioner(host, image).does_image_exist(image)
     except VclvirtError as error:
-        _fail(error)
+        _fail(error, EXIT_FAILED)
     typer.echo("yes" if found else "no")
     raise typer.Exit(0 if found else 1)
 
@@ -427,7 +500,7 @@ def images_size(
 ) -> None:
     """Allocated size of the image (master on the host, else repository files), in MB."""
     try:
-        provisioner = _host_provisioner(host)
+        provisioner = _host_provisioner(host, image)
         size = (
             provisioner.get_image_size_bytes(image)
             if in_bytes
@@ -486,6 +559,9 @@ def failed(
             f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
             f"{record.computer}\t{record.failed_step}\t[{error.get('code')}] "
             f"{error.get('message')}\t{_when(record.finished_at)}"
+            if record.state == "failed"
+            else f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
+            f"{record.computer}\twaiting: {(record.waiting or {}).get('reason')}"
         )
 
 
@@ -498,16 +574,27 @@ def api(
     bound to loopback."""
     import uvicorn
 
-    from vclvirt.api import create_api, is_loopback
+    from vclvirt.api import create_api
+    from vclvirt.api_guard import MIN_TOKEN_LENGTH, api_token, is_loopback
     from vclvirt.workers.logging import configure_logging
 
     settings = get_settings()
-    if settings.api_token is None and not is_loopback(host):
+    try:
+        token = api_token(settings)
+    except InvalidInput as error:
+        _fail(error)
+    if token is None and not is_loopback(host):
         typer.echo(
             f"error: refusing to serve on {host} without a token: set "
-            "VCLVIRT_API_TOKEN, or bind to 127.0.0.1 for development",
+            f"VCLVIRT_API_TOKEN (at least {MIN_TOKEN_LENGTH} characters, e.g. "
+            "`openssl rand -hex 32`), or bind to 127.0.0.1 for development",
             err=True,
         )
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_INVALID)
     configure_logging(json=True)
     uvicorn.run(create_api(settings), host=host, port=port, log_config=None, access_log=False)
+
+
+from vclvirt.vcl.cli import inventory_app  # noqa: E402  (the VCL lane's sub-app, kept apart)
+
+app.add_typer(inventory_app, name="inventory")  # vclvirt inventory from-vcl

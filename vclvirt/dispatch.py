@@ -1,9 +1,9 @@
-"""The scheduler's Python API: enqueue a reservation's load, read its status."""
+"""The scheduler's Python API: enqueue a reservation's operations, read their status."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -12,22 +12,34 @@ import redis
 
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
-from vclvirt.errors import InvalidInput, ResourceBusy, UnknownReservation
+from vclvirt.errors import InvalidInput, UnknownReservation, VclvirtError
 from vclvirt.models import Reservation, parse_reservation
-from vclvirt.status import ReservationStatus, StatusStore
+from vclvirt.operations.registry import SINGLE_OPERATIONS, operation
+from vclvirt.recovery import fail_if_abandoned, no_worker, task_id
+from vclvirt.state.client import redis_client
+from vclvirt.state.computers import ComputerImages
+from vclvirt.state.leases import WorkerRegistry
+from vclvirt.state.records import RecordStore, ReservationStatus
+
+ReservationInput = Reservation | dict[str, Any] | str | bytes
 
 
 @lru_cache(maxsize=1)
-def _store() -> StatusStore:
-    settings = get_settings()
-    return StatusStore(
-        redis.Redis.from_url(settings.broker_url), ttl_seconds=settings.status_ttl_days * 86400
-    )
+def _client() -> redis.Redis:
+    return redis_client(get_settings().broker_url, patient=False)
+
+
+def _records() -> RecordStore:
+    return RecordStore(_client(), ttl_seconds=get_settings().status_ttl_days * 86400)
+
+
+def _registry() -> WorkerRegistry:
+    return WorkerRegistry(_client(), ttl_seconds=3 * get_settings().heartbeat_interval)
 
 
 @dataclass(frozen=True)
 class Handle:
-    """What `load` and `run` return: the reservation id and the last task's id."""
+    """What an enqueue returns: the reservation id and its operation's task id."""
 
     reservation_id: int
     task_id: str
@@ -60,103 +72,168 @@ class Handle:
             time.sleep(poll)
 
 
-def _enqueue(
-    reservation: Reservation | dict[str, Any] | str | bytes,
-    operation: str,
-    params: dict[str, Any] | None = None,
-) -> Handle:
-    from vclvirt.tasks.chains import signature_for, steps_of
+@dataclass(frozen=True)
+class _Checked:
+    """A request that passed validation: what `_send` needs."""
 
+    reservation: Reservation
+    operation: str
+    params: dict[str, Any]
+
+
+def _check(
+    reservation: ReservationInput, operation_name: str, params: dict[str, Any] | None
+) -> _Checked:
+    """Everything that can be refused before anything is written or sent."""
+    from vclvirt.params import validate_params
+
+    op = operation(operation_name)
     if not isinstance(reservation, Reservation):
         reservation = parse_reservation(reservation)
     get_inventory().host(reservation.host)  # unknown host: clear error, nothing enqueued
-    current = _store().get(reservation.reservation_id)
-    if current is not None and not current.finished:
-        raise ResourceBusy(
-            f"reservation {reservation.reservation_id} is still running {current.operation} "
-            f"(step {current.current_step or 'queued'})",
-            host=reservation.host,
-            reservation_id=reservation.reservation_id,
-            hint="Wait for it to finish (vclvirt status), then try again",
-        )
-    _store().begin(reservation, operation, steps_of(operation), params)
-    result = signature_for(operation, reservation, params=params).apply_async()
-    return Handle(reservation.reservation_id, result.id)
-
-
-def load(reservation: Reservation | dict[str, Any] | str | bytes) -> Handle:
-    """Validate and enqueue the load chain on the reservation's host queue."""
-    return _enqueue(reservation, "load")
-
-
-def capture(reservation: Reservation | dict[str, Any] | str | bytes) -> Handle:
-    """Enqueue the capture chain; the reservation's state must be image or checkpoint."""
-    if not isinstance(reservation, Reservation):
-        reservation = parse_reservation(reservation)
-    if reservation.state not in ("image", "checkpoint"):
+    if op.name == "capture" and reservation.state not in ("image", "checkpoint"):
         raise InvalidInput(
-            f"state: a capture needs state image or checkpoint, not {reservation.state!r}"
+            f"state: a capture needs state image or checkpoint, not {reservation.state!r}",
+            field="state",
         )
-    return _enqueue(reservation, "capture")
+    return _Checked(reservation, op.name, validate_params(op.name, params))
+
+
+def _begin(checked: _Checked) -> int:
+    """The record of the operation, begun (ResourceBusy if one is in flight)."""
+    op = operation(checked.operation)
+    return _records().begin(
+        checked.reservation,
+        op.name,
+        list(op.steps),
+        checked.params,
+        owns_computer=op.owns_computer,
+    )
+
+
+def _send(checked: _Checked) -> Handle:
+    from vclvirt.tasks.publish import publish
+
+    generation = _begin(checked)
+    publish(checked.operation, checked.reservation, generation)
+    rid = checked.reservation.reservation_id
+    return Handle(rid, task_id(rid, generation))
+
+
+def load(reservation: ReservationInput) -> Handle:
+    """Validate and enqueue the load on the reservation's host queue."""
+    return _send(_check(reservation, "load", None))
+
+
+def load_many(reservations: Sequence[ReservationInput]) -> list[Handle | VclvirtError]:
+    """Validate every load first (one invalid: InvalidInput naming its index, nothing
+    enqueued), then enqueue each; a reservation already in flight is answered with its
+    error in its place, the others are enqueued."""
+    checked: list[_Checked] = []
+    for index, item in enumerate(reservations):
+        try:
+            checked.append(_check(item, "load", None))
+        except InvalidInput as error:
+            raise InvalidInput(
+                f"[{index}]: {error.message}",
+                field=f"[{index}]" + (f".{error.field}" if error.field else ""),
+            ) from None
+    from vclvirt.tasks.publish import publish_many
+
+    answers: list[Handle | VclvirtError] = []
+    begun = []
+    for request in checked:
+        try:
+            generation = _begin(request)
+        except VclvirtError as error:
+            answers.append(error)
+            continue
+        rid = request.reservation.reservation_id
+        begun.append((request.operation, request.reservation, generation))
+        answers.append(Handle(rid, task_id(rid, generation)))
+    # Sent together; a message lost here is sent again by recovery (records say queued).
+    publish_many(begun)
+    return answers
+
+
+def capture(reservation: ReservationInput) -> Handle:
+    """Enqueue the capture; the reservation's state must be image or checkpoint."""
+    return _send(_check(reservation, "capture", None))
 
 
 def run(
-    reservation: Reservation | dict[str, Any] | str | bytes,
-    operation: str,
-    params: dict[str, Any] | None = None,
+    reservation: ReservationInput, operation_name: str, params: dict[str, Any] | None = None
 ) -> Handle:
     """Enqueue a single operation: node_status, power_status, power_on, power_off,
     power_reset, unload, post_maintenance_action or snapshot_{create,list,revert,delete}."""
-    from vclvirt.tasks.operations import OPERATIONS
-
-    if operation not in OPERATIONS:
-        raise InvalidInput(f"unknown operation {operation!r}; known: {', '.join(OPERATIONS)}")
-    return _enqueue(reservation, operation, params)
+    if operation_name not in SINGLE_OPERATIONS:
+        raise InvalidInput(
+            f"unknown operation {operation_name!r}; known: {', '.join(SINGLE_OPERATIONS)}",
+            field="operation",
+        )
+    return _send(_check(reservation, operation_name, params))
 
 
 def retry(reservation_id: int, from_step: str | None = None) -> Handle:
     """Run a failed reservation again from the step that failed (or `from_step`), reusing
-    what the earlier steps recorded."""
-    from vclvirt.tasks.chains import signature_for
+    what the earlier steps recorded. ResourceBusy while it is queued or running."""
+    from vclvirt.tasks.publish import publish
 
-    record = _store().get(reservation_id)
+    records = _records()
+    record = records.get(reservation_id)
     if record is None:
         raise UnknownReservation(
             f"no status record for reservation {reservation_id}", reservation_id=reservation_id
         )
-    if record.state != "failed":
-        raise InvalidInput(
-            f"reservation {reservation_id} is {record.state}; only failed reservations are retried",
-            reservation_id=reservation_id,
-            hint="Enqueue the operation again instead (vclvirt load ...)",
-        )
-    step = from_step or record.failed_step or record.steps[0]
+    step = from_step or _restart_step(record)
     if step not in record.steps:
         raise InvalidInput(
             f"from_step: {step!r} is not a step of {record.operation} ({', '.join(record.steps)})",
+            field="from_step",
             reservation_id=reservation_id,
         )
-    reservation = parse_reservation(record.reservation)
-    owner = _store().owner_of(reservation.host, reservation.computer.short_name)
-    if owner not in (None, reservation_id):
-        raise ResourceBusy(
-            f"computer {reservation.computer.short_name} now belongs to reservation {owner}",
-            host=reservation.host,
-            reservation_id=reservation_id,
-            hint="The newer reservation owns the computer; nothing to retry",
-        )
-    steps = record.steps[record.steps.index(step) :]
-    _store().restart_from(reservation_id, step)
-    signature = signature_for(record.operation, reservation, steps, record.params or None)
-    result = signature.apply_async()
-    return Handle(reservation_id, result.id)
+    generation = records.restart_from(reservation_id, step)
+    publish(record.operation, parse_reservation(record.reservation), generation, resumed=True)
+    return Handle(reservation_id, task_id(reservation_id, generation))
 
 
-def failed(limit: int = 100) -> list[ReservationStatus]:
-    """Reservations whose last operation failed, most recent first."""
-    return _store().failed(limit)
+def _restart_step(record: ReservationStatus) -> str:
+    """The failed step, or earlier when the failure removed what later steps need (a load
+    whose overlay was removed starts again by clearing the computer)."""
+    step = record.failed_step or record.steps[0]
+    cleanup = (record.error or {}).get("cleanup") or {}
+    if record.operation == "load" and cleanup.get("removed_files"):
+        return "delete_existing_domains"
+    return step
 
 
 def status(reservation_id: int) -> ReservationStatus | None:
-    """The reservation's status record, or None if it was never enqueued (or expired)."""
-    return _store().get(reservation_id)
+    """The reservation's status record, or None if it was never enqueued (or expired).
+
+    While no live worker serves its host, `waiting` says so and the state reads
+    "waiting"; past the deadline it fails (NO_WORKER) right here if no worker did it."""
+    records, registry = _records(), _registry()
+    record = records.get(reservation_id)
+    if record is None:
+        return None
+    settings = get_settings()
+    if not record.finished and fail_if_abandoned(records, registry, settings, record):
+        record = records.get(reservation_id) or record
+    waiting = no_worker(record, registry, settings)
+    if waiting is not None:
+        record.state, record.waiting = "waiting", waiting.to_dict()
+    record.computer_image = ComputerImages(_client()).get(record.host, record.computer)
+    return record
+
+
+def failed(limit: int = 100) -> list[ReservationStatus]:
+    """Reservations whose last operation failed, or that wait for a worker that is not
+    there, most recent first."""
+    found = []
+    for record in _records().recent():
+        current = status(record.reservation_id) if not record.finished else record
+        if current is not None and current.state in ("failed", "waiting"):
+            found.append(current)
+            if len(found) >= limit:
+                break
+    return found

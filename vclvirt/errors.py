@@ -203,8 +203,69 @@ class ResourceBusy(TransientError):
     default_hint = "Another reservation is working on it; the step is retried"
 
 
+class VclProfileUnsupported(PermanentError):
+    """A VCL VM host profile asks for something vclvirt does not do (shared disk, VMware paths)."""
+
+    code = "VCL_PROFILE_UNSUPPORTED"
+    default_hint = (
+        "Give the host a KVM profile with local (dedicated) disks and qcow2 images, "
+        "or leave it out with --skip-unsupported"
+    )
+
+
+class VclDatabaseError(PermanentError):
+    """VCL's database could not be read (unreachable, refused, or not VCL's schema)."""
+
+    code = "VCL_DATABASE_ERROR"
+    default_hint = "Check --database (host, port, user, database name) and the password file"
+
+
 class InternalError(PermanentError):
     """An unexpected exception: a bug in vclvirt."""
 
     code = "INTERNAL_ERROR"
     default_hint = "Report it with the worker log lines of this reservation"
+
+
+class BrokerUnreachable(TransientError):
+    """Redis (the broker and the status records) does not answer."""
+
+    code = "BROKER_UNREACHABLE"
+    default_hint = "Start Redis or fix VCLVIRT_BROKER_URL, then try again"
+
+
+class GuestHostKeyChanged(PermanentError):
+    """The guest answered with another SSH host key than the one pinned at first contact."""
+
+    code = "GUEST_HOST_KEY_CHANGED"
+    default_hint = (
+        "Something else may answer at the guest's address: check the network before "
+        "trusting it; a new load of the reservation pins the new guest's key"
+    )
+
+
+class NoWorker(PermanentError):
+    """No live worker served the reservation's host before the deadline."""
+
+    code = "NO_WORKER"
+    default_hint = (
+        "Start a worker for the host (vclvirt worker --host NAME), then retry the reservation "
+        "(vclvirt retry ID)"
+    )
+
+
+class StepInterrupted(PermanentError):
+    """A step was started several times and its worker was lost each time."""
+
+    code = "STEP_INTERRUPTED"
+    default_hint = (
+        "Read the worker logs around the step's starts (a crash or an out-of-memory kill?); "
+        "fix the cause, then retry the reservation"
+    )
+
+
+class LeaseLost(TransientError):
+    """This process no longer holds the reservation's lease; another may run it now."""
+
+    code = "LEASE_LOST"
+    default_hint = "Nothing to do: recovery dispatches the operation again"

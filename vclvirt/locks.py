@@ -1,61 +1,64 @@
 """Redis locks named after the resource they protect (`computer:<host>:<name>`).
 
-A lock lives for a short TTL that a background thread keeps extending while its
-holder runs, so the lock of a killed worker frees itself within a minute. The
-same task id may take over its own lock: that is a redelivered step.
+A lock lives for a short TTL that its holder keeps renewing (recovery.LeaseKeeper), so a
+dead holder's lock frees itself. The owner is the reservation, not the process: a
+reservation whose operation is resumed elsewhere takes over its own lock at once (its
+lease already guarantees that only one process runs it).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import redis
 
-from vclvirt.errors import ResourceBusy
+from vclvirt.state import keys
 
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ''
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 _RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
 
-@contextmanager
-def resource_lock(
-    client: redis.Redis, resource: str, owner: str, *, wait: float = 600.0, ttl: float = 60.0
-) -> Iterator[None]:
-    """Hold `vclvirt:lock:<resource>` for the block, or raise ResourceBusy after `wait`."""
-    key = f"vclvirt:lock:{resource}"
-    ttl_ms = int(ttl * 1000)
-    deadline = time.monotonic() + wait
-    while True:
-        if client.set(key, owner, nx=True, px=ttl_ms):
-            break
-        raw = client.get(key)
-        holder = raw.decode() if isinstance(raw, bytes) else raw
-        if holder == owner:
-            client.pexpire(key, ttl_ms)
-            break
-        if time.monotonic() >= deadline:
-            raise ResourceBusy(f"{resource} is locked by {holder or '?'}")
-        time.sleep(0.2)
-    stop = threading.Event()
+class ResourceLock:
+    """An exclusive, renewable lock on one resource."""
 
-    def keep_alive() -> None:
-        while not stop.wait(ttl / 3):
-            client.eval(_EXTEND, 1, key, owner, ttl_ms)
+    def __init__(self, client: redis.Redis, resource: str, owner: str, *, ttl: float) -> None:
+        self.resource = resource
+        self.owner = owner
+        self.key = keys.lock(resource)
+        self.ttl_ms = int(ttl * 1000)
+        self._take = client.register_script(_TAKE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self.held_by: str | None = None  # the other owner, after a failed acquire
 
-    refresher = threading.Thread(target=keep_alive, name=f"lock:{resource}", daemon=True)
-    refresher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        refresher.join()
-        client.eval(_RELEASE, 1, key, owner)
+    def acquire(self, wait: float, poll: float = 0.1) -> bool:
+        """Take the lock within `wait` seconds; False (and `held_by` set) if it stays busy."""
+        deadline = time.monotonic() + wait
+        while True:
+            other = self._take(keys=[self.key], args=[self.owner, self.ttl_ms])
+            if not other:
+                self.held_by = None
+                return True
+            self.held_by = other.decode() if isinstance(other, bytes) else str(other)
+            if time.monotonic() + poll > deadline:
+                return False
+            time.sleep(poll)
+
+    def renew(self) -> bool:
+        """False when the lock is no longer ours (it expired and another took it)."""
+        return bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+
+    def release(self) -> None:
+        self._release(keys=[self.key], args=[self.owner])

@@ -45,8 +45,11 @@ class QueueDepthCollector(Collector):
         gauge = GaugeMetricFamily(
             "vclvirt_queue_depth", "Tasks waiting in a host's queue", labels=["host"]
         )
+        from vclvirt.recovery import queue_keys
+
         for host in self.hosts:
-            gauge.add_metric([host], float(self.client.llen(f"host.{host}")))
+            depth = sum(int(self.client.llen(key)) for key in queue_keys(host))
+            gauge.add_metric([host], float(depth))
         yield gauge
 
 

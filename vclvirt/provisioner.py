@@ -17,6 +17,7 @@ import libvirt
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings, get_settings
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor.domain_xml import HostFacts
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.images.copy import Progress
@@ -45,14 +46,18 @@ class Provisioner:
         *,
         management_node: str | None = None,
         settings: Settings | None = None,
+        guest_host_keys: GuestHostKeys | None = None,
     ) -> None:
+        settings = settings or get_settings()
         self.context = HostContext(
             host=host,
             node=node,
             driver=driver,
             connect=connect,
-            settings=settings or get_settings(),
+            settings=settings,
             management_node=management_node or socket.gethostname(),
+            # default: pinned in the broker's reservation records
+            guest_host_keys=guest_host_keys or GuestHostKeys.from_url(settings.broker_url),
         )
         self._status = NodeStatus(self.context)
         self._cleanup = Cleanup(self.context)

@@ -1,4 +1,5 @@
-"""Flower (started by scripts/testbed) shows a real reservation load, step by step."""
+"""Flower (started by scripts/testbed) shows a real reservation load: one task per load,
+named after the operation, with a readable, secret-free argument summary and its steps."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from tests.conftest import GUEST_CACHE, ROOT, make_reservation, repository_image
 from vclvirt import dispatch
-from vclvirt.tasks.load import LOAD_STEPS
+from vclvirt.operations.load import LOAD_STEPS
 
 STEPS = tuple(LOAD_STEPS)
 FLOWER_USER = "vclvirt"
@@ -52,29 +53,23 @@ def _flower_get(testbed: Path, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _steps_in_flower(testbed: Path, reservation_id: int, since: float) -> dict[str, dict[str, Any]]:
-    """Flower's newest tasks of this reservation's load received after `since`, by step."""
+def _load_in_flower(testbed: Path, reservation_id: int, since: float) -> dict[str, Any] | None:
+    """Flower's newest `vclvirt.load` task of this reservation received after `since`."""
     tasks = _flower_get(testbed, "/api/tasks?limit=500&sort_by=-received")
     marker = f"reservation={reservation_id} "
-    found: dict[str, dict[str, Any]] = {}
     for task_id, task in tasks.items():  # newest first
-        name = task.get("name") or ""
         if (
-            name.startswith("vclvirt.load.")
+            task.get("name") == "vclvirt.load"
             and marker in (task.get("kwargs") or "")
             and (task.get("received") or 0) >= since
         ):
-            found.setdefault(name.removeprefix("vclvirt.load."), {**task, "uuid": task_id})
-    return found
-
-
-def _all_steps_succeeded(
-    testbed: Path, reservation_id: int, since: float = 0
-) -> dict[str, dict[str, Any]] | None:
-    found = _steps_in_flower(testbed, reservation_id, since)
-    if set(found) == set(STEPS) and all(t["state"] == "SUCCESS" for t in found.values()):
-        return found
+            return {**task, "uuid": task_id}
     return None
+
+
+def _load_succeeded(testbed: Path, reservation_id: int, since: float = 0) -> dict[str, Any] | None:
+    found = _load_in_flower(testbed, reservation_id, since)
+    return found if found and found["state"] == "SUCCESS" else None
 
 
 def _secrets() -> list[str]:
@@ -106,8 +101,8 @@ IMAGE = "linux-E2eFlower-650-v0"
 
 def _load_and_wait_for_flower(
     testbed: Path, start_worker: Any, cleanup_computers: list[str]
-) -> dict[str, dict[str, Any]]:
-    """Load RESERVATION on a real node-a worker; return its 7 steps once Flower shows them."""
+) -> dict[str, Any]:
+    """Load RESERVATION on a real node-a worker; return its task once Flower shows it done."""
     repository_image(testbed, IMAGE)
     cleanup_computers.append("e2e-flower")
     worker = start_worker("node-a")
@@ -126,57 +121,57 @@ def _load_and_wait_for_flower(
     assert final.state == "succeeded", final.to_dict()
 
     deadline = time.monotonic() + 60
-    while (steps := _all_steps_succeeded(testbed, RESERVATION, since)) is None:
+    while (task := _load_succeeded(testbed, RESERVATION, since)) is None:
         if time.monotonic() > deadline:
-            shown = _steps_in_flower(testbed, RESERVATION, since)
+            shown = _load_in_flower(testbed, RESERVATION, since)
             raise AssertionError(
-                f"Flower ({_flower_url()}/api/tasks) did not show all 7 steps of reservation "
-                f"{RESERVATION} as SUCCESS within 60s; it shows "
-                f"{ {k: v['state'] for k, v in shown.items()} }"
+                f"Flower ({_flower_url()}/api/tasks) did not show the load of reservation "
+                f"{RESERVATION} as SUCCESS within 60s; it shows {shown}"
             )
         time.sleep(0.5)
-    return steps
+    return task
 
 
-def test_flower_lists_every_step_of_a_load_with_secret_free_kwargs(
+def test_flower_shows_the_load_with_its_steps_and_secret_free_kwargs(
     testbed, start_worker, cleanup_computers
 ):
-    """Flower lists all 7 load steps of a reservation as SUCCESS on node-a, kwargs secret-free."""
-    steps = _load_and_wait_for_flower(testbed, start_worker, cleanup_computers)
+    """Flower lists the load of a reservation as SUCCESS on node-a, with a secret-free
+    argument summary and a result naming every step's outcome."""
+    task = _load_and_wait_for_flower(testbed, start_worker, cleanup_computers)
 
-    secrets = _secrets()
-    for step, task in steps.items():
-        assert task["worker"].startswith("node-a@"), (step, task["worker"])
-        assert task["kwargs"].startswith(
-            f"reservation={RESERVATION} request={RESERVATION + 100000} "
-            f"computer=e2e-flower.lab.test image={IMAGE} host=node-a"
-        ), (step, task["kwargs"])
-        shown = f"{task['args']} {task['kwargs']} {task.get('result')}"
-        assert "eth0_mac" not in shown, f"{step}: the reservation dict leaked: {shown}"
-        leaked = [s for s in secrets if s in shown]
-        assert not leaked, f"{step}: Flower shows secret material {leaked}"
-    info = _flower_get(testbed, f"/api/task/info/{steps['pre_define']['uuid']}")
-    assert (info["name"], info["state"]) == ("vclvirt.load.pre_define", "SUCCESS")
+    assert task["worker"].startswith("node-a@"), task["worker"]
+    assert task["kwargs"].startswith(
+        f"reservation={RESERVATION} request={RESERVATION + 100000} "
+        f"computer=e2e-flower.lab.test image={IMAGE} host=node-a"
+    ), task["kwargs"]
+    shown = f"{task['args']} {task['kwargs']} {task.get('result')}"
+    assert "eth0_mac" not in shown, f"the reservation dict leaked: {shown}"
+    leaked = [s for s in _secrets() if s in shown]
+    assert not leaked, f"Flower shows secret material {leaked}"
+    for step in STEPS:
+        assert f"'{step}': 'succeeded'" in task["result"], task["result"]
+    info = _flower_get(testbed, f"/api/task/info/{task['uuid']}")
+    assert (info["name"], info["state"]) == ("vclvirt.load", "SUCCESS")
 
 
-def test_flower_task_page_screenshot_shows_the_step(testbed, start_worker, cleanup_computers):
-    """Headless Chromium renders Flower's page of the pre_define step (not a 401) to a PNG."""
+def test_flower_task_page_screenshot_shows_the_load(testbed, start_worker, cleanup_computers):
+    """Headless Chromium renders Flower's page of the load task (not a 401) to a PNG."""
     assert CHROMIUM.exists(), (
         f"{CHROMIUM} is missing: install the Debian package 'chromium' "
         "(apt-get install -y chromium; scripts/bootstrap should list it)"
     )
-    # After the test above, Flower already has the steps; run alone, this test loads them.
-    steps = _all_steps_succeeded(testbed, RESERVATION) or _load_and_wait_for_flower(
+    # After the test above, Flower already has the load; run alone, this test loads it.
+    task = _load_succeeded(testbed, RESERVATION) or _load_and_wait_for_flower(
         testbed, start_worker, cleanup_computers
     )
-    task_id = steps["pre_define"]["uuid"]
+    task_id = task["uuid"]
     password = (testbed / "flower" / "password").read_text().strip()
     url = urllib.parse.urlsplit(_flower_url())
     page = f"{url.scheme}://{FLOWER_USER}:{password}@{url.netloc}/task/{task_id}"
 
     dom = _chromium("--dump-dom", page)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert task_id in dom.stdout and "vclvirt.load.pre_define" in dom.stdout, (
+    assert task_id in dom.stdout and "vclvirt.load" in dom.stdout, (
         f"Chromium did not get Flower's task page (basic auth failed?):\n{dom.stdout[:2000]}"
     )
     assert f"reservation={RESERVATION}" in dom.stdout

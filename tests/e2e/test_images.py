@@ -51,7 +51,7 @@ def test_capture_of_a_real_guest_gives_a_bootable_standalone_image(
     scripts = tmp_path / "post-load.d"
     scripts.mkdir()
     marker = scripts / "10-marker"
-    marker.write_text("#!/bin/sh\nhostname > /root/post-load-marker\n")
+    marker.write_text('#!/bin/sh\nhostname > "/root/post-load-marker-$(hostname)"\n')
     marker.chmod(0o755)
     cleanup_computers.extend(["e2e-capt", "e2e-capt2"])
     new = "linux-CapturedGuest-900-v1"
@@ -60,7 +60,8 @@ def test_capture_of_a_real_guest_gives_a_bootable_standalone_image(
     start_worker("node-a", VCLVIRT_POST_LOAD_SCRIPTS_DIR=str(scripts))
     base = make_reservation(8101, "e2e-capt", guest_image, image_id=900, os_type="linux")
     assert dispatch.load(base).wait(300).state == "succeeded"
-    assert guest_shell(testbed, base, "cat", "/root/post-load-marker").strip() == "e2e-capt"
+    first_marker = "/root/post-load-marker-e2e-capt"
+    assert guest_shell(testbed, base, "cat", first_marker).strip() == "e2e-capt"
 
     capture = {
         **base,
@@ -104,11 +105,11 @@ def test_capture_of_a_real_guest_gives_a_bootable_standalone_image(
     reload = make_reservation(8103, "e2e-capt2", new, image_id=900, revision=1, os_type="linux")
     reload["image"]["revision_id"] = 90001
     assert dispatch.load(reload).wait(300).state == "succeeded"
-    # the captured disk still holds what post_load wrote in the first guest
-    assert guest_shell(testbed, reload, "cat", "/root/post-load-marker").strip() in (
-        "e2e-capt",
-        "e2e-capt2",
-    )
+    # the captured disk still holds what post_load wrote in the first guest...
+    assert guest_shell(testbed, reload, "cat", first_marker).strip() == "e2e-capt"
+    # ...and post_load ran again in the new one
+    second_marker = "/root/post-load-marker-e2e-capt2"
+    assert guest_shell(testbed, reload, "cat", second_marker).strip() == "e2e-capt2"
     first_line = guest_shell(testbed, reload, "head", "-n", "1", "currentimage.txt").strip()
     assert first_line == new
 

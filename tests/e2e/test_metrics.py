@@ -9,7 +9,7 @@ import httpx
 
 from tests.conftest import make_reservation, uncached_image
 from vclvirt import dispatch
-from vclvirt.tasks.load import LOAD_STEPS
+from vclvirt.operations.load import LOAD_STEPS
 
 
 def _free_port() -> int:

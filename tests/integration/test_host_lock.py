@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_for
+from tests.events import HUNG, finishes, wait_for_lock_waiters
 from vclvirt.errors import ResourceBusy
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.ssh import SSHTransport
@@ -37,7 +39,7 @@ def transports(host: Any) -> Any:
 class Contender(threading.Thread):
     """Takes the lock in a thread and records when it got in."""
 
-    def __init__(self, node: SSHTransport, lock_path: str, wait: float = 60) -> None:
+    def __init__(self, node: SSHTransport, lock_path: str, wait: float = 600) -> None:
         super().__init__(daemon=True)
         self.node, self.lock_path, self.wait = node, lock_path, wait
         self.entered_at: float | None = None
@@ -48,36 +50,40 @@ class Contender(threading.Thread):
         try:
             with host_lock(self.node, self.lock_path, wait=self.wait):
                 self.entered_at = time.monotonic()
-                self.release.wait(30)
+                self.release.wait(HUNG)
         except BaseException as error:  # reported by the test
             self.error = error
+
+    def inside_too_early(self) -> str | None:
+        """While another holder has the lock: why this one is wrong, if it is."""
+        if self.entered_at is not None:
+            return "entered a lock that another holder has"
+        return f"failed instead of queueing: {self.error!r}" if self.error else None
 
 
 def test_second_holder_waits_until_the_first_block_exits(
     transports: list[SSHTransport], tmp_path: Path
 ) -> None:
-    """B blocks while A holds the lock and enters within 2 s after A's block exits."""
+    """B queues for the lock while A holds it (as the host's lock table shows) and enters
+    once A's block exits."""
     a, b = transports
     lock_path = str(tmp_path / "image.lock")
     with host_lock(a, lock_path, wait=30):
         contender = Contender(b, lock_path)
         contender.start()
-        time.sleep(1.0)
+        wait_for_lock_waiters(tmp_path, 1, unless=contender.inside_too_early)
         assert contender.entered_at is None and contender.error is None
-    contender.join(timeout=0.1)
-    deadline = time.monotonic() + 15
-    while contender.entered_at is None and contender.error is None:
-        assert time.monotonic() < deadline, "B never entered after A released the lock"
-        time.sleep(0.05)
+    wait_for(lambda: contender.entered_at or contender.error, HUNG, "B to enter the lock")
     assert contender.error is None
     contender.release.set()
-    contender.join(timeout=10)
+    contender.join(timeout=HUNG)
 
 
 def test_lock_of_a_killed_process_is_released(
     transports: list[SSHTransport], host: Any, tmp_path: Path, testbed: Path
 ) -> None:
-    """A holder process killed with SIGKILL loses the lock; another holder gets it in seconds."""
+    """A holder process killed with SIGKILL loses the lock; the holder queued behind it
+    gets it (it would otherwise wait for 600 s, far past the test's deadline)."""
     lock_path = str(tmp_path / "killed.lock")
     script = textwrap.dedent(
         f"""
@@ -100,19 +106,18 @@ def test_lock_of_a_killed_process_is_released(
         assert child.stdout.readline().strip() == "held"
         contender = Contender(transports[1], lock_path)
         contender.start()
-        time.sleep(1.0)
+        wait_for_lock_waiters(tmp_path, 1, unless=contender.inside_too_early)
         assert contender.entered_at is None and contender.error is None
         os.kill(child.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        child.wait(timeout=10)
-        deadline = killed_at + 10
-        while contender.entered_at is None and contender.error is None:
-            assert time.monotonic() < deadline, "lock of the killed holder was never released"
-            time.sleep(0.05)
+        child.wait(timeout=HUNG)
+        wait_for(
+            lambda: contender.entered_at or contender.error,
+            HUNG,
+            "the lock of the killed holder to pass to the next",
+        )
         assert contender.error is None
-        assert contender.entered_at - killed_at < 5.0
         contender.release.set()
-        contender.join(timeout=10)
+        contender.join(timeout=HUNG)
     finally:
         if child.poll() is None:
             child.kill()
@@ -120,15 +125,21 @@ def test_lock_of_a_killed_process_is_released(
 
 
 def test_wait_timeout_raises_resource_busy(transports: list[SSHTransport], tmp_path: Path) -> None:
-    """A holder that cannot get the lock within `wait` seconds gets ResourceBusy (transient)."""
+    """A holder that cannot get the lock within `wait` seconds gets ResourceBusy (transient)
+    after waiting that long, not at once and not for ever."""
     a, b = transports
     lock_path = str(tmp_path / "busy.lock")
+
+    def take_b() -> None:
+        with host_lock(b, lock_path, wait=1):
+            pytest.fail("entered a lock that another holder has")
+
     with host_lock(a, lock_path, wait=30):
         started = time.monotonic()
-        with pytest.raises(ResourceBusy) as caught, host_lock(b, lock_path, wait=1):
-            pytest.fail("entered a lock that another holder has")
+        with pytest.raises(ResourceBusy) as caught:
+            finishes(take_b, "host_lock(wait=1) on a held lock")
         elapsed = time.monotonic() - started
-    assert 0.8 < elapsed < 5
+    assert elapsed >= 0.8  # it did wait (a lower bound: load only makes it longer)
     assert caught.value.transient
     assert caught.value.host == "node-a"
     assert lock_path in str(caught.value)

@@ -56,16 +56,32 @@ def variant(host: Any) -> Iterator[Any]:
         forget(config)
 
 
+PROBE_XML = """<domain type="qemu"><name>tests-remote-probe</name><memory unit="MiB">64</memory>
+<os><type>hvm</type></os></domain>"""
+
+
 def test_connect_over_libssh_is_cached_per_process(host: Any) -> None:
-    """connect() reaches node-a's libvirtd over qemu+libssh and returns one connection twice."""
+    """connect() reaches node-a's libvirtd over qemu+libssh (a domain defined there directly
+    is listed through it, with its UUID, and gone once undefined) and returns one
+    connection twice."""
     assert host.effective_libvirt_uri.startswith(
         f"qemu+libssh://root@127.0.0.1:{SSH_PORT_A}/system?"
     )
     conn = connect(host)
     assert connect(host) is conn
     assert conn.isAlive()
-    assert isinstance(conn.listAllDomains(0), list)
     assert conn.getURI().startswith("qemu+libssh://")
+    direct = libvirt.open("qemu:///system")
+    try:
+        probe = direct.defineXML(PROBE_XML)
+        try:
+            listed = {d.name(): d.UUIDString() for d in conn.listAllDomains(0)}
+            assert listed.get("tests-remote-probe") == probe.UUIDString()
+        finally:
+            probe.undefine()
+        assert "tests-remote-probe" not in {d.name() for d in conn.listAllDomains(0)}
+    finally:
+        direct.close()
 
 
 def test_wrong_host_key_raises_host_key_rejected(

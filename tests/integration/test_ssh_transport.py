@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import SSH_PORT_A
+from tests.conftest import SSH_PORT_A, wait_for
+from tests.events import HUNG, finishes, pid_ended
 from vclvirt.errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -138,15 +142,24 @@ def test_large_stdout_is_read_to_the_end(transport: SSHTransport, tmp_path: Path
         assert output == source.read_bytes()
 
 
+@pytest.fixture
+def long_command(tmp_path: Path) -> Iterator[list[str]]:
+    """An argv that runs for an hour on node-a (this machine); ended by pid afterwards."""
+    pid_file = tmp_path / "long-command.pid"
+    yield ["sh", "-c", 'echo $$ > "$0"; exec sleep 3600', str(pid_file)]
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def test_timeout_raises_command_timeout_and_transport_survives(
-    transport: SSHTransport,
+    transport: SSHTransport, long_command: list[str]
 ) -> None:
-    """`sleep 10` with timeout=1 raises CommandTimeout within 3 s; the next command works."""
+    """A command running past timeout=1 raises CommandTimeout instead of being waited for;
+    the next command works on the same connection."""
     transport.run(["true"])
-    started = time.monotonic()
     with pytest.raises(CommandTimeout) as caught:
-        transport.run(["sleep", "10"], timeout=1)
-    assert time.monotonic() - started < 3
+        finishes(lambda: transport.run(long_command, timeout=1), "run() with timeout=1")
     assert caught.value.transient and caught.value.host == "node-a"
     assert transport.run(["echo", "still here"]).text == "still here\n"
     assert transport.connections_opened == 1
@@ -164,21 +177,24 @@ def test_large_stdin_to_an_echoing_command_does_not_hang(transport: SSHTransport
             outcome.append(error)
 
     worker = threading.Thread(target=send, daemon=True)
-    started = time.monotonic()
     worker.start()
-    worker.join(timeout=15)
+    worker.join(timeout=HUNG)
     hung = worker.is_alive()
     transport.close()  # unblocks a hung sendall so the thread ends
-    assert not hung, f"run() still blocked {time.monotonic() - started:.0f}s after timeout=5"
+    assert not hung, f"run() still blocked {HUNG:g}s after it was given timeout=5"
     assert outcome and (outcome[0] == data or isinstance(outcome[0], CommandTimeout)), outcome
 
 
-def test_timeout_holds_while_stdin_is_not_read(transport: SSHTransport) -> None:
-    """A command that never reads its (large) stdin still times out on time with CommandTimeout."""
-    started = time.monotonic()
+def test_timeout_holds_while_stdin_is_not_read(
+    transport: SSHTransport, long_command: list[str]
+) -> None:
+    """A command that never reads its (large) stdin still times out with CommandTimeout,
+    rather than the call waiting for the command."""
     with pytest.raises(CommandTimeout):
-        transport.run(["sleep", "8"], stdin=b"x" * (8 << 20), timeout=2)
-    assert time.monotonic() - started < 4
+        finishes(
+            lambda: transport.run(long_command, stdin=b"x" * (8 << 20), timeout=2),
+            "run() with 8 MiB of unread stdin and timeout=2",
+        )
 
 
 class ClientWatcher(threading.Thread):
@@ -225,7 +241,6 @@ def test_one_connection_serves_sequential_and_concurrent_commands(
         port = local_port(transport)
         with ThreadPoolExecutor(max_workers=8) as pool:
             outputs = list(pool.map(lambda i: transport.run(["echo", f"t{i}"]).text, range(20)))
-        time.sleep(0.3)  # let sshd flush its log lines
     finally:
         watcher.stop.set()
         watcher.join()
@@ -233,9 +248,16 @@ def test_one_connection_serves_sequential_and_concurrent_commands(
     assert outputs == [f"t{i}\n" for i in range(20)]
     assert transport.connections_opened == 1
     assert local_port(transport) == port
-    accepted = [
-        int(re.search(r" port (\d+) ", line).group(1)) for line in accepted_lines(log, offset)
-    ]
+
+    # A connection's "Accepted" line is written before it serves a command, so every
+    # connection that ran one of ours is in the log by now; wait only for the write.
+    def accepted_ports() -> list[int]:
+        ports = [
+            int(re.search(r" port (\d+) ", line).group(1)) for line in accepted_lines(log, offset)
+        ]
+        return ports if port in ports else []
+
+    accepted = wait_for(accepted_ports, HUNG, f"sshd to log our connection from port {port}")
     ours = [p for p in accepted if watcher.owners.get(p) == os.getpid()]
     unattributed = [p for p in accepted if p not in watcher.owners]
     assert ours == [port]
@@ -290,7 +312,7 @@ def test_next_command_reconnects_after_server_side_kill(transport: SSHTransport)
     assert pids, f"no sshd process found for our connection:\n{listing}"
     for pid in pids:
         os.kill(pid, 9)
-    time.sleep(0.5)
+    wait_for(lambda: all(pid_ended(p) for p in pids), HUNG, f"sshd processes {pids} to end")
     assert transport.run(["echo", "back"]).text == "back\n"
     assert transport.connections_opened == 2
 
@@ -334,34 +356,36 @@ def test_wrong_private_key_raises_authentication_failed(host: Any, tmp_path: Pat
 
 
 def test_closed_port_raises_node_unreachable(host: Any) -> None:
-    """Nothing listening on the port raises NodeUnreachable, which is transient."""
-    node = SSHTransport(host.model_copy(update={"port": free_port()}), connect_timeout=5)
-    started = time.monotonic()
+    """Nothing listening on the port raises NodeUnreachable, which is transient, at once:
+    the refusal is not waited out like a silent host (connect_timeout is an hour here)."""
+    node = SSHTransport(host.model_copy(update={"port": free_port()}), connect_timeout=3600)
     with pytest.raises(NodeUnreachable) as caught:
-        node.run(["true"])
+        finishes(lambda: node.run(["true"]), "connecting to a closed port")
     assert caught.value.transient
-    assert time.monotonic() - started < 5
+    assert f"127.0.0.1:{node.host.port}" in str(caught.value)
 
 
-def test_spawned_process_is_read_line_by_line(transport: SSHTransport) -> None:
-    """spawn keeps a command running; read_line returns its lines, then '' at the end."""
-    held = transport.spawn(["sh", "-c", "echo one; sleep 0.3; echo two"])
+def test_spawned_process_is_read_line_by_line(transport: SSHTransport, tmp_path: Path) -> None:
+    """spawn keeps a command running; read_line returns each line as it comes (the second
+    is printed only after the test read the first), then '' at the end."""
+    go_on = tmp_path / "go-on"
+    script = 'echo one; while [ ! -e "$0" ]; do sleep 0.01; done; echo two'
+    held = transport.spawn(["sh", "-c", script, str(go_on)])
     try:
-        assert held.read_line(timeout=5) == "one\n"
-        assert held.read_line(timeout=5) == "two\n"
-        assert held.read_line(timeout=5) == ""
+        assert held.read_line(timeout=HUNG) == "one\n"
+        go_on.touch()
+        assert held.read_line(timeout=HUNG) == "two\n"
+        assert held.read_line(timeout=HUNG) == ""
     finally:
         held.close()
 
 
 def test_read_line_times_out_on_a_silent_command(transport: SSHTransport) -> None:
     """read_line raises CommandTimeout when the held command prints nothing in time."""
-    held = transport.spawn(["sleep", "30"])
+    held = transport.spawn(["sleep", "30"])  # had the timeout no effect: '' after 30 s
     try:
-        started = time.monotonic()
         with pytest.raises(CommandTimeout):
-            held.read_line(timeout=1)
-        assert time.monotonic() - started < 3
+            finishes(lambda: held.read_line(timeout=1), "read_line(timeout=1)")
     finally:
         held.close()
 
@@ -370,26 +394,27 @@ def test_closing_a_spawned_process_ends_it_on_the_host(transport: SSHTransport) 
     """Closing the handle ends the remote command (its stdin reaches end-of-file)."""
     marker = f"vclvirt-held-{uuid.uuid4().hex}"
     held = transport.spawn(["sh", "-c", f"echo ready; cat >/dev/null; true {marker}"])
-    assert held.read_line(timeout=5) == "ready\n"
+    assert held.read_line(timeout=HUNG) == "ready\n"
 
     def running() -> bool:
         return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
 
     assert running()
     held.close()
-    deadline = time.monotonic() + 5
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not running()
+    wait_for(lambda: not running(), HUNG, "the held command to end on the host")
 
 
-def test_threads_share_the_transport_without_mixing_outputs(transport: SSHTransport) -> None:
-    """Concurrent commands on one connection each get their own output."""
-    barrier = threading.Barrier(8)
+def test_threads_share_the_transport_without_mixing_outputs(
+    transport: SSHTransport, tmp_path: Path
+) -> None:
+    """Eight commands open at once on one connection (each waits on the host until all
+    eight have started) each get their own output."""
+    rendezvous = tmp_path / "rendezvous"
+    rendezvous.mkdir()
+    script = 'touch "$0/$1"; while [ "$(ls "$0" | wc -l)" -lt 8 ]; do sleep 0.01; done; echo "$1"'
 
     def work(i: int) -> str:
-        barrier.wait()
-        return transport.run(["sh", "-c", f"sleep 0.2; echo {i}"]).text
+        return transport.run(["sh", "-c", script, str(rendezvous), str(i)], timeout=HUNG).text
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert list(pool.map(work, range(8))) == [f"{i}\n" for i in range(8)]

@@ -13,6 +13,7 @@ import libvirt
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.node.local import LocalTransport
@@ -82,6 +83,7 @@ def make_host(tmp_path: Path) -> UnitHost:
         connect=lambda: conn,
         settings=Settings(power_off_timeout=5),
         management_node="unit-tests",
+        guest_host_keys=GuestHostKeys.from_url(Settings().broker_url),
     )
     return UnitHost(context, conn, tmp_path)
 

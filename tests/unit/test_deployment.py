@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 INVENTORY_EXAMPLE = REPO / "deploy" / "inventory.example.toml"
+ENV_EXAMPLE = REPO / "deploy" / "vclvirt.env.example"
 SCHEMA_FILE = Path(__file__).parent / "data" / "compose-spec.json"
 SCHEMA_SHA256 = "e82b395a9ac423febdba22c159b85d51d972706aea67d64799672a6ae3e56f47"
 
@@ -288,17 +292,57 @@ def test_api_service() -> None:
 
 
 def test_flower_requires_basic_auth() -> None:
-    """Flower runs on the broker with --basic-auth built from two required variables."""
+    """Flower runs on the broker (from CELERY_BROKER_URL) with basic auth built from two
+    required variables, both handed over in its environment."""
     compose = load_compose()
     flower = compose["services"]["flower"]
     assert {"FLOWER_USER", "FLOWER_PASSWORD"} <= required_variables()
-    # Compose interpolates first, then splits a string command into words.
     env = {"FLOWER_USER": "ops", "FLOWER_PASSWORD": "s3cret", "VCLVIRT_API_TOKEN": "t"}
     argv = command_argv(interpolate(flower["command"], env))
-    assert argv[:3] == ["celery", f"--broker={BROKER_URL}", "flower"]
+    assert argv[:2] == ["celery", "flower"]
     assert "--port=5555" in argv
-    assert [arg for arg in argv if arg.startswith("--basic-auth")] == ["--basic-auth=ops:s3cret"]
+    flower_env = environment(interpolate(flower, env))
+    assert flower_env["CELERY_BROKER_URL"] == BROKER_URL
+    assert flower_env["FLOWER_BASIC_AUTH"] == "ops:s3cret"
     assert flower["image"] == compose["x-worker"]["image"]
+
+
+def test_flower_password_is_not_on_a_command_line() -> None:
+    """No service's command carries the Flower password (ps in the container shows argv)."""
+    env = {"FLOWER_USER": "ops", "FLOWER_PASSWORD": "pw-9f8e7d6c", "VCLVIRT_API_TOKEN": "t"}
+    for name, service in interpolate(load_compose(), env).get("services", {}).items():
+        for field in ("command", "entrypoint", "healthcheck"):
+            text = json.dumps(service.get(field, ""))
+            assert "pw-9f8e7d6c" not in text and "basic-auth" not in text, (name, field)
+
+
+def _example_env() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_env_example_does_not_start_an_open_api() -> None:
+    """The example's values, as shipped: compose refuses them, and so does `vclvirt api` on
+    a non-loopback address (an empty token is no token)."""
+    example = _example_env()
+    assert "VCLVIRT_API_TOKEN" in example
+    with pytest.raises(MissingVariable, match="VCLVIRT_API_TOKEN"):
+        interpolate(load_compose(), {**example, "FLOWER_USER": "u", "FLOWER_PASSWORD": "p"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VCLVIRT_", "FLOWER_"))}
+    served = subprocess.run(
+        [sys.executable, "-m", "vclvirt", "api", "--host", "0.0.0.0", "--port", "1"],
+        env={**env, **example},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert served.returncode == 2, served.stdout + served.stderr
+    assert "refusing to serve on 0.0.0.0 without a token" in served.stderr
 
 
 def test_each_worker_serves_one_distinct_host() -> None:
@@ -417,3 +461,16 @@ def test_dockerignore_keeps_junk_out_but_not_the_sources() -> None:
     assert any("__pycache__" in p for p in patterns)
     for source in ("pyproject.toml", "vclvirt"):
         assert not any(p.lstrip("/") == source or p in {"*", "**"} for p in patterns), source
+
+
+def test_redis_keeps_queues_and_records_through_a_restart() -> None:
+    """The broker writes an append-only file fsynced every second and never evicts keys
+    (a full broker refuses writes rather than dropping queued loads or status records)."""
+    argv = command_argv(load_compose()["services"]["redis"]["command"])
+    options = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert argv[0] == "redis-server"
+    assert options == {
+        "--appendonly": "yes",
+        "--appendfsync": "everysec",
+        "--maxmemory-policy": "noeviction",
+    }

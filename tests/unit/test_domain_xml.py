@@ -10,6 +10,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from vclvirt.config.inventory import HostConfig
 from vclvirt.hypervisor.domain_xml import (
     DEFAULT_DISK_BUS,
     DEFAULT_NIC_MODEL,
@@ -21,6 +22,7 @@ from vclvirt.hypervisor.domain_xml import (
     plan_nics,
     reference_hardware,
     render_domain_xml,
+    with_user_network,
 )
 from vclvirt.naming import LoadNames, domain_uuid
 
@@ -383,6 +385,19 @@ def golden_specs(reservation):
             reservation(image={"vcpus": 3, "min_ram_mb": 1024}),
             facts(domain_type="kvm", vm_path_is_local=False, disk_bus="virtio"),
         ),
+        # The test bed's shape: one user-mode NIC given on the QEMU command line.
+        "qemu_user_network": with_user_network(
+            spec_for(reservation(), facts(), private=None, public=None),
+            reservation(),
+            HostConfig(
+                name="kvmhost1",
+                address="127.0.0.1",
+                transport="local",
+                datastore_path="/var/lib/libvirt/images",
+                guest_network="user",
+                guest_ssh_ports=(22000, 22999),
+            ),
+        ),
     }
 
 
@@ -391,6 +406,7 @@ GOLDEN_NAMES = [
     "windows_4vcpu_bridges_virtio",
     "hpc_project_networks",
     "kvm_cache_none",
+    "qemu_user_network",
 ]
 
 

@@ -285,3 +285,234 @@ def test_several_errors_are_all_named(document):
     """When several fields are wrong, each one is named in the message."""
     message = rejected(document({"id": "x"}, {"vcpus": 0}, state="bad"))
     assert all(field in message for field in ("computer.id", "image.vcpus", "state"))
+
+
+# ---- #10: hostile input stops at the model ------------------------------------------------
+
+from vclvirt.models import MAX_DOCUMENT_BYTES, MAX_ID, load_json_document  # noqa: E402
+from vclvirt.naming import LoadNames  # noqa: E402
+
+REFUSED_CHARACTERS = [
+    "\x00",  # NUL
+    "\x01",
+    "\x1b",  # ESC
+    "\n",
+    "\r",
+    "\t",
+    "\x7f",  # DEL
+    "\x85",  # C1 NEL
+    "\x9b",  # C1 CSI
+    "\u202e",  # right-to-left override
+    "\u200b",  # zero width space
+    "\u2028",  # line separator
+    "\ufeff",  # zero width no-break space / BOM
+]
+# (section, field, a valid value) for every text field of a reservation.
+TEXT_FIELDS = [
+    (None, "host", "kvmhost1"),
+    (None, "state", "new"),
+    ("computer", "hostname", "vm4-22.example.org"),
+    ("computer", "eth0_mac", "52:54:00:aa:00:01"),
+    ("computer", "eth1_mac", "52:54:00:aa:00:02"),
+    ("computer", "private_ip", "10.0.0.22"),
+    ("image", "name", "centos7-CentOS7Base64bitVM-3081-v5"),
+    ("image", "pretty_name", "CentOS 7 Base (64 bit VM)"),
+    ("image", "os_type", "linux"),
+    ("image", "os_name", "centos7"),
+    ("image", "project", "vcl"),
+]
+
+
+def _with(document, section, field, value):
+    data = document()
+    (data[section] if section else data)[field] = value
+    return data
+
+
+def _path(section, field):
+    return f"{section}.{field}" if section else field
+
+
+def _field_of(data) -> str | None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_reservation(data)
+    return caught.value.field
+
+
+@pytest.mark.parametrize(("section", "field", "valid"), TEXT_FIELDS)
+@pytest.mark.parametrize("char", REFUSED_CHARACTERS, ids=lambda c: f"U+{ord(c):04X}")
+def test_control_and_format_characters_are_refused_in_every_text_field(
+    document, section, field, valid, char
+):
+    """A control or format character anywhere in any text field is refused, naming the field."""
+    for value in (char + valid, valid[:2] + char + valid[2:], valid + char):
+        assert _field_of(_with(document, section, field, value)) == _path(section, field)
+
+
+@pytest.mark.parametrize("pretty", ["Base\nvcld_tainted=forged", "Base\r\nx=y", "a\u202eb"])
+def test_pretty_name_cannot_carry_extra_lines_or_reordering(document, pretty):
+    """A newline in pretty_name would write extra key=value lines into currentimage.txt."""
+    message = rejected(document(image={"pretty_name": pretty}))
+    assert "image.pretty_name" in message and "U+" in message
+
+
+@pytest.mark.parametrize(("section", "field", "valid"), TEXT_FIELDS)
+@pytest.mark.parametrize("blank", [" ", "   ", "\u3000", "\u00a0 "])
+def test_blank_strings_are_refused_in_every_text_field(document, section, field, valid, blank):
+    """Text that is only white space is refused in every text field, pretty_name included."""
+    assert _field_of(_with(document, section, field, blank)) == _path(section, field)
+
+
+@pytest.mark.parametrize(
+    "mac",
+    [
+        "01:00:5e:00:00:01",  # IPv4 multicast
+        "33:33:00:00:00:01",  # IPv6 multicast
+        "53:54:00:aa:00:01",  # group bit set
+        "ff:ff:ff:ff:ff:ff",  # broadcast
+        "FF:FF:FF:FF:FF:FF",
+        "00:00:00:00:00:00",
+    ],
+)
+@pytest.mark.parametrize("field", ["eth0_mac", "eth1_mac"])
+def test_multicast_broadcast_and_zero_macs_are_refused(document, mac, field):
+    """A NIC's MAC must be unicast and not all zero."""
+    assert _field_of(document({field: mac})) == f"computer.{field}"
+
+
+@pytest.mark.parametrize("eth1", ["52:54:00:AA:00:01", "52:54:00:aa:00:01"])
+def test_eth0_and_eth1_must_differ_case_insensitively(document, eth1):
+    """eth0 and eth1 with the same MAC (in any case) are refused, naming eth1_mac."""
+    data = document({"eth0_mac": "52:54:00:aa:00:01", "eth1_mac": eth1})
+    assert _field_of(data) == "computer.eth1_mac"
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "::1",
+        "0.0.0.0",
+        "0.1.2.3",
+        "::",
+        "224.0.0.1",
+        "239.255.255.250",
+        "ff02::1",
+        "255.255.255.255",
+        "169.254.169.254",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "240.0.0.1",
+    ],
+)
+def test_private_ip_that_is_no_guest_address_is_refused(document, ip):
+    """Loopback, unspecified, multicast, broadcast, link-local (and reserved) are refused."""
+    assert _field_of(document({"private_ip": ip})) == "computer.private_ip"
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        (None, "reservation_id"),
+        (None, "request_id"),
+        ("computer", "id"),
+        ("image", "id"),
+        ("image", "revision_id"),
+        ("image", "revision"),
+    ],
+)
+def test_integers_are_bounded_by_a_signed_64_bit_range(document, section, field):
+    """Ids and revision accept up to 2^63-1 and refuse 2^63 and beyond."""
+    assert parse_reservation(_with(document, section, field, MAX_ID))
+    for value in (MAX_ID + 1, 2**64, 10**30):
+        assert _field_of(_with(document, section, field, value)) == _path(section, field)
+
+
+def test_revision_zero_is_a_revision(document):
+    """VCL's first revision of an image is 0 (its seed images are named -v0)."""
+    assert parse_reservation(document(image={"revision": 0})).image.revision == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"reservation_id": 1, "reservation_id": 2}', "reservation_id"),
+        ('{"computer": {"id": 1, "hostname": "a", "id": 2}}', "computer.id"),
+        ('{"image": {"x": [{"a": 1, "a": 1}]}}', "image.x.0.a"),
+    ],
+)
+def test_duplicate_keys_anywhere_are_refused_naming_the_path(text, field):
+    """Another parser would read a different reservation: repeated keys are refused."""
+    for data in (text, text.encode()):
+        with pytest.raises(InvalidInput, match="duplicate key") as caught:
+            parse_reservation(data)
+        assert caught.value.field == field
+
+
+def test_duplicate_key_in_a_full_reservation_is_refused(document):
+    """A complete, otherwise valid reservation with one key twice is refused."""
+    text = json.dumps(document())
+    doubled = text.replace('"host": "kvmhost1"', '"host": "kvmhost1", "host": "other"')
+    assert doubled != text
+    with pytest.raises(InvalidInput, match="duplicate key host"):
+        parse_reservation(doubled)
+
+
+def test_hostnames_differing_only_in_case_are_one_computer(document):
+    """Host names are lower-cased, so they name the same computer, domain and files."""
+    upper = parse_reservation(document({"hostname": "VM4-22.Example.ORG"}))
+    lower = parse_reservation(document({"hostname": "vm4-22.example.org"}))
+    assert upper == lower
+    paths = {"datastore_path": "/d", "vm_path": "/v", "xml_dir": "/x"}
+    assert LoadNames.for_reservation(upper, **paths) == LoadNames.for_reservation(lower, **paths)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xef\xbb\xbf{}", "byte order mark"),
+        ("\ufeff{}", "byte order mark"),
+        ('{"a": 1}'.encode("utf-16"), "UTF-16"),
+        ('{"a": 1}'.encode("utf-16-le"), "UTF-16"),
+        ('{"a": 1}'.encode("utf-16-be"), "UTF-16"),
+        ('{"a": 1}'.encode("utf-32"), "UTF-16 or UTF-32"),
+        (b'{"a": "\xff\xfe"}', "not valid UTF-8 (byte 7"),
+        (b"\x00\x01\x02binary\xff", "UTF-16 or UTF-32"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "holds NUL bytes (the first at byte 8)"),
+        (bytes(range(128, 256)), "not valid UTF-8 (byte 0"),
+        ("NaN", "NaN"),
+        ('{"a": Infinity}', "Infinity"),
+        ("[" * 60_000, "nested too deeply"),
+    ],
+)
+def test_encodings_and_non_json_are_refused_clearly(data, reason):
+    """BOM, UTF-16/32, invalid UTF-8 and non-standard JSON get one clear message."""
+    with pytest.raises(InvalidInput) as caught:
+        load_json_document(data)
+    assert reason in caught.value.message
+
+
+def test_json_syntax_errors_give_the_position():
+    """A syntax error says where: line, column and character."""
+    with pytest.raises(InvalidInput) as caught:
+        load_json_document('{\n  "a": 1,\n  "b" 2\n}')
+    assert "line 3, column 7" in caught.value.message
+    assert caught.value.field is None
+
+
+def test_oversized_documents_are_refused():
+    """Documents past MAX_DOCUMENT_BYTES are refused before they are parsed."""
+    big = json.dumps({"pad": "x" * MAX_DOCUMENT_BYTES})
+    with pytest.raises(InvalidInput, match="at most"):
+        load_json_document(big)
+    with pytest.raises(InvalidInput, match="at most"):
+        load_json_document(big.encode())
+
+
+def test_hostile_field_names_are_quoted_back_escaped(document):
+    """An unknown key with control or look-alike characters is named escaped, and short."""
+    message = rejected(document({"\u0441omputer\x1b[2J" + "x" * 200: 1}))
+    assert "\x1b" not in message and "\u0441" not in message
+    assert "\\u0441omputer" in message and len(message) < 300

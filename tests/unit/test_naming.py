@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
 
 import pytest
 
+from tests.conftest import ROOT
 from vclvirt.models import IMAGE_NAME_PATTERN
 from vclvirt.naming import (
     MAX_DOMAIN_NAME,
@@ -149,9 +153,23 @@ def test_new_image_name_is_a_valid_image_name(os_name):
     assert re.match(IMAGE_NAME_PATTERN, name), f"new_image_name gave invalid image name {name!r}"
 
 
-def test_domain_uuid_is_stable():
-    """The same host and domain always give the same UUID."""
-    assert domain_uuid("h1", "vm1_X_1-v1") == domain_uuid("h1", "vm1_X_1-v1")
+def test_domain_uuid_is_the_same_in_every_process_and_release():
+    """Workers in other processes (other hash seeds) give a domain the same UUID, and so
+    does every release: a new UUID for an existing domain's name makes defineXML fail."""
+    code = "from vclvirt.naming import domain_uuid; print(domain_uuid('h1', 'vm1_X_1-v1'))"
+    in_other_processes = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "random")
+    }
+    assert in_other_processes == {domain_uuid("h1", "vm1_X_1-v1")}
+    assert in_other_processes == {"f19c2d65-00cc-5dce-999c-f566b0417d90"}
 
 
 def test_domain_uuid_is_a_uuid():

@@ -225,5 +225,7 @@ def test_result_does_not_depend_on_order() -> None:
 
 
 def test_duplicate_paths_count_once() -> None:
-    """The same path listed twice is one file, not two candidates."""
-    assert select(f"{IMAGE}.qcow2", f"{IMAGE}.qcow2") is not None
+    """The same path listed twice is one file, not two candidates (nor two files)."""
+    assert select(f"{IMAGE}.qcow2", f"{IMAGE}.qcow2") == RepositorySource(
+        f"{DIR}/{IMAGE}.qcow2", "qcow2", (f"{DIR}/{IMAGE}.qcow2",)
+    )

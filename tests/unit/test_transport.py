@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
 
+from tests.conftest import wait_for
+from tests.events import HUNG, finishes, pid_ended
 from vclvirt.errors import CommandFailed, CommandTimeout
 from vclvirt.node.local import LocalTransport
 from vclvirt.node.transport import CommandResult, command_line, path_exists, write_file
@@ -135,15 +136,18 @@ def test_local_run_nonzero_raises_command_failed_with_stderr(local):
     assert "disk is on fire" in str(caught.value)
 
 
-def test_local_run_timeout_raises_command_timeout(local):
-    """A command running past its timeout raises the transient CommandTimeout."""
-    started = time.monotonic()
+def test_local_run_timeout_raises_command_timeout(local, tmp_path):
+    """A command running past its timeout raises the transient CommandTimeout, naming the
+    command, and the command is ended (it would otherwise run for an hour)."""
+    pid_file = tmp_path / "pid"
+    argv = ["sh", "-c", 'echo $$ > "$0"; exec sleep 3600', str(pid_file)]
     with pytest.raises(CommandTimeout) as caught:
-        local.run(["sleep", "5"], timeout=0.5)
-    assert time.monotonic() - started < 3
+        finishes(lambda: local.run(argv, timeout=0.5), "a command run with timeout=0.5")
     assert caught.value.transient
     assert caught.value.host == "testhost"
-    assert "sleep 5" in str(caught.value)
+    assert "exec sleep 3600" in str(caught.value)
+    pid = int(pid_file.read_text())
+    wait_for(lambda: pid_ended(pid), HUNG, f"the timed-out command (pid {pid}) to end")
 
 
 def test_local_run_passes_stdin(local):
@@ -187,7 +191,7 @@ def test_spawn_read_line_times_out(local):
     held = local.spawn(["cat"])
     try:
         with pytest.raises(CommandTimeout):
-            held.read_line(timeout=0.3)
+            finishes(lambda: held.read_line(timeout=0.3), "read_line(timeout=0.3)")
     finally:
         held.close()
 
@@ -215,9 +219,10 @@ def test_spawn_read_line_returns_lines_that_arrived_together(local):
         held.close()
 
 
-def test_spawn_close_ends_process_waiting_on_stdin(local):
-    """close() ends a child that waits for end of input, promptly."""
-    held = local.spawn(["cat"])
-    started = time.monotonic()
-    held.close()
-    assert time.monotonic() - started < 3
+def test_spawn_close_ends_process_waiting_on_stdin(local, tmp_path):
+    """close() ends a child that waits for end of input by giving it end-of-file (the
+    child gets to say so), not by killing it."""
+    said = tmp_path / "eof"
+    held = local.spawn(["sh", "-c", 'cat > /dev/null; echo end-of-file > "$0"', str(said)])
+    finishes(held.close, "close()")
+    assert said.read_text() == "end-of-file\n"

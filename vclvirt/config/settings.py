@@ -17,25 +17,43 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str | None = None
     inventory: Path | None = None
-    # Longest a single step may run before Celery kills it (hard limit).
-    step_time_limit: int = Field(default=7200, gt=0)
-    # Must exceed step_time_limit plus the longest retry countdown, or Redis
-    # redelivers a still-running step (celery-practice.md §1.3).
-    visibility_timeout: int | None = Field(default=None, gt=0)
-    # kombu's sweep that restores unacked messages of dead workers (seconds).
-    unacked_restore_interval: float = Field(default=10.0, gt=0)
-    unacked_restore_throttle: int = Field(default=10, ge=1)
-    max_retries: int = Field(default=5, ge=0)
-    retry_backoff: float = Field(default=2.0, gt=0)
-    retry_backoff_max: float = Field(default=120.0, gt=0)
     status_ttl_days: int = Field(default=30, gt=0)
     # Recycle a pool process after this many tasks (bounds leaks); 0 never recycles, which
     # simulations on libvirt's test:/// driver need (its domains live in one process).
     max_tasks_per_child: int = Field(default=200, ge=0)
+
+    # -- time on the host: the longest host command is a copy; everything else derives --
     ssh_connect_timeout: float = Field(default=15.0, gt=0)
     command_timeout: float = Field(default=300.0, gt=0)
+    # A master copy or conversion (and the wait for the host-side lock another copy holds).
     copy_timeout: float = Field(default=7200.0, gt=0)
-    # Guests: how post_load and node_status log in.
+    # Graceful shutdown: ACPI power button, re-sent every 10 s, destroy after this.
+    power_off_timeout: float = Field(default=120.0, gt=0)
+
+    # -- recovery (vclvirt/recovery.py) ---------------------------------------------------
+    # A running operation's lease: renewed every third of this by its worker; a worker
+    # that dies loses it after this long and a live worker of the host resumes the load.
+    lease_ttl: float = Field(default=30.0, ge=3)
+    # A worker beats this often and counts as alive for three beats.
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    # How often each worker looks for work to dispatch again (expired leases, due retries,
+    # lost messages) and for reservations no worker can take.
+    reconcile_interval: float = Field(default=2.0, gt=0)
+    # A reservation whose host has no live worker fails (NO_WORKER, retryable) after this.
+    no_worker_deadline: float = Field(default=900.0, gt=0)
+    # A queued message not seen in the broker after this long is sent again.
+    lost_message_grace: float = Field(default=30.0, gt=0)
+    # Transient errors (host unreachable, libvirtd restarting, busy) are retried with
+    # exponential backoff and jitter until this long after the step's first such error —
+    # longer than a host reboot — then the step fails with the error's (retryable) code.
+    transient_deadline: float = Field(default=900.0, gt=0)
+    retry_backoff: float = Field(default=2.0, gt=0)
+    retry_backoff_max: float = Field(default=30.0, gt=0)
+    # A step whose worker was lost this many times fails (STEP_INTERRUPTED) instead of
+    # being resumed again: a reservation that kills its worker must not kill them all.
+    max_interruptions: int = Field(default=3, ge=1)
+
+    # -- guests: how post_load and node_status log in -------------------------------------
     guest_user: str = "root"
     guest_key_file: Path | None = None
     post_load_timeout_linux: float = Field(default=600.0, gt=0)
@@ -43,18 +61,28 @@ class Settings(BaseSettings):
     node_status_timeout: float = Field(default=15.0, gt=0)
     # Executable files run in the guest, in name order, at the end of post_load.
     post_load_scripts_dir: Path | None = None
+
+    # -- entry points -----------------------------------------------------------------------
     # HTTP API: bearer token; without one the API only binds to loopback (development).
     api_token: str | None = Field(default=None, repr=False)
     # Prometheus metrics of a worker (0: off).
     metrics_port: int = Field(default=0, ge=0, le=65535)
-    # Graceful shutdown: ACPI power button, re-sent every 10 s, destroy after this.
-    power_off_timeout: float = Field(default=120.0, gt=0)
+    # HTTP API: a request body must arrive whole within this many seconds (slow clients
+    # cannot hold a connection); bodies are capped at models.MAX_DOCUMENT_BYTES.
+    api_body_timeout: float = Field(default=10.0, gt=0)
 
     @property
-    def effective_visibility_timeout(self) -> int:
-        if self.visibility_timeout is not None:
-            return self.visibility_timeout
-        return self.step_time_limit + int(self.retry_backoff_max) + 600
+    def operation_time_limit(self) -> int:
+        """Celery's hard limit on one operation: the longest copy, a Windows boot and a
+        shutdown, plus a margin. A backstop only: every wait inside has its own timeout."""
+        boot = max(self.post_load_timeout_linux, self.post_load_timeout_windows)
+        return int(self.copy_timeout + boot + self.power_off_timeout + 600)
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis hands an unacknowledged message out again after this. Correctness does not
+        depend on it (a duplicate is dropped at claim); it only avoids needless duplicates."""
+        return self.operation_time_limit + 600
 
 
 @lru_cache(maxsize=1)

@@ -7,12 +7,15 @@ path is the same SSH transport the hosts use.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import paramiko
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
-from vclvirt.errors import InvalidInput, PermanentError, VclvirtError
+from vclvirt.errors import GuestHostKeyChanged, InvalidInput, PermanentError, VclvirtError
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.models import Reservation
 from vclvirt.node.ssh import SSHTransport
 
@@ -32,9 +35,18 @@ class GuestTarget:
     user: str
     key_file: Path
     known_hosts: Path | None = None  # a fresh guest's host key cannot be known in advance
+    # Decides on the guest's host key instead (pinned per reservation); None accepts any.
+    host_key_policy: paramiko.MissingHostKeyPolicy | None = field(default=None, compare=False)
 
 
-def guest_target(host: HostConfig, reservation: Reservation, settings: Settings) -> GuestTarget:
+def guest_target(
+    host: HostConfig,
+    reservation: Reservation,
+    settings: Settings,
+    host_keys: GuestHostKeys | None = None,
+) -> GuestTarget:
+    """Where and how to log in to the reservation's guest; with `host_keys`, the guest's
+    host key is pinned at first contact and required at every later one."""
     computer = reservation.computer
     if settings.guest_key_file is None:
         raise InvalidInput(
@@ -50,13 +62,22 @@ def guest_target(host: HostConfig, reservation: Reservation, settings: Settings)
             f"computer {computer.hostname} has no private_ip to reach its guest",
             hint="Give the computer a private_ip in the reservation",
         )
+    policy = (
+        host_keys.policy(reservation.reservation_id, computer.short_name) if host_keys else None
+    )
     return GuestTarget(
-        computer.short_name, address, port, settings.guest_user, settings.guest_key_file
+        computer.short_name,
+        address,
+        port,
+        settings.guest_user,
+        settings.guest_key_file,
+        host_key_policy=policy,
     )
 
 
 def connect_guest(target: GuestTarget, *, timeout: float, interval: float = 2.0) -> SSHTransport:
-    """An SSH transport to the guest once it answers; GuestUnreachable after `timeout`."""
+    """An SSH transport to the guest once it answers; GuestUnreachable after `timeout`.
+    A changed host key is not waited out: GuestHostKeyChanged at once."""
     deadline = time.monotonic() + timeout
     last_error: VclvirtError | None = None
     while True:
@@ -64,6 +85,9 @@ def connect_guest(target: GuestTarget, *, timeout: float, interval: float = 2.0)
         try:
             transport.run(["true"], timeout=30)
             return transport
+        except GuestHostKeyChanged:
+            transport.close()
+            raise
         except VclvirtError as error:
             transport.close()
             last_error = error

@@ -25,6 +25,7 @@ from vclvirt.errors import (
     CommandTimeout,
     HostKeyRejected,
     NodeUnreachable,
+    VclvirtError,
 )
 from vclvirt.node.transport import CommandResult, Readable, command_line
 
@@ -100,7 +101,11 @@ class SSHTransport:
                 hint="Set key_file in the inventory",
             )
         client = paramiko.SSHClient()
-        if self.host.known_hosts is None:
+        # A target may decide on host keys itself (guests pin theirs per reservation).
+        policy = getattr(self.host, "host_key_policy", None)
+        if policy is not None:
+            client.set_missing_host_key_policy(policy)
+        elif self.host.known_hosts is None:
             # A guest just built from an image has a key nobody can know in advance.
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507
         else:
@@ -125,6 +130,9 @@ class SSHTransport:
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
             )
+        except VclvirtError:  # raised by the target's host key policy
+            client.close()
+            raise
         except paramiko.BadHostKeyException:
             client.close()
             raise HostKeyRejected(
@@ -235,6 +243,10 @@ class SSHTransport:
                     )
                 select.select([channel], [], [], min(remaining, 0.01 if sending else 0.5))
             status = channel.recv_exit_status()
+            if status == -1:  # paramiko's word for "the connection closed, no exit status"
+                raise NodeUnreachable(
+                    f"connection dropped while running {line}", host=self.host_name
+                )
         except (OSError, paramiko.SSHException, EOFError) as error:
             raise NodeUnreachable(
                 f"SSH failed while running {line}: {error}", host=self.host_name

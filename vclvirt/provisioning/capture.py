@@ -67,7 +67,7 @@ class Capture:
             )
         guest_done: dict[str, Any] = {"guest": "not contacted: os_type none"}
         if reservation.image.os_type.lower() != "none" and domain.isActive():
-            target = guest_target(ctx.host, reservation, ctx.settings)
+            target = guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
             guest = connect_guest(target, timeout=ctx.settings.node_status_timeout * 4)
             try:
                 guest_done = hooks.pre_capture(guest, reservation, new_image, xml)

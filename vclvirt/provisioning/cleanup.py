@@ -40,6 +40,7 @@ class Cleanup:
         for domain in found:
             removed_files += self.delete_domain(domain, computer)
             deleted.append(domain.name())
+        ctx.guest_host_keys.forget(reservation.reservation_id)  # a new guest, a new key
         ctx.files.remove_matching(ctx.host.xml_dir, f"{computer}_*.xml")
         return {"deleted_domains": deleted, "removed_files": removed_files}
 

@@ -11,6 +11,7 @@ import libvirt
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
 from vclvirt.errors import DomainMissing
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.images.files import CommandFiles, HostFiles, host_files
@@ -29,6 +30,7 @@ class HostContext:
     connect: Callable[[], libvirt.virConnect]
     settings: Settings
     management_node: str
+    guest_host_keys: GuestHostKeys  # guests' SSH host keys, pinned per reservation
     _files: HostFiles | None = field(default=None, init=False, repr=False)
 
     @property

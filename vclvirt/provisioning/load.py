@@ -179,7 +179,7 @@ class LoadSteps:
             if reservation.image.is_windows
             else ctx.settings.post_load_timeout_linux
         )
-        target = guest_target(ctx.host, reservation, ctx.settings)
+        target = guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
         started = time.monotonic()
         guest = connect_guest(target, timeout=timeout)
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from vclvirt.errors import VclvirtError
+from vclvirt.errors import GuestHostKeyChanged, VclvirtError
 from vclvirt.guest import hooks
 from vclvirt.guest.access import connect_guest, guest_target
 from vclvirt.hypervisor import domains
@@ -43,8 +43,10 @@ class NodeStatus:
                 "reason": "domain runs the image; os_type none has no guest to check",
             }
         try:
-            target = guest_target(ctx.host, reservation, ctx.settings)
+            target = guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
             guest = connect_guest(target, timeout=ctx.settings.node_status_timeout)
+        except GuestHostKeyChanged:
+            raise  # not a guest to reload over: something else answers at its address
         except VclvirtError as error:
             return {"status": hooks.RELOAD, "reason": f"guest does not answer: {error.message}"}
         try:

@@ -1,1 +1,1 @@
-"""Thin Celery tasks, one per step, and the chain builders."""
+"""Thin Celery tasks: one per operation, each hands its message to vclvirt.runner."""

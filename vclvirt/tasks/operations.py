@@ -1,44 +1,52 @@
-"""Single-step operations on a reservation's computer, each a task on the host's queue."""
+"""One Celery task per operation (`vclvirt.load`, `vclvirt.capture`, `vclvirt.op.<name>`).
+
+A message carries only the reservation id and the generation it was dispatched for (plus
+host, computer and request id for log lines); the reservation itself is in its record.
+"""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from vclvirt.errors import InvalidInput
-from vclvirt.models import SNAPSHOT_NAME_PATTERN, Reservation
-from vclvirt.provisioner import Provisioner
-from vclvirt.tasks.base import step_task
-from vclvirt.workers.context import status_store
+import structlog
+from celery import Task
+
+from vclvirt.operations import Operation
+from vclvirt.operations.registry import OPERATIONS
+from vclvirt.workers.app import app
+from vclvirt.workers.context import runner, worker_hosts
+
+log = structlog.get_logger(__name__)
 
 
-def _emptied(p: Provisioner, r: Reservation, _: dict[str, Any]) -> dict[str, Any]:
-    result = p.unload(r)
-    status_store().set_computer_image(r.host, r.computer.short_name, None)
-    return {**result, "computer_image": "noimage"}
+class OperationFailed(Exception):
+    """The operation failed or was superseded (recorded already); Flower shows it as a
+    failed task with the error's code, message and hint."""
 
 
-def _snapshot_name(params: dict[str, Any]) -> str:
-    name = params.get("name")
-    if not isinstance(name, str) or not re.fullmatch(SNAPSHOT_NAME_PATTERN, name):
-        raise InvalidInput(
-            f"name: a snapshot name must match {SNAPSHOT_NAME_PATTERN}, got {name!r}"
-        )
-    return name
+def _register(op: Operation) -> Any:
+    @app.task(
+        name=op.task_name,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        throws=(OperationFailed,),  # an expected outcome: logged without a traceback
+    )
+    def run(self: Task, reservation_id: int, generation: int, host: str, **_: Any) -> Any:
+        serving = worker_hosts()
+        if serving is not None and host not in serving:
+            # Recovery dispatches it again to the host's own queue.
+            log.error("message_misrouted", host=host, serving=sorted(serving))
+            return {"dropped": "misrouted"}
+        outcome = runner().run(int(reservation_id), int(generation), task_id=self.request.id)
+        if outcome.get("state") in ("failed", "superseded"):
+            raise OperationFailed(
+                f"{outcome['state']} at {outcome['failed_step']}: {outcome['error']}"
+            )
+        return outcome
+
+    run.__doc__ = f"Run the {op.name} of a reservation ({', '.join(op.steps)})."
+    return run
 
 
-_BODIES = {
-    "node_status": lambda p, r, _: p.node_status(r),
-    "power_status": lambda p, r, _: p.power_status(r),
-    "power_on": lambda p, r, _: p.power_on(r),
-    "power_off": lambda p, r, _: p.power_off(r),
-    "power_reset": lambda p, r, _: p.power_reset(r),
-    "unload": _emptied,
-    "post_maintenance_action": _emptied,
-    "snapshot_create": lambda p, r, params: p.snapshot_create(r, _snapshot_name(params)),
-    "snapshot_list": lambda p, r, _: p.snapshot_list(r),
-    "snapshot_revert": lambda p, r, params: p.snapshot_revert(r, _snapshot_name(params)),
-    "snapshot_delete": lambda p, r, params: p.snapshot_delete(r, _snapshot_name(params)),
-}
-
-OPERATIONS = {name: step_task("vclvirt.op", name, body) for name, body in _BODIES.items()}
+TASKS = {name: _register(op) for name, op in OPERATIONS.items()}

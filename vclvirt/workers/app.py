@@ -5,52 +5,52 @@ from __future__ import annotations
 from celery import Celery
 
 from vclvirt.config.settings import Settings, get_settings
+from vclvirt.state.client import CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from vclvirt.workers import lifecycle
 from vclvirt.workers import logging as _logging  # noqa: F401 - connects Celery's log signals
 from vclvirt.workers.routing import CONTROL_QUEUE
 
 
 def create_app(settings: Settings) -> Celery:
-    """A Celery app whose every setting is chosen for idempotent, long, per-host steps."""
-    app = Celery(
-        "vclvirt",
-        include=[
-            "vclvirt.tasks.load",
-            "vclvirt.tasks.operations",
-            "vclvirt.tasks.capture",
-            "vclvirt.tasks.control",
-        ],
-    )
-    visibility = settings.effective_visibility_timeout
+    """A Celery app for long, idempotent operations whose truth is the status record."""
+    app = Celery("vclvirt", include=["vclvirt.tasks.operations", "vclvirt.tasks.control"])
     transport_options = {
-        "visibility_timeout": visibility,
-        "unacked_restore_interval": settings.unacked_restore_interval,
-        "unacked_restore_throttle": settings.unacked_restore_throttle,
+        # Correctness never depends on this (a duplicate message is dropped when it claims
+        # the record); it only keeps Redis from handing out a running operation again.
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
     }
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend or settings.broker_url,
         broker_transport_options=transport_options,
-        result_backend_transport_options={"visibility_timeout": visibility},
-        visibility_timeout=visibility,
+        result_backend_transport_options=transport_options,
+        redis_socket_timeout=SOCKET_TIMEOUT,
+        redis_socket_connect_timeout=CONNECT_TIMEOUT,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a broker restart is waited out, never fatal
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        # Steps are idempotent, so a step lost with its worker is delivered again.
+        # A killed pool process's message is delivered again at once; the lease makes the
+        # second delivery take over (or drop) instead of running twice.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        task_time_limit=settings.step_time_limit,
-        task_soft_time_limit=max(1, settings.step_time_limit - 60),
+        # A lost broker connection must not kill running operations: their leases keep
+        # them exclusive, and they finish while the connection comes back.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_time_limit=settings.operation_time_limit,
+        task_soft_time_limit=settings.operation_time_limit - 60,
+        # The status record is the truth; Celery's results would be a second write per task.
+        task_ignore_result=True,
         task_track_started=True,
-        result_extended=True,
-        result_expires=settings.status_ttl_days * 86400,
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         worker_max_tasks_per_child=settings.max_tasks_per_child or None,
-        # Host steps are always routed explicitly; what is not (run_reservation sent
+        # Operations are always routed explicitly; what is not (run_reservation sent
         # from Flower) goes to the control queue every worker also consumes.
         task_default_queue=CONTROL_QUEUE,
         timezone="UTC",
@@ -59,4 +59,5 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+lifecycle.connect_worker_signals()
 app = create_app(get_settings())

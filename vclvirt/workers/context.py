@@ -1,7 +1,8 @@
-"""Per-process objects a worker reuses across tasks: status store, provisioners.
+"""Per-process objects a worker reuses across tasks: the Redis client, the runner, the
+provisioners (with their SSH and libvirt connections).
 
-Created lazily, after the pool forks, so no SSH or libvirt connection is shared
-between processes (celery-practice.md §1.8).
+Created lazily, after the pool forks, so no connection is shared between processes
+(celery-practice.md §1.8).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from vclvirt.node.local import LocalTransport
 from vclvirt.node.ssh import ssh_transport
 from vclvirt.node.transport import Transport
 from vclvirt.provisioner import Provisioner
-from vclvirt.status import StatusStore
+from vclvirt.runner import Runner
+from vclvirt.state.client import redis_client
 
 WORKER_HOST_ENV = "VCLVIRT_WORKER_HOST"
 
@@ -31,14 +33,22 @@ def worker_hosts() -> set[str] | None:
 
 
 @lru_cache(maxsize=4)
-def _status_store(pid: int) -> StatusStore:
-    settings = get_settings()
-    client = redis.Redis.from_url(settings.broker_url)
-    return StatusStore(client, ttl_seconds=settings.status_ttl_days * 86400)
+def _client(pid: int) -> redis.Redis:
+    return redis_client(get_settings().broker_url)
 
 
-def status_store() -> StatusStore:
-    return _status_store(os.getpid())
+def client() -> redis.Redis:
+    """This process's Redis client for records, leases and locks."""
+    return _client(os.getpid())
+
+
+@lru_cache(maxsize=4)
+def _runner(pid: int) -> Runner:
+    return Runner(client(), get_settings(), provisioner_for)
+
+
+def runner() -> Runner:
+    return _runner(os.getpid())
 
 
 @lru_cache(maxsize=64)

@@ -1,0 +1,125 @@
+"""Secrets stay out of log lines and off screens: masked URLs, redacted lines, no locals."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from vclvirt.config.secrets import known_secrets, masked_url, url_password
+from vclvirt.config.settings import Settings
+from vclvirt.workers import logging as vclvirt_logging
+
+TOKEN = "unit-token-" + "q" * 30
+BROKER_PASSWORD = "unit-broker-p@ss/word"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw123456@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://user:pw123456@redis:6379/1", "redis://user:***@redis:6379/1"),
+        ("rediss://:p%40ss%2Fx@[::1]:6380/0", "rediss://:***@[::1]:6380/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://redis/0", "redis://redis/0"),
+    ],
+)
+def test_masked_url_hides_only_the_password(url, shown):
+    """The password becomes ***; user, host, port and database stay readable."""
+    assert masked_url(url) == shown
+
+
+def test_masked_url_of_an_unparseable_url_shows_nothing():
+    """A URL that cannot be parsed is not echoed (it might be all password)."""
+    assert masked_url("redis://:pw@[bad") == "(unparseable URL)"
+
+
+def test_known_secrets_cover_token_broker_and_flower():
+    """The token, the broker password (as written and decoded) and Flower's password."""
+    settings = Settings(
+        api_token=TOKEN,
+        broker_url="redis://:unit-broker-p%40ss%2Fword@h:1/0",
+        result_backend="redis://:backend-pw-99@h:1/2",
+    )
+    environ = {"FLOWER_BASIC_AUTH": "ops:flower-pw-1,ro:flower-pw-2", "FLOWER_PASSWORD": "fpw-3"}
+    secrets = set(known_secrets(settings, environ))
+    assert {TOKEN, BROKER_PASSWORD, "unit-broker-p%40ss%2Fword", "backend-pw-99"} <= secrets
+    assert {"flower-pw-1", "flower-pw-2", "fpw-3"} <= secrets
+    assert url_password("redis://h:1/0") is None
+
+
+@pytest.fixture
+def log_stream(monkeypatch) -> io.StringIO:
+    stream = io.StringIO()
+    monkeypatch.setenv("VCLVIRT_API_TOKEN", TOKEN)
+    monkeypatch.setenv("VCLVIRT_BROKER_URL", "redis://:unit-broker-p%40ss%2Fword@127.0.0.1:1/0")
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:unit-flower-pw")
+    from vclvirt.config.settings import get_settings
+
+    get_settings.cache_clear()
+    vclvirt_logging.configure_logging(json=True, stream=stream)
+    yield stream
+    get_settings.cache_clear()
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def _fail_with_secrets_in_locals() -> None:
+    headers = {"authorization": f"Bearer {TOKEN}"}  # noqa: F841 - the local under test
+    broker = "redis://:unit-broker-p%40ss%2Fword@127.0.0.1:1/0"  # noqa: F841
+    raise RuntimeError("broker down")
+
+
+def test_tracebacks_carry_no_frame_locals(log_stream):
+    """An exception logged with its traceback: frames yes, their locals (headers...) no."""
+    try:
+        _fail_with_secrets_in_locals()
+    except RuntimeError:
+        structlog.get_logger("test").exception("request_failed")
+    line = json.loads(log_stream.getvalue().splitlines()[-1])
+    frames = line["exception"][0]["frames"]
+    assert any(f["name"] == "_fail_with_secrets_in_locals" for f in frames)
+    assert all("locals" not in frame for frame in frames)
+    assert TOKEN not in log_stream.getvalue() and "p%40ss" not in log_stream.getvalue()
+
+
+def test_secrets_in_any_line_are_redacted(log_stream):
+    """Our events, stdlib records and exception messages holding a secret show *** instead."""
+    structlog.get_logger("test").info("oops", header=f"Bearer {TOKEN}")
+    logging.getLogger("kombu").warning("cannot connect to redis://:%s@h", BROKER_PASSWORD)
+    logging.getLogger("flower").error("auth is ops:unit-flower-pw")
+    try:
+        raise ValueError(f"token {TOKEN} refused")
+    except ValueError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    text = log_stream.getvalue()
+    for secret in (TOKEN, BROKER_PASSWORD, "unit-flower-pw"):
+        assert secret not in text
+    assert text.count("***") >= 4
+
+
+def test_secrets_learnt_later_are_redacted_too(log_stream):
+    """A secret registered after logging was configured (the API's token) is redacted."""
+    vclvirt_logging.register_secrets("late-secret-value-123")
+    structlog.get_logger("test").info("late", value="late-secret-value-123")
+    assert "late-secret-value-123" not in log_stream.getvalue()
+
+
+def test_console_rendering_redacts_as_well(monkeypatch):
+    """The CLI's human-readable stderr logging goes through the same redaction."""
+    stream = io.StringIO()
+    monkeypatch.setenv("VCLVIRT_API_TOKEN", TOKEN)
+    from vclvirt.config.settings import get_settings
+
+    get_settings.cache_clear()
+    vclvirt_logging.configure_logging(json=False, level="WARNING", stream=stream)
+    try:
+        logging.getLogger("redis").warning("token=%s", TOKEN)
+    finally:
+        get_settings.cache_clear()
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert "token=***" in stream.getvalue() and TOKEN not in stream.getvalue()

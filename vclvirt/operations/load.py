@@ -1,0 +1,104 @@
+"""The load: node_status → delete_existing_domains → pre_define → generate_xml → define →
+power_on → post_load.
+
+node_status decides like VCL's new.pm: READY skips everything, POST_LOAD runs only
+post_load, RELOAD runs the rest; a reservation in state reload or reinstall always runs
+the whole load (vcld reloads such a computer whatever its guest says). pre_define runs
+before generate_xml so the disk bus and NIC model come from the master's reference XML
+even on the first load on a host (fixes D1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vclvirt.guest.hooks import POST_LOAD, READY, RELOAD
+from vclvirt.metrics import MASTER_BYTES, MASTER_COPIES
+from vclvirt.operations import Operation, StepContext
+
+RELOAD_STEPS = (
+    "delete_existing_domains",
+    "pre_define",
+    "generate_xml",
+    "define",
+    "power_on",
+    "post_load",
+)
+LOAD_STEPS = ("node_status", *RELOAD_STEPS)
+ALWAYS_RELOAD = ("reload", "reinstall")
+
+
+def plan_after_status(state: str, status: str) -> list[str]:
+    """The steps that run after node_status answered `status` for a reservation in `state`."""
+    if state in ALWAYS_RELOAD:
+        return list(RELOAD_STEPS)
+    if status == READY:
+        return []
+    if status == POST_LOAD:
+        return ["post_load"]
+    return list(RELOAD_STEPS)
+
+
+def node_status(ctx: StepContext) -> dict[str, Any]:
+    state = ctx.reservation.state
+    if state in ALWAYS_RELOAD:
+        result: dict[str, Any] = {"status": RELOAD, "reason": f"state {state} always reloads"}
+    else:
+        result = ctx.provisioner.node_status(ctx.reservation)
+    plan = plan_after_status(state, result["status"])
+    ctx.set_plan(plan)
+    return {**result, "plan": plan}
+
+
+def pre_define(ctx: StepContext) -> dict[str, Any]:
+    # The overlay is always made anew: a file found at its path may be a previous user's
+    # disk (a user's disk is never handed to another); creating one costs milliseconds.
+    result = ctx.provisioner.pre_define(ctx.reservation, progress=ctx.progress, reuse_overlay=False)
+    if result["master_copied"]:
+        MASTER_COPIES.labels(host=ctx.reservation.host).inc()
+        MASTER_BYTES.labels(host=ctx.reservation.host).inc(result["master_bytes"])
+    return result
+
+
+def define(ctx: StepContext) -> dict[str, Any]:
+    generated = ctx.result("generate_xml")
+    return ctx.provisioner.define(ctx.reservation, generated["xml"])
+
+
+def post_load(ctx: StepContext) -> dict[str, Any]:
+    result = ctx.provisioner.post_load(ctx.reservation)
+    image = ctx.reservation.image
+    ctx.set_computer_image(
+        {
+            "image": image.name,
+            "revision_id": image.revision_id,
+            "reservation_id": ctx.reservation.reservation_id,
+        }
+    )
+    return result
+
+
+def remove_overlay(ctx: StepContext) -> dict[str, Any]:
+    """A load that stops after pre_define leaves no overlay behind (unless a domain uses it)."""
+    if not ctx.attempts("pre_define"):
+        return {}
+    return {"removed_files": ctx.provisioner.remove_overlay(ctx.reservation)}
+
+
+LOAD = Operation(
+    name="load",
+    steps=LOAD_STEPS,
+    bodies={
+        "node_status": node_status,
+        "delete_existing_domains": lambda ctx: ctx.provisioner.delete_existing_domains(
+            ctx.reservation
+        ),
+        "pre_define": pre_define,
+        "generate_xml": lambda ctx: ctx.provisioner.generate_xml(ctx.reservation),
+        "define": define,
+        "power_on": lambda ctx: ctx.provisioner.power_on(ctx.reservation),
+        "post_load": post_load,
+    },
+    owns_computer=True,
+    on_abandon=remove_overlay,
+)

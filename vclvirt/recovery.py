@@ -1,0 +1,367 @@
+"""Recovery: the reservation's record drives it, the broker only hands out work.
+
+Read top to bottom:
+
+1. **Leases.** A worker process runs an operation only while it holds the
+   reservation's lease (state/leases.py), taken atomically with the record's generation.
+   `LeaseKeeper` renews it (and the computer lock) every third of its TTL and watches for
+   a newer reservation taking the computer; if renewal fails for longer than the TTL, or
+   the computer is taken, it cancels the operation (cancellation.py) so it stops before
+   doing more host work.
+2. **Dead holders.** A lease whose holder died expires after its TTL. Faster when the
+   death is visible from here: a holder process on this same machine that no longer
+   exists (a killed pool process, the previous run of a restarted worker) is dead now.
+3. **Reconcile.** Every worker runs a `Reconciler` for its hosts: it beats (worker
+   heartbeats say which hosts have a live worker), dispatches retries that are due, and
+   dispatches again every in-flight record whose lease expired, whose holder is dead, or
+   whose message the broker no longer has. Steps are idempotent, so the operation resumes
+   at the step that had not completed. A new worker's first cycle is Nova's
+   `_init_instance`: it resumes what its hosts had in flight.
+4. **Deadlines.** Transient errors are retried with backoff until `transient_deadline`
+   after the step's first one (longer than a host reboot); a step interrupted
+   `max_interruptions` times fails; a reservation whose host has no live worker is shown
+   as waiting and fails with NO_WORKER (retryable) after `no_worker_deadline`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+
+from vclvirt.cancellation import CancelToken
+from vclvirt.config.settings import Settings
+from vclvirt.errors import LeaseLost, NoWorker, Superseded
+from vclvirt.locks import ResourceLock
+from vclvirt.state import keys
+from vclvirt.state.computers import ComputerOwners
+from vclvirt.state.leases import Holder, Leases, WorkerRegistry
+from vclvirt.state.records import FINAL, Glance, RecordStore, ReservationStatus, now
+
+log = structlog.get_logger(__name__)
+
+NODE_ENV = "VCLVIRT_WORKER_NODE"
+BOOT_ENV = "VCLVIRT_WORKER_BOOT"
+_PROCESS_BOOT = uuid.uuid4().hex[:12]
+
+# Publishes the record's operation for `generation` on its host's queue; `resumed` puts
+# it ahead of operations that have not started yet.
+Publish = Callable[[ReservationStatus, int, bool], None]
+
+
+# -- 1 and 2: who holds a lease, and whether that holder is dead -----------------------
+
+
+def this_process() -> Holder:
+    """The holder this process claims leases as: its worker's node name and run, its pid."""
+    node = os.environ.get(NODE_ENV) or f"local@{socket.gethostname()}"
+    return Holder(node, os.environ.get(BOOT_ENV) or _PROCESS_BOOT, os.getpid())
+
+
+def _machine(node: str) -> str:
+    return node.rsplit("@", 1)[-1]
+
+
+def holder_is_dead(holder_text: str, me: Holder) -> bool:
+    """True only when the death is certain from here: the holder ran on this machine and
+    its process no longer exists. Anything else waits for the lease to expire."""
+    holder = Holder.parse(holder_text)
+    if holder is None or _machine(holder.node) != _machine(me.node) or holder.pid == me.pid:
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class LeaseKeeper:
+    """Keeps a running operation's lease and locks alive; cancels it when it must stop."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        owners: ComputerOwners,
+        reservation_id: int,
+        holder: Holder,
+        *,
+        ttl: float,
+        watch_owner: tuple[str, str] | None,
+    ) -> None:
+        self.leases, self.owners = leases, owners
+        self.reservation_id, self.holder = reservation_id, holder
+        self.ttl = ttl
+        self.watch_owner = watch_owner  # (host, computer) whose owner must stay us
+        self.token = CancelToken()
+        self.locks: list[ResourceLock] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for lock in self.locks:
+            _quietly(lock.release)
+        _quietly(lambda: self.leases.release(self.reservation_id, self.holder))
+
+    def hold(self, lock: ResourceLock) -> None:
+        self.locks.append(lock)
+
+    def check(self) -> None:
+        """Between steps: stop here if the operation was cancelled."""
+        self.token.check()
+        self.check_owner()
+        self.token.check()
+
+    def check_owner(self) -> None:
+        if self.watch_owner is None:
+            return
+        owner = self.owners.owner_of(*self.watch_owner)
+        if owner is not None and owner != self.reservation_id:
+            self.token.cancel(
+                Superseded(f"reservation {owner} now owns computer {self.watch_owner[1]}")
+            )
+
+    def _run(self) -> None:
+        renewed = time.monotonic()
+        while not self._stop.wait(1.0):
+            try:
+                self.check_owner()
+                if time.monotonic() - renewed >= self.ttl / 3:
+                    if not self.leases.renew(self.reservation_id, self.holder) or not all(
+                        lock.renew() for lock in self.locks
+                    ):
+                        self.token.cancel(LeaseLost("the lease or the computer lock was taken"))
+                        return
+                    renewed = time.monotonic()
+            except redis.RedisError as error:
+                # The broker is away: the lease survives it for its TTL, no longer.
+                if time.monotonic() - renewed > self.ttl * 0.8:
+                    self.token.cancel(LeaseLost(f"cannot renew the lease: {error}"))
+                    return
+
+
+def _quietly(action: Callable[[], Any]) -> None:
+    try:
+        action()
+    except redis.RedisError as error:  # the lease expires by itself
+        log.warning("lease_release_failed", error=str(error))
+
+
+# -- 4: deadlines ------------------------------------------------------------------------
+
+
+def retry_delay(settings: Settings, failures: int) -> float:
+    """Exponential backoff with full jitter (at least one second) after `failures` errors."""
+    ceiling = min(settings.retry_backoff_max, settings.retry_backoff * (2 ** max(0, failures - 1)))
+    return max(1.0, random.uniform(0, ceiling))  # noqa: S311 - jitter, not security
+
+
+def past_transient_deadline(settings: Settings, first_error_at: float, delay: float) -> bool:
+    """Whether retrying after `delay` would run past the deadline of the step's errors."""
+    return now() + delay - first_error_at > settings.transient_deadline
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why an in-flight reservation is not running, and when it fails if nothing changes."""
+
+    reason: str
+    since: float
+    fails_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "since": self.since, "fails_at": self.fails_at}
+
+
+def no_worker(
+    record: ReservationStatus, registry: WorkerRegistry, settings: Settings
+) -> Waiting | None:
+    """Waiting for a worker: the record is in flight and no live worker serves its host."""
+    if record.finished or registry.live(record.host):
+        return None
+    since = max(record.dispatched_at or 0.0, registry.last_seen(record.host) or 0.0)
+    return Waiting(
+        f"no live worker for host {record.host}", since, since + settings.no_worker_deadline
+    )
+
+
+def fail_if_abandoned(
+    records: RecordStore, registry: WorkerRegistry, settings: Settings, record: ReservationStatus
+) -> bool:
+    """Fail (NO_WORKER) a record whose host has had no live worker past the deadline."""
+    waiting = no_worker(record, registry, settings)
+    if waiting is None or waiting.fails_at is None or now() < waiting.fails_at:
+        return False
+    error = NoWorker(
+        f"no live worker served host {record.host} for {settings.no_worker_deadline:.0f}s "
+        f"(waiting since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(waiting.since))} UTC)",
+        host=record.host,
+        reservation_id=record.reservation_id,
+    )
+    # Only the generation we looked at: a worker that claimed it meanwhile wins.
+    if records.redispatch(record.reservation_id, record.generation, "no live worker") is None:
+        return False
+    records.finish(
+        record.reservation_id,
+        record.host,
+        "failed",
+        step=record.current_step or record.next_step(),
+        error=error.to_dict(),
+    )
+    log.error("reservation_abandoned", reservation_id=record.reservation_id, code=error.code)
+    return True
+
+
+# -- 3: reconcile ------------------------------------------------------------------------
+
+
+def task_id(reservation_id: int, generation: int) -> str:
+    """The broker message of one generation of a reservation's operation."""
+    return f"vclvirt-{reservation_id}-{generation}"
+
+
+def queue_keys(host: str) -> list[str]:
+    """The Redis lists of the host's queue (kombu keeps one per priority step)."""
+    base = f"host.{host}"
+    return [base, *(f"{base}\x06\x16{p}" for p in (3, 6, 9))]
+
+
+def queued_task_ids(client: redis.Redis, host: str) -> set[str]:
+    """Ids of the messages waiting in the host's queue."""
+    found = set()
+    for key in queue_keys(host):
+        for raw in client.lrange(key, 0, -1):
+            try:
+                found.add(str(json.loads(raw)["headers"]["id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return found
+
+
+class Reconciler:
+    """One worker's recovery loop for the hosts it serves."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        hosts: list[str],
+        me: Holder,
+        publish: Publish,
+    ) -> None:
+        self.redis, self.settings, self.hosts, self.me = client, settings, hosts, me
+        self.publish = publish
+        self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
+        self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
+        self.registry = WorkerRegistry(client, ttl_seconds=3 * settings.heartbeat_interval)
+        self._last_beat = 0.0
+        self._last_scan: dict[str, float] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        """Cycle until `stop` is set; a failing cycle (broker away) is retried next time."""
+        while not stop.is_set():
+            try:
+                self.cycle()
+            except redis.RedisError as error:
+                log.warning("reconcile_failed", error=str(error))
+            stop.wait(self.settings.reconcile_interval)
+
+    def cycle(self) -> None:
+        if time.monotonic() - self._last_beat >= self.settings.heartbeat_interval:
+            self.registry.beat(self.me.node, self.hosts)
+            self._last_beat = time.monotonic()
+        for host in self.hosts:
+            self.dispatch_due(host)
+            self.recover(host)
+        self.fail_abandoned()
+
+    def leave(self) -> None:
+        """A clean shutdown: the hosts stop counting this worker as alive."""
+        self.registry.leave(self.me.node, self.hosts)
+
+    def dispatch_due(self, host: str) -> None:
+        """Retries and waits whose time has come."""
+        for member in self.redis.zrangebyscore(keys.due(host), 0, time.time()):
+            if not self.redis.zrem(keys.due(host), member):  # type: ignore[arg-type]
+                continue  # another worker of the host took it
+            (seen,) = self.records.glance([int(member)])  # type: ignore[arg-type]
+            if seen.state in ("retrying", "waiting"):
+                self._again(seen, "due")
+
+    def recover(self, host: str) -> None:
+        """Dispatch again what has no live work behind it."""
+        queued: set[str] | None = None
+        for seen in self.records.glance(self.records.in_flight(host)):
+            if seen.state is None or seen.state in FINAL:
+                self.records.forget_in_flight(host, seen.reservation_id)
+            elif seen.state == "running":
+                if seen.lease is None:
+                    self._again(seen, f"lease expired (worker {seen.lease_holder} lost)")
+                elif holder_is_dead(seen.lease, self.me):
+                    self._again(seen, f"worker process {seen.lease} is gone", seen.lease)
+            elif seen.state == "queued" and self._scan_due(host, seen):
+                if queued is None:
+                    queued = queued_task_ids(self.redis, host)
+                    self._last_scan[host] = time.monotonic()
+                if task_id(seen.reservation_id, seen.generation) not in queued:
+                    self._again(seen, "message lost by the broker")
+
+    def _scan_due(self, host: str, seen: Glance) -> bool:
+        """A queued record is looked for in the broker once it has waited past the grace,
+        at most once per grace period per host (a long backlog is not rescanned per cycle)."""
+        grace = self.settings.lost_message_grace
+        if now() - seen.dispatched_at < grace:
+            return False
+        return time.monotonic() - self._last_scan.get(host, 0.0) >= grace
+
+    def _again(self, seen: Glance, reason: str, dead_holder: str = "") -> None:
+        rid = seen.reservation_id
+        generation = self.records.redispatch(rid, seen.generation, reason, dead_holder)
+        if generation is None:
+            return
+        record = self.records.get(rid)
+        if record is None:
+            return
+        self.publish(record, generation, True)
+        log.info(
+            "reservation_redispatched",
+            reservation_id=rid,
+            host=record.host,
+            generation=generation,
+            reason=reason,
+        )
+
+    def fail_abandoned(self) -> None:
+        """Hosts without a live worker: their reservations fail at the deadline. One worker
+        does it per cycle (any worker, whichever host it serves)."""
+        lock = ResourceLock(
+            self.redis, "reconcile:abandoned", str(self.me), ttl=self.settings.reconcile_interval
+        )
+        if not lock.acquire(wait=0):
+            return
+        for host in self.records.hosts_in_flight():
+            if self.registry.live(host):
+                continue
+            for rid in self.records.in_flight(host):
+                record = self.records.get(rid)
+                if record is None or record.finished:
+                    self.records.forget_in_flight(host, rid)
+                else:
+                    fail_if_abandoned(self.records, self.registry, self.settings, record)

@@ -1,0 +1,310 @@
+"""Runs one dispatched operation of a reservation in this process: claim its lease, take
+the computer, run the steps that have not completed, record every transition.
+
+Independent of Celery (a task only hands over the message's reservation id and
+generation). What happens when things go wrong is decided here and only here:
+transient errors wait with backoff (recovery.retry_delay) until their deadline,
+permanent ones fail the operation at once, a newer reservation for the computer
+supersedes it, and a lost lease stops it without another write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import structlog
+
+from vclvirt import cancellation, testhooks
+from vclvirt.cancellation import Cancelled
+from vclvirt.config.settings import Settings
+from vclvirt.errors import (
+    InternalError,
+    LeaseLost,
+    StepInterrupted,
+    Superseded,
+    TransientError,
+    VclvirtError,
+)
+from vclvirt.locks import ResourceLock
+from vclvirt.metrics import STEP_DURATION, STEP_FAILURES
+from vclvirt.models import parse_reservation
+from vclvirt.operations import StepContext
+from vclvirt.operations.registry import operation
+from vclvirt.provisioner import Provisioner
+from vclvirt.recovery import (
+    LeaseKeeper,
+    holder_is_dead,
+    past_transient_deadline,
+    retry_delay,
+    this_process,
+)
+from vclvirt.state.computers import ComputerImages, ComputerOwners
+from vclvirt.state.leases import Holder, Leases
+from vclvirt.state.records import RecordStore, ReservationStatus, now
+from vclvirt.state.steps import StepEntry
+
+log = structlog.get_logger(__name__)
+
+COMPUTER_LOCK_WAIT = 0.5  # a busy computer is waited for outside the worker slot
+BUSY_RETRY_MAX = 30.0
+
+
+class Runner:
+    """Runs operations for the hosts of one process (one per worker pool process)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        provisioner_for: Callable[[str], Provisioner],
+    ) -> None:
+        self.redis = client
+        self.settings = settings
+        self.provisioner_for = provisioner_for
+        self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
+        self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
+        self.owners = ComputerOwners(client)
+        self.images = ComputerImages(client)
+
+    def run(
+        self, reservation_id: int, generation: int, *, task_id: str | None = None
+    ) -> dict[str, Any]:
+        """Run the operation the record holds at `generation`, unless someone else does or
+        did (a duplicate or stale message is dropped)."""
+        me = this_process()
+        claim = self.leases.claim(reservation_id, generation, me)
+        if not claim.ok and claim.holder and holder_is_dead(claim.holder, me):
+            claim = self.leases.claim(reservation_id, generation, me, take_over=claim.holder)
+        if not claim.ok:
+            log.info(
+                "message_dropped",
+                reservation_id=reservation_id,
+                generation=generation,
+                reason=claim.reason,
+                holder=claim.holder,
+            )
+            return {"dropped": claim.reason}
+        record = self.records.get(reservation_id)
+        if record is None:  # expired between claim and read
+            return {"dropped": "missing"}
+        return OperationRun(self, record, me, task_id).execute()
+
+
+class OperationRun:
+    """One claimed run of a reservation's operation."""
+
+    def __init__(
+        self, runner: Runner, record: ReservationStatus, me: Holder, task_id: str | None
+    ) -> None:
+        self.runner, self.record, self.me, self.task_id = runner, record, me, task_id
+        self.settings = runner.settings
+        self.rid, self.host = record.reservation_id, record.host
+        self.reservation = parse_reservation(record.reservation)
+        self.computer = self.reservation.computer.short_name
+        self.operation = operation(record.operation)
+        self.plan = record.plan
+        self.entries = {
+            step: StepEntry(runner.redis, self.rid, step, record.step_records.get(step, {}))
+            for step in record.steps
+        }
+        self.current: str | None = None
+        self.keeper: LeaseKeeper
+
+    def execute(self) -> dict[str, Any]:
+        structlog.contextvars.bind_contextvars(
+            reservation_id=self.rid,
+            request_id=self.reservation.request_id,
+            host=self.host,
+            computer=self.reservation.computer.hostname,
+            operation=self.operation.name,
+        )
+        watch = (self.host, self.computer) if self.operation.owns_computer else None
+        with LeaseKeeper(
+            self.runner.leases,
+            self.runner.owners,
+            self.rid,
+            self.me,
+            ttl=self.settings.lease_ttl,
+            watch_owner=watch,
+        ) as keeper:
+            self.keeper = keeper
+            try:
+                with cancellation.scope(keeper.token):
+                    if self.operation.locks_computer and not self._take_computer():
+                        return self._wait_for_computer()
+                    return self._run_steps()
+            except Cancelled as cancelled:
+                return self._cancelled(cancelled.reason)
+
+    # -- the computer ------------------------------------------------------------------
+
+    def _take_computer(self) -> bool:
+        self.lock = ResourceLock(
+            self.runner.redis,
+            f"computer:{self.host}:{self.computer}",
+            f"reservation:{self.rid}",
+            ttl=self.settings.lease_ttl,
+        )
+        if not self.lock.acquire(wait=COMPUTER_LOCK_WAIT):
+            return False
+        self.keeper.hold(self.lock)
+        return True
+
+    def _wait_for_computer(self) -> dict[str, Any]:
+        """Another reservation works on the computer: free this slot, come back later."""
+        self.keeper.check()  # superseded while waiting: end now instead
+        waits = self.record.waits + 1
+        delay = min(BUSY_RETRY_MAX, 2.0 ** (waits - 1))
+        why = f"computer {self.computer} is busy ({self.lock.held_by})"
+        self.runner.records.wait(self.rid, self.host, "waiting", time.time() + delay, why, waits)
+        log.info("computer_busy", held_by=self.lock.held_by, retry_in_s=delay)
+        return self._summary("waiting", reason=why)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _run_steps(self) -> dict[str, Any]:
+        first = self.record.next_step()
+        todo = self.record.steps[self.record.steps.index(first) :] if first else []
+        for name in todo:
+            self.current = name  # cancelled from here on: this step records why
+            self.keeper.check()
+            entry = self.entries[name]
+            if self.plan is not None and name not in self.plan:
+                entry.skipped("node_status says it is not needed")
+                continue
+            if entry.state == "running":  # the worker running it was lost
+                entry.data["interrupted"] = int(entry.data.get("interrupted", 0)) + 1
+                if entry.data["interrupted"] >= self.settings.max_interruptions:
+                    return self._fail(
+                        name,
+                        StepInterrupted(
+                            f"step {name} was interrupted {entry.data['interrupted']} times: "
+                            "its worker was lost each time"
+                        ),
+                    )
+            ended = self._run_step(name, entry)
+            if ended is not None:
+                return ended
+        self.runner.records.finish(self.rid, self.host, "succeeded")
+        log.info("operation_succeeded")
+        return self._summary("succeeded")
+
+    def _run_step(self, name: str, entry: StepEntry) -> dict[str, Any] | None:
+        """Run one step; None when it succeeded, else how the operation ended for now."""
+        self.current = name
+        structlog.contextvars.bind_contextvars(step=name)
+        started = time.monotonic()
+        entry.started(task_id=self.task_id, worker=self.me.node)
+        log.info("step_started", attempt=entry.data["attempt"])
+        testhooks.hold(self.rid, name)
+        try:
+            result = self.operation.bodies[name](self._context(entry))
+        except TransientError as error:
+            return self._transient(name, entry, error)
+        except VclvirtError as error:
+            return self._fail(name, error)
+        except Exception as error:
+            log.exception("step_crashed")
+            return self._fail(name, InternalError(f"{type(error).__name__}: {error}"))
+        entry.succeeded(result)
+        STEP_DURATION.labels(step=name, host=self.host).observe(time.monotonic() - started)
+        log.info("step_succeeded", attempt=entry.data["attempt"])
+        return None
+
+    def _context(self, entry: StepEntry) -> StepContext:
+        records, images = self.runner.records, self.runner.images
+
+        def set_plan(steps: list[str]) -> None:
+            self.plan = steps
+            records.set_plan(self.rid, steps)
+
+        return StepContext(
+            self.runner.provisioner_for(self.host),
+            self.reservation,
+            self.record.params,
+            result_of=lambda step: self.entries[step].data.get("result"),
+            attempts=lambda step: int(self.entries[step].data.get("attempt", 0)),
+            progress=self._progress(entry),
+            set_plan=set_plan,
+            set_outcome=lambda outcome: records.set_outcome(self.rid, outcome),
+            set_computer_image=lambda image: images.set(self.host, self.computer, image),
+        )
+
+    def _progress(self, entry: StepEntry) -> Callable[[int, int], None]:
+        """Bytes done / total into the step's record at most once a second; a cancelled
+        operation stops here, in the middle of a copy."""
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            cancellation.check()
+            if time.monotonic() - last[0] >= 1.0 or done >= total:
+                last[0] = time.monotonic()
+                entry.progress(done_bytes=done, total_bytes=total)
+
+        return report
+
+    # -- how an operation ends ---------------------------------------------------------
+
+    def _summary(self, state: str, **details: Any) -> dict[str, Any]:
+        """What the task returns (Flower shows it): the outcome and every step's state."""
+        steps = {name: entry.state or "pending" for name, entry in self.entries.items()}
+        return {"reservation_id": self.rid, "state": state, **details, "steps": steps}
+
+    def _transient(self, name: str, entry: StepEntry, error: TransientError) -> dict[str, Any]:
+        error.with_context(host=self.host, reservation_id=self.rid)
+        failures = int(entry.data.get("transient_failures", 0)) + 1
+        entry.data["transient_failures"] = failures
+        delay = retry_delay(self.settings, failures)
+        first = float(entry.data.get("transient_since") or now())
+        if past_transient_deadline(self.settings, first, delay):
+            error.hint = (
+                f"{error.hint}. Retried for {now() - first:.0f}s without success; once the "
+                f"cause is fixed, retry the reservation (vclvirt retry {self.rid})"
+            )
+            return self._fail(name, error)
+        entry.retrying(error.to_dict(), delay)
+        why = f"step {name} failed ({error.code}); retried in {delay:.0f}s"
+        self.runner.records.wait(self.rid, self.host, "retrying", time.time() + delay, why)
+        log.warning(
+            "step_retrying",
+            error=str(error),
+            code=error.code,
+            attempt=entry.data["attempt"],
+            retry_in_s=round(delay, 1),
+        )
+        return self._summary("retrying", retry_in_s=round(delay, 1))
+
+    def _fail(self, name: str, error: VclvirtError, *, state: str = "failed") -> dict[str, Any]:
+        error.with_context(host=self.host, reservation_id=self.rid)
+        self.entries[name].failed(error.to_dict(), state=state)
+        cleanup = self._abandon()
+        STEP_FAILURES.labels(step=name, host=self.host, code=error.code).inc()
+        details = {**error.to_dict(), **({"cleanup": cleanup} if cleanup else {})}
+        self.runner.records.finish(self.rid, self.host, state, step=name, error=details)
+        log.error("step_failed", error=str(error), code=error.code, state=state)
+        return self._summary(state, failed_step=name, error=str(error))
+
+    def _abandon(self) -> dict[str, Any]:
+        """What the operation created is removed when it fails or is superseded."""
+        if self.operation.on_abandon is None:
+            return {}
+        try:
+            with cancellation.scope(cancellation.CancelToken()):  # cleanup runs to its end
+                return self.operation.on_abandon(
+                    self._context(self.entries[self.current or self.record.steps[0]])
+                )
+        except Exception as error:
+            log.warning("cleanup_failed", error=str(error))
+            return {"failed": str(error)}
+
+    def _cancelled(self, reason: VclvirtError) -> dict[str, Any]:
+        if isinstance(reason, LeaseLost):
+            # Someone else may run it now: write nothing, touch nothing.
+            log.warning("lease_lost", error=str(reason))
+            return self._summary("lease_lost")
+        if isinstance(reason, Superseded):
+            return self._fail(self.current or self.record.steps[0], reason, state="superseded")
+        return self._fail(self.current or self.record.steps[0], reason)

@@ -1,0 +1,92 @@
+"""The step log inside a reservation's record: one field `step:<name>` per step.
+
+A `StepEntry` is held in memory by whoever runs the step, and every transition is one
+write of the whole entry (plus the record fields that change with it), so a step costs
+one Redis round trip per transition and concurrent writers never mix their fields.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from vclvirt.state import keys
+from vclvirt.state.records import now
+
+
+class StepEntry:
+    """One step of one reservation, as its record shows it."""
+
+    def __init__(
+        self, client: redis.Redis, reservation_id: int, name: str, data: dict[str, Any]
+    ) -> None:
+        self.redis = client
+        self.reservation_id = reservation_id
+        self.name = name
+        self.data = dict(data)
+
+    @property
+    def state(self) -> str | None:
+        return self.data.get("state")
+
+    def _write(self, **record_fields: Any) -> None:
+        mapping = {f"step:{self.name}": json.dumps(self.data), **record_fields}
+        self.redis.hset(keys.record(self.reservation_id), mapping=mapping)  # type: ignore[arg-type]
+
+    def started(self, *, task_id: str | None, worker: str | None) -> None:
+        """Running now; `attempt` counts every start, retries and redeliveries alike."""
+        self.data.update(
+            state="running",
+            started_at=now(),
+            ended_at=None,
+            duration_s=None,
+            task_id=task_id,
+            worker=worker,
+            attempt=int(self.data.get("attempt", 0)) + 1,
+            error=None,
+            retry_in_s=None,
+        )
+        self._write(state="running", current_step=self.name)
+
+    def progress(self, **progress: Any) -> None:
+        self.data["progress"] = progress
+        self._write()
+
+    def succeeded(self, result: dict[str, Any]) -> None:
+        self._end("succeeded", result=result, transient_since=None)
+        self._write()
+
+    def skipped(self, reason: str) -> None:
+        self.data.update(state="skipped", reason=reason)
+        self._write()
+
+    def retrying(self, error: dict[str, Any], countdown: float) -> None:
+        """Failed transiently; runs again after `countdown` seconds."""
+        self.data.update(
+            state="retrying",
+            error=error,
+            retry_in_s=round(countdown, 1),
+            transient_since=self.data.get("transient_since") or now(),
+        )
+        self._write()
+
+    def failed(self, error: dict[str, Any], *, state: str = "failed") -> None:
+        self._end(state, error=error)
+        self._write()
+
+    def _end(self, state: str, **changes: Any) -> None:
+        ended = now()
+        self.data.update(state=state, ended_at=ended, **changes)
+        if self.data.get("started_at"):
+            self.data["duration_s"] = round(ended - self.data["started_at"], 3)
+
+
+def step_result(client: redis.Redis, reservation_id: int, step: str) -> dict[str, Any] | None:
+    """What a completed step recorded, or None."""
+    raw = client.hget(keys.record(reservation_id), f"step:{step}")
+    if not raw:
+        return None
+    result: dict[str, Any] | None = json.loads(raw).get("result")
+    return result
