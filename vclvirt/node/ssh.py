@@ -208,9 +208,12 @@ class SSHTransport:
         pending, sending = b"", source is not None
         deadline = time.monotonic() + timeout
         try:
-            channel.exec_command(line)
-            if not sending:
-                channel.shutdown_write()
+            # Without stdin the login shell gives the command /dev/null instead of our EOF:
+            # an EOF sent after a fast command's channel closed makes sshd drop the whole
+            # connection ("ieof packet referred to nonexistent channel"), and paramiko
+            # can send it that late (it builds the EOF and the reply to the server's
+            # CLOSE under the channel's lock but sends them after releasing it).
+            channel.exec_command(line if sending else f"{line} </dev/null")
             # One loop sends stdin (bytes or a file, chunk by chunk) and reads output, so
             # neither side can fill its window and wait for the other, and the deadline
             # holds throughout.
