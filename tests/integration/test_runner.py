@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -375,3 +376,44 @@ def test_reload_and_reinstall_always_run_the_whole_load(harness) -> None:
     assert harness.run(9215)["state"] == "succeeded"
     assert calls == []  # nothing to ask: reload always reloads
     assert set(_states(harness, 9215).values()) == {"succeeded"}
+
+
+def test_a_load_superseded_while_waiting_for_its_guest_stops_waiting(
+    state_redis, sim_host, tmp_path
+) -> None:
+    """post_load waits up to 10 minutes for a guest to answer SSH; when a newer load takes
+    the computer meanwhile, the wait ends within seconds and the older load is superseded."""
+    key = tmp_path / "guest_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    closed = _free_port()
+    host = sim_host.model_copy(
+        update={"guest_network": "user", "guest_ssh_ports": (closed, closed)}
+    )
+    # post_load's wait is 30 s here instead of 600 s only so that a broken cancellation
+    # fails this test in 30 s rather than in ten minutes.
+    settings = Settings(broker_url="redis://unused", guest_key_file=key, post_load_timeout_linux=30)
+    harness = Harness(state_redis, host, settings)
+    harness.records.begin(
+        harness.reservation(9216, "run-vm13", os_type="linux"),
+        "load",
+        _LOAD_STEPS,
+        owns_computer=True,
+    )
+    original = harness.provisioner.post_load
+
+    def post_load_then_lose_the_computer(reservation: Any) -> dict[str, Any]:
+        threading.Timer(
+            1.0,
+            lambda: harness.records.begin(
+                harness.reservation(9217, "run-vm13"), "load", _LOAD_STEPS, owns_computer=True
+            ),
+        ).start()
+        return original(reservation)
+
+    harness.provisioner.post_load = post_load_then_lose_the_computer  # type: ignore[method-assign]
+    started = time.monotonic()
+    outcome = harness.run(9216)
+
+    assert outcome["state"] == "superseded", outcome
+    assert time.monotonic() - started < 25  # it did not wait for post_load's timeout
+    assert _states(harness, 9216)["post_load"] == "superseded"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import paramiko
 
+from vclvirt import cancellation
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
 from vclvirt.errors import GuestHostKeyChanged, InvalidInput, PermanentError, VclvirtError
@@ -81,6 +82,7 @@ def connect_guest(target: GuestTarget, *, timeout: float, interval: float = 2.0)
     deadline = time.monotonic() + timeout
     last_error: VclvirtError | None = None
     while True:
+        cancellation.check()  # a superseded load stops waiting for its guest
         transport = SSHTransport(target, connect_timeout=min(10.0, max(1.0, timeout)))
         try:
             transport.run(["true"], timeout=30)

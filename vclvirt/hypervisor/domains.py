@@ -10,6 +10,7 @@ from typing import Any
 import defusedxml.ElementTree as SafeET
 import libvirt
 
+from vclvirt import cancellation
 from vclvirt.errors import SnapshotMissing
 from vclvirt.hypervisor.connection import libvirt_errors
 from vclvirt.naming import belongs_to_computer
@@ -81,6 +82,7 @@ def shut_down(
         deadline = time.monotonic() + timeout
         next_press = 0.0
         while time.monotonic() < deadline:
+            cancellation.check()  # a superseded operation stops waiting
             if not domain.isActive():
                 return "acpi"
             if time.monotonic() >= next_press:
