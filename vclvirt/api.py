@@ -95,6 +95,37 @@ class OperationRequest(StrictModel):
     )
 
 
+MAX_BULK = 100  # reservations in one POST /v1/loads (the body stays under its size cap)
+
+
+class EnqueuedMany(BaseModel):
+    """A bulk load's answer: one item per reservation, in order, enqueued or its error."""
+
+    results: list[dict[str, Any]]
+
+
+_LOADS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/Reservation"},
+                        {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Reservation"},
+                            "minItems": 1,
+                            "maxItems": MAX_BULK,
+                        },
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
 class RetryRequest(StrictModel):
     """The (optional) body of POST /v1/reservations/{id}/retry."""
 
@@ -294,11 +325,29 @@ def create_api(settings: Settings | None = None) -> FastAPI:
     @api.post(
         "/v1/loads",
         status_code=202,
-        openapi_extra={**_openapi_body("Reservation"), "x-vclvirt-errors": [409]},
+        openapi_extra={**_LOADS_BODY, "x-vclvirt-errors": [409]},
     )
-    def load(body: RawBody) -> Enqueued:
-        """Enqueue a load; 409 while the same reservation is queued or running."""
-        return enqueued(dispatch.load(body))
+    def load(body: RawBody) -> Enqueued | EnqueuedMany:
+        """Enqueue a load; 409 while the same reservation is queued or running. A list of
+        reservations is a bulk enqueue: all are validated before any is enqueued (one
+        invalid: 422 naming `[index].field`, nothing enqueued), then each is answered in
+        its place, enqueued or with its error (a reservation already in flight)."""
+        document = load_json_document(body)
+        if not isinstance(document, list):
+            return enqueued(dispatch.load(body))
+        if not 1 <= len(document) <= MAX_BULK:
+            raise InvalidInput(
+                f"a bulk load takes 1 to {MAX_BULK} reservations, not {len(document)}"
+            )
+        answers = dispatch.load_many(document)
+        return EnqueuedMany(
+            results=[
+                {"error": _vclvirt_envelope(a)["error"]}
+                if isinstance(a, VclvirtError)
+                else enqueued(a).model_dump()
+                for a in answers
+            ]
+        )
 
     @api.post(
         "/v1/captures",

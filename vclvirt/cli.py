@@ -245,14 +245,38 @@ def _submit(enqueue: Any, reservation: str | None, wait: bool, timeout: float, v
 
 @app.command()
 def load(
-    reservation: Annotated[str, typer.Argument(help="Reservation JSON file, or - for stdin")],
+    reservations: Annotated[
+        list[str],
+        typer.Argument(
+            help="Reservation JSON file(s), or - for stdin; several are validated together "
+            "before any is enqueued"
+        ),
+    ],
     wait: Annotated[bool, typer.Option(help="Follow the steps until the load ends")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 3600.0,
 ) -> None:
-    """Enqueue a load; prints the reservation id."""
+    """Enqueue a load; prints the reservation id (one line per file)."""
     from vclvirt import dispatch
 
-    _submit(dispatch.load, reservation, wait, timeout, "loaded")
+    if len(reservations) == 1:
+        _submit(dispatch.load, reservations[0], wait, timeout, "loaded")
+        return
+    if wait:
+        typer.echo("error: --wait follows one load; give one file", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    documents = [_read_reservation(path) for path in reservations]
+    try:
+        answers = dispatch.load_many(documents)
+    except VclvirtError as error:  # one invalid file: nothing was enqueued
+        _fail(error)
+    worst = 0
+    for path, answer in zip(reservations, answers, strict=True):
+        if isinstance(answer, VclvirtError):
+            typer.echo(f"error: {path}: {answer}", err=True)
+            worst = max(worst, exit_code_of(answer))
+        else:
+            typer.echo(answer.reservation_id)
+    raise typer.Exit(worst)
 
 
 @app.command()
