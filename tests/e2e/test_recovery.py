@@ -93,26 +93,30 @@ def test_a_whole_worker_killed_at_any_step_is_finished_by_the_next_worker(
     env, hold = holds
     image = "linux-E2eKillAt-611-v0"
     repository_image(testbed, image)
-    copied = "linux-E2eKillCopy-612-v0"
-    uncached_image(testbed, copied, "1G", "900M", "node-a")
+    copied = "linux-E2eKillCopyBig-612-v0"
+    uncached_image(testbed, copied, "3G", "1900M", "node-a")
     loads = {}
     for offset, step in enumerate(LOAD_STEPS):
-        rid, computer = 8001 + offset, f"kill-{offset}"
+        rid, computer = 8901 + offset, f"kill-{offset}"
         cleanup_computers.append(computer)
         name, image_id = (copied, 612) if step == "pre_define" else (image, 611)
         loads[rid] = (step, computer, make_reservation(rid, computer, name, image_id=image_id))
         if step != "pre_define":
             hold(rid, step)
     first = start_worker("node-a", concurrency=len(loads), **env)
-    for reservation in (r for _, _, r in loads.values()):
+    held = {rid: load for rid, load in loads.items() if load[0] != "pre_define"}
+    for _, _, reservation in held.values():
         dispatch.load(reservation)
-    for rid, (step, _, _) in loads.items():
+    for rid, (step, _, _) in held.items():
         wait_for(lambda rid=rid, step=step: _at(rid, step), 120, f"reservation {rid} at {step}")
-    wait_for(
-        lambda: list((testbed / "hosts/node-a/images").glob(f"{copied}*.part")),
-        60,
-        "the master copy to be under way",
-    )
+    # Last, the load that copies a master (1.9 GB of data): killed once the copy is under way.
+    (copying,) = set(loads) - set(held)
+    dispatch.load(loads[copying][2])
+    part = testbed / "hosts/node-a/images" / f"{copied}.qcow2.part"
+    deadline = time.monotonic() + 120
+    while not (part.exists() and part.stat().st_size > 0):
+        assert time.monotonic() < deadline, "the master copy did not start"
+        time.sleep(0.01)
 
     first.kill()
     killed_at = time.time()
@@ -150,21 +154,21 @@ def test_a_step_longer_than_the_lease_is_never_handed_to_a_second_worker(
     image = "linux-E2eLongStep-613-v0"
     repository_image(testbed, image)
     cleanup_computers.append("e2e-long")
-    hold(8010, "define")
+    hold(8910, "define")
     workers = [start_worker("node-a", **env), start_worker("node-a", **env)]
-    handle = dispatch.load(make_reservation(8010, "e2e-long", image, image_id=613))
-    wait_for(lambda: _at(8010, "define"), 60, "the load to reach define")
+    handle = dispatch.load(make_reservation(8910, "e2e-long", image, image_id=613))
+    wait_for(lambda: _at(8910, "define"), 60, "the load to reach define")
     started = time.monotonic()
     wait_for(lambda: time.monotonic() - started > 45, 60, "45 s of a held step")
-    assert dispatch.status(8010).current_step == "define"  # type: ignore[union-attr]
-    hold(8010, "define", False)
+    assert dispatch.status(8910).current_step == "define"  # type: ignore[union-attr]
+    hold(8910, "define", False)
 
     final = handle.wait(120)
 
     assert final.state == "succeeded", final.to_dict()
     assert {s["attempt"] for s in final.to_dict()["steps"]} == {1}
     assert final.generation == 1  # never dispatched again
-    ran = [w for w in workers if any(line.get("reservation_id") == 8010 for line in w.log_lines())]
+    ran = [w for w in workers if any(line.get("reservation_id") == 8910 for line in w.log_lines())]
     assert len(ran) == 1, "both workers touched the load"
 
 
@@ -179,16 +183,16 @@ def test_no_live_worker_is_shown_as_waiting_then_fails_no_worker_and_retry_takes
     repository_image(testbed, image)
     cleanup_computers.append("e2e-noworker")
     handle = dispatch.load(
-        make_reservation(8020, "e2e-noworker", image, image_id=614, host="node-b")
+        make_reservation(8920, "e2e-noworker", image, image_id=614, host="node-b")
     )
     record = handle.status()
     assert record is not None and record.state == "waiting"
     assert record.waiting and record.waiting["reason"] == "no live worker for host node-b"
     assert record.waiting["fails_at"] == pytest.approx(record.waiting["since"] + 900)
-    assert 8020 in [r.reservation_id for r in dispatch.failed()]
+    assert 8920 in [r.reservation_id for r in dispatch.failed()]
     from tests.e2e.test_retry import vclvirt
 
-    shown = vclvirt("status", "8020")
+    shown = vclvirt("status", "8920")
     assert "waiting: no live worker for host node-b since" in shown.stdout, shown.stdout
 
     from vclvirt.config.settings import get_settings
@@ -196,15 +200,15 @@ def test_no_live_worker_is_shown_as_waiting_then_fails_no_worker_and_retry_takes
     monkeypatch.setenv("VCLVIRT_NO_WORKER_DEADLINE", "1")
     get_settings.cache_clear()
     try:
-        wait_for(lambda: (s := dispatch.status(8020)) and s.state == "failed", 30, "NO_WORKER")
+        wait_for(lambda: (s := dispatch.status(8920)) and s.state == "failed", 30, "NO_WORKER")
     finally:
         monkeypatch.delenv("VCLVIRT_NO_WORKER_DEADLINE")
         get_settings.cache_clear()
-    failed = dispatch.status(8020)
+    failed = dispatch.status(8920)
     assert failed is not None and failed.error and failed.error["code"] == "NO_WORKER"
 
     start_worker("node-b")
-    final = dispatch.retry(8020).wait(120)
+    final = dispatch.retry(8920).wait(120)
     assert final.state == "succeeded", final.to_dict()
     assert len(computer_domains("e2e-noworker")) == 1
 
@@ -216,7 +220,7 @@ def test_a_broker_restart_with_30_loads_queued_and_no_worker_loses_none(
     started afterwards finishes all 30."""
     image = "linux-E2eQueued-615-v0"
     repository_image(testbed, image)
-    rids = list(range(8100, 8130))
+    rids = list(range(8930, 8960))
     for rid in rids:
         cleanup_computers.append(f"q30-{rid}")
         dispatch.load(make_reservation(rid, f"q30-{rid}", image, image_id=615, host="node-b"))
@@ -239,19 +243,19 @@ def test_a_broker_restart_while_loads_run_loses_none_and_runs_no_step_twice_at_o
     env, hold = holds
     image = "linux-E2eRunning-616-v0"
     repository_image(testbed, image)
-    rids = list(range(8200, 8210))
+    rids = list(range(8960, 8970))
     for rid in rids:
         cleanup_computers.append(f"run10-{rid}")
-    hold(8200, "define")
-    hold(8201, "define")
+    hold(8960, "define")
+    hold(8961, "define")
     worker = start_worker("node-a", concurrency=4, **env)
     for rid in rids:
         dispatch.load(make_reservation(rid, f"run10-{rid}", image, image_id=616))
-    wait_for(lambda: _at(8200, "define") and _at(8201, "define"), 60, "two loads in define")
+    wait_for(lambda: _at(8960, "define") and _at(8961, "define"), 60, "two loads in define")
 
     away = restart_redis()
-    hold(8200, "define", False)
-    hold(8201, "define", False)
+    hold(8960, "define", False)
+    hold(8961, "define", False)
     finals = [dispatch.Handle(rid, "").wait(240) for rid in rids]
 
     print(f"broker away {away:.2f} s while loads ran")
@@ -286,15 +290,15 @@ def test_a_host_unreachable_for_20_s_mid_load_is_waited_out(
     image = "linux-E2eOutage-617-v0"
     repository_image(testbed, image)
     cleanup_computers.append("e2e-outage")
-    hold(8300, "pre_define")
+    hold(8970, "pre_define")
     start_worker("node-b", **env)
-    handle = dispatch.load(make_reservation(8300, "e2e-outage", image, image_id=617, host="node-b"))
-    wait_for(lambda: _at(8300, "pre_define"), 60, "the load to reach pre_define")
+    handle = dispatch.load(make_reservation(8970, "e2e-outage", image, image_id=617, host="node-b"))
+    wait_for(lambda: _at(8970, "pre_define"), 60, "the load to reach pre_define")
     stop_host(testbed, "node-b")
     back = threading.Timer(20, start_testbed)
     back.start()
     try:
-        hold(8300, "pre_define", False)
+        hold(8970, "pre_define", False)
         final = handle.wait(timeout=240)
     finally:
         back.join()
@@ -313,15 +317,15 @@ def test_a_host_rebooting_for_3_minutes_mid_load_is_waited_out(
     image = "linux-E2eReboot-618-v0"
     repository_image(testbed, image)
     cleanup_computers.append("e2e-reboot")
-    hold(8310, "define")
+    hold(8971, "define")
     start_worker("node-b", **env)
-    handle = dispatch.load(make_reservation(8310, "e2e-reboot", image, image_id=618, host="node-b"))
-    wait_for(lambda: _at(8310, "define"), 60, "the load to reach define")
+    handle = dispatch.load(make_reservation(8971, "e2e-reboot", image, image_id=618, host="node-b"))
+    wait_for(lambda: _at(8971, "define"), 60, "the load to reach define")
     stop_host(testbed, "node-b")
     back = threading.Timer(180, start_testbed)
     back.start()
     try:
-        hold(8310, "define", False)
+        hold(8971, "define", False)
         final = handle.wait(timeout=480)
     finally:
         back.join()
@@ -344,7 +348,7 @@ def test_twelve_identical_posts_at_once_make_one_load(testbed, start_worker, cle
     start_worker("node-a")
     token = "t" * 40
     client = TestClient(create_api(Settings(api_token=token)))
-    body = make_reservation(8400, "e2e-twelve", image, image_id=619)
+    body = make_reservation(8980, "e2e-twelve", image, image_id=619)
     barrier = threading.Barrier(12)
     codes: list[int] = []
 
@@ -360,7 +364,7 @@ def test_twelve_identical_posts_at_once_make_one_load(testbed, start_worker, cle
         thread.join()
 
     assert sorted(codes) == [202] + [409] * 11
-    final = dispatch.Handle(8400, "").wait(120)
+    final = dispatch.Handle(8980, "").wait(120)
     assert final.state == "succeeded" and final.generation == 1
     assert len(computer_domains("e2e-twelve")) == 1
 
@@ -377,12 +381,12 @@ def test_libvirtd_restarted_mid_load_is_waited_out(
     image = "linux-E2eLibvirtd-620-v0"
     repository_image(testbed, image)
     cleanup_computers.append("e2e-libvirtd")
-    hold(8500, "define")
+    hold(8990, "define")
     start_worker("node-a", **env)
-    handle = dispatch.load(make_reservation(8500, "e2e-libvirtd", image, image_id=620))
-    wait_for(lambda: _at(8500, "define"), 60, "the load to reach define")
+    handle = dispatch.load(make_reservation(8990, "e2e-libvirtd", image, image_id=620))
+    wait_for(lambda: _at(8990, "define"), 60, "the load to reach define")
     restart_libvirtd()
-    hold(8500, "define", False)
+    hold(8990, "define", False)
 
     final = handle.wait(timeout=300)
 
@@ -407,7 +411,7 @@ def test_a_file_found_at_the_overlay_path_is_never_handed_to_the_new_user(
     )
     start_worker("node-a")
 
-    final = dispatch.load(make_reservation(8600, "e2e-fresh", image, image_id=621)).wait(120)
+    final = dispatch.load(make_reservation(8991, "e2e-fresh", image, image_id=621)).wait(120)
 
     assert final.state == "succeeded", final.to_dict()
     master = testbed / "hosts/node-a/images" / f"{image}.qcow2"

@@ -8,6 +8,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The longest a host command may take, and a master copy or conversion (which is also the
+# longest a load waits for another load's copy). Code that has no Settings at hand (a
+# transport, a driver made in a test) defaults to these; workers pass the settings.
+COMMAND_TIMEOUT = 300.0
+COPY_TIMEOUT = 7200.0
+
 
 class Settings(BaseSettings):
     """What every vclvirt process needs to know; secrets never go in task arguments."""
@@ -24,9 +30,9 @@ class Settings(BaseSettings):
 
     # -- time on the host: the longest host command is a copy; everything else derives --
     ssh_connect_timeout: float = Field(default=15.0, gt=0)
-    command_timeout: float = Field(default=300.0, gt=0)
+    command_timeout: float = Field(default=COMMAND_TIMEOUT, gt=0)
     # A master copy or conversion (and the wait for the host-side lock another copy holds).
-    copy_timeout: float = Field(default=7200.0, gt=0)
+    copy_timeout: float = Field(default=COPY_TIMEOUT, gt=0)
     # Graceful shutdown: ACPI power button, re-sent every 10 s, destroy after this.
     power_off_timeout: float = Field(default=120.0, gt=0)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.hypervisor.drivers import HypervisorDriver
-from vclvirt.images.master import MASTER_FORMAT, write_verified_copy
+from vclvirt.images.master import MASTER_FORMAT, driver_timeout, write_verified_copy
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.transport import Transport, path_exists, write_file
 
@@ -28,7 +28,11 @@ def flatten_to_master(
 ) -> dict[str, Any]:
     """`<datastore>/<image>.qcow2`: the disk with its backing chain, as one standalone file."""
     master = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
-    with host_lock(node, posixpath.join(host.datastore_path, f".{image_name}.lock")):
+    with host_lock(
+        node,
+        posixpath.join(host.datastore_path, f".{image_name}.lock"),
+        wait=driver_timeout(driver),
+    ):
         # The reference XML first: whoever finds the master finds its XML too.
         write_file(
             node, posixpath.join(host.datastore_path, f"{image_name}.xml"), reference_xml.encode()
@@ -54,7 +58,9 @@ def publish_to_repository(
     directory = posixpath.join(host.repository_path, image_name)
     target = posixpath.join(directory, f"{image_name}.{MASTER_FORMAT}")
     node.run(["mkdir", "-p", "--", directory])
-    with host_lock(node, posixpath.join(directory, f".{image_name}.lock")):
+    with host_lock(
+        node, posixpath.join(directory, f".{image_name}.lock"), wait=driver_timeout(driver)
+    ):
         write_file(node, posixpath.join(directory, f"{image_name}.xml"), reference_xml.encode())
         if path_exists(node, target):
             driver.verify(target, MASTER_FORMAT)

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from vclvirt.config.settings import COPY_TIMEOUT
 from vclvirt.errors import CommandFailed, ImageInvalid, ResourceBusy
 from vclvirt.node.transport import Readable, Transport
 
@@ -110,7 +111,7 @@ class Recheck:
     lock: str
     image: str
     not_disks: Sequence[str]
-    wait: float = 7200.0
+    wait: float = COPY_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def verified_copy(
     recheck: Recheck | None = None,
     progress: Progress | None = None,
     stdin: bytes | Readable | None = None,
-    timeout: float = 7200.0,
+    timeout: float = COPY_TIMEOUT,
 ) -> CopyOutcome:
     """Copy source (a path on the host, or FROM_STDIN with `stdin`) to a verified qcow2 at
     destination, as described in the module docstring."""

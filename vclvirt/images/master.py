@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from vclvirt.config.inventory import HostConfig
+from vclvirt.config.settings import COPY_TIMEOUT
 from vclvirt.errors import ImageInvalid, ImageNotFound
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
@@ -120,7 +121,7 @@ def ensure_master(
             source_format=source.format_hint,
             source_xml=posixpath.splitext(source.path)[0] + ".xml",
             destination_xml=posixpath.splitext(destination)[0] + ".xml",
-            recheck=Recheck(lock, image_name, NOT_DISKS),
+            recheck=Recheck(lock, image_name, NOT_DISKS, wait=driver_timeout(driver)),
             progress=progress,
             timeout=driver_timeout(driver),
         )
@@ -187,7 +188,7 @@ def stream_from_worker(
         local_driver.convert(source.path, compact, MASTER_FORMAT)
         total = os.path.getsize(compact)
         node.run(["mkdir", "-p", "--", host.datastore_path])
-        with host_lock(node, lock):
+        with host_lock(node, lock, wait=driver_timeout(driver)):
             found = _image_files(node, host.datastore_path, image_name, recursive=True)
             if found:
                 return CopyOutcome(found=tuple(found))
@@ -206,7 +207,8 @@ def stream_from_worker(
 
 
 def driver_timeout(driver: HypervisorDriver) -> float:
-    return float(getattr(driver, "copy_timeout", 7200.0))
+    """How long a copy (or the wait for another one) may take on this host."""
+    return float(getattr(driver, "copy_timeout", COPY_TIMEOUT))
 
 
 class _CountingReader:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from vclvirt.config.settings import COPY_TIMEOUT
 from vclvirt.errors import ResourceBusy
 from vclvirt.node.transport import Transport
 
@@ -16,7 +17,7 @@ _LOCKED = "locked"
 
 
 @contextmanager
-def host_lock(node: Transport, lock_path: str, *, wait: float = 7200.0) -> Iterator[None]:
+def host_lock(node: Transport, lock_path: str, *, wait: float = COPY_TIMEOUT) -> Iterator[None]:
     """Hold `flock -x lock_path` on the host for the duration of the block."""
     held = node.spawn(
         # A constant script; the lock path is an argument, quoted by the transport.

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
+from vclvirt.config.settings import COMMAND_TIMEOUT
 from vclvirt.errors import CommandTimeout
 from vclvirt.node.transport import CommandResult, Readable, command_line
 
@@ -51,18 +52,22 @@ class LocalProcess:
 class LocalTransport:
     """Runs commands on this machine."""
 
-    def __init__(self, host_name: str = "localhost") -> None:
+    def __init__(
+        self, host_name: str = "localhost", *, command_timeout: float = COMMAND_TIMEOUT
+    ) -> None:
         self.host_name = host_name
+        self.command_timeout = command_timeout
 
     def run(
         self,
         argv: Sequence[str],
         *,
-        timeout: float = 300.0,
+        timeout: float | None = None,
         stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
+        timeout = self.command_timeout if timeout is None else timeout
         try:
             data = stdin if stdin is None or isinstance(stdin, bytes) else stdin.read()
             proc = subprocess.run(

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import paramiko
 
+from vclvirt.config.settings import COMMAND_TIMEOUT
 from vclvirt.errors import (
     AuthenticationFailed,
     CommandTimeout,
@@ -83,10 +84,17 @@ class SSHProcess:
 class SSHTransport:
     """Runs commands on one host over a single, lazily (re)opened SSH connection."""
 
-    def __init__(self, host: SSHTarget, *, connect_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        host: SSHTarget,
+        *,
+        connect_timeout: float = 15.0,
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
         self.host = host
         self.host_name = host.name
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self.connections_opened = 0
         self.commands_run = 0  # and the seconds they took: what a benchmark reads
         self.command_seconds = 0.0
@@ -195,11 +203,12 @@ class SSHTransport:
         self,
         argv: Sequence[str],
         *,
-        timeout: float = 300.0,
+        timeout: float | None = None,
         stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
+        timeout = self.command_timeout if timeout is None else timeout
         line = command_line(argv)
         began = time.monotonic()
         channel = self._open_channel()
@@ -277,12 +286,16 @@ _pool: dict[tuple[int, str], SSHTransport] = {}
 _pool_lock = threading.Lock()
 
 
-def ssh_transport(host: SSHTarget, *, connect_timeout: float = 15.0) -> SSHTransport:
+def ssh_transport(
+    host: SSHTarget, *, connect_timeout: float = 15.0, command_timeout: float = COMMAND_TIMEOUT
+) -> SSHTransport:
     """The process's shared transport for this host (a new one after fork)."""
     key = (os.getpid(), host.name)
     with _pool_lock:
         transport = _pool.get(key)
         if transport is None or transport.host != host:
-            transport = SSHTransport(host, connect_timeout=connect_timeout)
+            transport = SSHTransport(
+                host, connect_timeout=connect_timeout, command_timeout=command_timeout
+            )
             _pool[key] = transport
         return transport

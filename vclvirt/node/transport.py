@@ -74,12 +74,13 @@ class Transport(Protocol):
         self,
         argv: Sequence[str],
         *,
-        timeout: float = 300.0,
+        timeout: float | None = None,
         stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
     ) -> CommandResult:
-        """Run argv to completion; with check, a non-zero exit raises CommandFailed.
+        """Run argv to completion (within `timeout`, by default the transport's command
+        timeout); with check, a non-zero exit raises CommandFailed.
 
         `stdin` may be a file, streamed in chunks (large uploads).
 

@@ -56,11 +56,15 @@ def _provisioner(pid: int, host_name: str) -> Provisioner:
     settings = get_settings()
     host = get_inventory().host(host_name)
     node: Transport = (
-        LocalTransport(host.name)
+        LocalTransport(host.name, command_timeout=settings.command_timeout)
         if host.transport == "local"
-        else ssh_transport(host, connect_timeout=settings.ssh_connect_timeout)
+        else ssh_transport(
+            host,
+            connect_timeout=settings.ssh_connect_timeout,
+            command_timeout=settings.command_timeout,
+        )
     )
-    driver = load_driver(host, node)
+    driver = load_driver(host, node, copy_timeout=settings.copy_timeout)
     return Provisioner(host, node, driver, lambda: connect(host))
 
 

@@ -7,6 +7,7 @@ from importlib.metadata import entry_points
 from typing import Protocol
 
 from vclvirt.config.inventory import HostConfig
+from vclvirt.config.settings import COPY_TIMEOUT
 from vclvirt.errors import InvalidInput
 from vclvirt.hypervisor.domain_xml import DomainSpec
 from vclvirt.models import Reservation
@@ -57,11 +58,14 @@ class HypervisorDriver(Protocol):
         ...
 
 
-def load_driver(host: HostConfig, node: Transport) -> HypervisorDriver:
-    """Instantiate the driver the host's inventory entry names (default `kvm`)."""
+def load_driver(
+    host: HostConfig, node: Transport, *, copy_timeout: float = COPY_TIMEOUT
+) -> HypervisorDriver:
+    """Instantiate the driver the host's inventory entry names (default `kvm`); a driver
+    is made as `Driver(host, node, copy_timeout=seconds)`."""
     for entry in entry_points(group="vclvirt.drivers"):
         if entry.name == host.driver:
-            driver: HypervisorDriver = entry.load()(host, node)
+            driver: HypervisorDriver = entry.load()(host, node, copy_timeout=copy_timeout)
             return driver
     raise InvalidInput(
         f"no hypervisor driver named {host.driver!r} is installed",

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 
 from vclvirt.config.inventory import HostConfig
+from vclvirt.config.settings import COPY_TIMEOUT
 from vclvirt.errors import CommandFailed, ImageInvalid
 from vclvirt.hypervisor.domain_xml import DomainSpec
 from vclvirt.models import Reservation
@@ -52,7 +53,9 @@ class KvmDriver:
 
     name = "kvm"
 
-    def __init__(self, host: HostConfig, node: Transport, *, copy_timeout: float = 7200.0) -> None:
+    def __init__(
+        self, host: HostConfig, node: Transport, *, copy_timeout: float = COPY_TIMEOUT
+    ) -> None:
         self.host = host
         self.node = node
         self.copy_timeout = copy_timeout
