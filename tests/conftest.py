@@ -163,10 +163,20 @@ def start_worker(testbed: Path, tmp_path: Path) -> Iterator[Callable[..., Worker
     """Start real `vclvirt worker` processes (own process group each); stopped after the test."""
     started: list[Worker] = []
 
-    def start(host: str, concurrency: int = 2, **env: str) -> Worker:
+    def start(
+        host: str,
+        concurrency: int = 2,
+        *,
+        wrap: tuple[str, ...] = (),
+        unset: tuple[str, ...] = (),
+        **env: str,
+    ) -> Worker:
+        """`wrap`: argv the worker's command is appended to (it must exec it, e.g. unshare);
+        `unset`: environment variables the worker does not get."""
         log_path = tmp_path / f"worker-{host}-{len(started)}.log"
-        environment = {**os.environ, **env}
+        environment = {k: v for k, v in {**os.environ, **env}.items() if k not in unset}
         argv = [
+            *wrap,
             sys.executable,
             "-m",
             "vclvirt",

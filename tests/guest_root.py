@@ -66,9 +66,15 @@ class NamespaceGuest:
         stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
+        keep_output: bool = True,
     ) -> CommandResult:
         done = self._local.run(
-            self._inside(argv), timeout=timeout, stdin=stdin, check=False, on_output=on_output
+            self._inside(argv),
+            timeout=timeout,
+            stdin=stdin,
+            check=False,
+            on_output=on_output,
+            keep_output=keep_output,
         )
         result = CommandResult(tuple(argv), done.exit_status, done.stdout, done.stderr)
         return result.check(self.host_name) if check else result

@@ -161,6 +161,26 @@ class DomainMissing(PermanentError):
     default_hint = "Load the reservation first"
 
 
+class DomainUnusable(PermanentError):
+    """The domain is in a state the operation cannot work from (crashed, paused)."""
+
+    code = "DOMAIN_UNUSABLE"
+    default_hint = (
+        "Look at the domain if you need to (virsh dump, screenshot), then reset it "
+        "(vclvirt power reset) or reload the computer"
+    )
+
+
+class GuestAccessNotConfigured(PermanentError):
+    """vclvirt has no way to log in to the guest: a configuration error, not the guest's."""
+
+    code = "GUEST_ACCESS_NOT_CONFIGURED"
+    default_hint = (
+        "Set VCLVIRT_GUEST_KEY_FILE to the private key the images authorise (readable by the "
+        'worker), and give the computer a private_ip or the host guest_network = "user"'
+    )
+
+
 class SnapshotMissing(PermanentError):
     """The domain has no snapshot of that name."""
 

@@ -101,6 +101,15 @@ class Provisioner:
         running domain of this computer with the expected name."""
         return self._status.check(reservation)
 
+    def check_guest_access(self, reservation: Reservation) -> dict[str, Any]:
+        """GuestAccessNotConfigured unless the configuration says how to log in to the
+        guest (key, address); no host or guest is contacted. A load that will need the
+        guest checks this before it destroys anything."""
+        target = self._status.guest_access(reservation)
+        if target is None:
+            return {"guest": "not contacted: os_type none"}
+        return {"guest": f"{target.address}:{target.port}", "key_file": str(target.key_file)}
+
     def delete_existing_domains(self, reservation: Reservation) -> dict[str, Any]:
         """Remove every domain of the computer with its snapshots, overlays and XML files."""
         return self._cleanup.delete_existing_domains(reservation)

@@ -170,3 +170,28 @@ def test_guest_status_from_currentimage(guest, currentimage, status, reason):
     found, why = hooks.guest_status(guest, reservation())
     assert found == status
     assert reason in why
+
+
+# --- pre_capture ---------------------------------------------------------------------------
+
+
+def test_pre_capture_replaces_earlier_definitions_with_busybox_tools(guest):
+    """In a busybox guest (whose find has no -delete), pre_capture removes the earlier
+    captures' `~/*-v*.xml` files — regular files only, none elsewhere — writes the new
+    image's definition and describes the image in currentimage.txt."""
+    for name in ("linux-Old-643-v0.xml", "linux-Older-643-v1.xml"):
+        guest.file(name).write_text("<domain>old</domain>\n")
+    guest.file("notes.xml").write_text("kept: no revision in its name\n")
+    guest.file("dir-v9.xml").mkdir()
+    guest.file("/tmp/linux-Elsewhere-1-v0.xml").write_text("kept: not in the home\n")
+    new = "linux-TestsHooks-643-v3"
+
+    done = hooks.pre_capture(guest, reservation(), new, "<domain>new</domain>\n")
+
+    home = sorted(p.name for p in guest.file(".").iterdir())
+    assert home == ["currentimage.txt", "dir-v9.xml", f"{new}.xml", "notes.xml"]
+    assert guest.file(f"{new}.xml").read_text() == "<domain>new</domain>\n"
+    assert guest.file("/tmp/linux-Elsewhere-1-v0.xml").exists()
+    lines = guest.file("currentimage.txt").read_text().splitlines()
+    assert lines[0] == new and f"imagerevision_id={REVISION_ID}" in lines
+    assert done == {"currentimage": new}

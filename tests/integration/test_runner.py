@@ -417,3 +417,36 @@ def test_a_load_superseded_while_waiting_for_its_guest_stops_waiting(
     assert outcome["state"] == "superseded", outcome
     assert time.monotonic() - started < 25  # it did not wait for post_load's timeout
     assert _states(harness, 9216)["post_load"] == "superseded"
+
+
+@pytest.mark.parametrize("state", ["new", "reload", "reinstall"])
+def test_a_load_that_cannot_reach_its_guest_fails_before_touching_the_computer(
+    harness, state
+) -> None:
+    """No guest key configured: a load of a guest image (any state, reload included, which
+    never asks node_status) fails at node_status with GUEST_ACCESS_NOT_CONFIGURED; no later
+    step starts and the computer's running domain is left as it was."""
+    harness.begin(9216, "run-vm13")  # os_type none: loads without a guest
+    assert harness.run(9216)["state"] == "succeeded"
+    conn = harness.provisioner.conn
+    (before,) = [d for d in conn.listAllDomains(0) if d.name().startswith("run-vm13_")]
+    assert before.isActive()
+    node = LocalTransport(harness.host.name)
+    harness.runner.provisioner_for = lambda _: Provisioner(
+        harness.host,
+        node,
+        KvmDriver(harness.host, node),
+        lambda: connect(harness.host),
+        settings=Settings(guest_key_file=None),
+    )
+    harness.begin(9217, "run-vm13", state=state, os_type="linux")
+    outcome = harness.run(9217)
+    record = harness.records.get(9217)
+    assert outcome["state"] == "failed" and record is not None and record.error
+    assert record.error["code"] == "GUEST_ACCESS_NOT_CONFIGURED"
+    assert record.step_records["node_status"]["state"] == "failed"
+    assert [
+        s for s, r in record.step_records.items() if r.get("state") and s != "node_status"
+    ] == []
+    (after,) = [d for d in conn.listAllDomains(0) if d.name().startswith("run-vm13_")]
+    assert after.UUIDString() == before.UUIDString() and after.ID() == before.ID()

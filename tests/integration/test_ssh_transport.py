@@ -142,6 +142,18 @@ def test_large_stdout_is_read_to_the_end(transport: SSHTransport, tmp_path: Path
         assert output == source.read_bytes()
 
 
+def test_output_not_kept_is_streamed_whole(transport: SSHTransport, tmp_path: Path) -> None:
+    """keep_output=False: 5 MiB of stdout reach on_output exactly, the result keeps none."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(5 << 20))
+    received = bytearray()
+    result = transport.run(
+        ["cat", "--", str(source)], timeout=60, on_output=received.extend, keep_output=False
+    )
+    assert bytes(received) == source.read_bytes()
+    assert (result.ok, result.stdout) == (True, b"")
+
+
 @pytest.fixture
 def long_command(tmp_path: Path) -> Iterator[list[str]]:
     """An argv that runs for an hour on node-a (this machine); ended by pid afterwards."""

@@ -43,10 +43,14 @@ class UnitHost:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
         return path
 
-    def domain_xml(self, name: str, disks: list[str], macs: tuple[str, ...] = ()) -> str:
+    def domain_xml(
+        self, name: str, disks: list[str], macs: tuple[str, ...] = (), disk_format: str = "qcow2"
+    ) -> str:
+        """A domain on the test driver; its disks are opened as `disk_format` (libvirt's
+        QEMU driver writes the format into every disk's XML, the test driver does not)."""
         devices = "".join(
-            f"<disk type='file' device='disk'><source file='{d}'/><target dev='vd{chr(97 + i)}'/>"
-            "</disk>"
+            f"<disk type='file' device='disk'><driver name='qemu' type='{disk_format}'/>"
+            f"<source file='{d}'/><target dev='vd{chr(97 + i)}'/></disk>"
             for i, d in enumerate(disks)
         ) + "".join(f"<interface type='user'><mac address='{m}'/></interface>" for m in macs)
         return (
@@ -94,6 +98,7 @@ def reservation(
     *,
     computer_id: int = 31,
     image_id: int = 11,
+    os_type: str = "none",
     **top: Any,
 ) -> Reservation:
     return parse_reservation(
@@ -114,7 +119,7 @@ def reservation(
                 "revision": 0,
                 "revision_id": image_id * 100,
                 "pretty_name": "Unit image",
-                "os_type": "none",
+                "os_type": os_type,
                 "os_name": "linux",
                 "min_ram_mb": 64,
                 "vcpus": 1,

@@ -170,6 +170,21 @@ def test_disk_target_dev_follows_bus(reservation, bus, dev):
     assert (target.get("bus"), target.get("dev")) == (bus, dev)
 
 
+@pytest.mark.parametrize(
+    ("os_type", "panic"), [("linux", True), ("none", True), ("windows", False)]
+)
+def test_a_crashed_guest_is_kept_and_told_by_a_panic_device(reservation, os_type, panic):
+    """on_crash preserve (as the reference) with a pvpanic device so a guest's panic reaches
+    libvirt at all; Windows (no in-box driver) gets none. on_poweroff stays destroy: QEMU
+    refuses preserve there, and a powered-off domain stays defined either way."""
+    root = ET.fromstring(
+        render_domain_xml(spec_for(reservation(image={"os_type": os_type}), facts()))
+    )
+    actions = {a: root.findtext(a) for a in ("on_poweroff", "on_reboot", "on_crash")}
+    assert actions == {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash": "preserve"}
+    assert [p.get("model") for p in root.findall("./devices/panic")] == (["isa"] if panic else [])
+
+
 def test_disk_is_the_overlay_in_qcow2(reservation):
     """The only disk is the per-VM qcow2 overlay in vm_path."""
     root = ET.fromstring(render_domain_xml(spec_for(reservation(), facts())))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import libvirt
 import pytest
 
@@ -104,3 +106,80 @@ def test_domain_xml_reads_back_disks_and_macs(conn):
     xml = domains.domain_xml(domain, "h")
     assert "<name>vm1_A_1-v1</name>" in xml
     assert disk_files(xml) == []
+
+
+def test_disks_carry_the_format_libvirt_opens_them_with():
+    """Each file-backed disk with its driver type; one whose XML names none is raw, as
+    libvirt's QEMU driver opens (and records) it."""
+    xml = """<domain><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='vmdk'/>
+        <source file='/srv/base/a.vmdk'/></disk>
+      <disk type='file' device='disk'><source file='/srv/base/b.img'/></disk>
+      <disk type='file' device='cdrom'><driver type='raw'/><source file='/iso/c.iso'/></disk>
+    </devices></domain>"""
+    assert domains.disks(xml) == [
+        domains.DiskFile("/srv/base/a.vmdk", "vmdk"),
+        domains.DiskFile("/srv/base/b.img", "raw"),
+    ]
+
+
+class VanishingListing:
+    """A real test-driver connection whose listing is followed, before the caller reads a
+    single domain, by the undefinition of `victim` — another process's domain going away
+    between our listing and our reading of it (a real libvirt object, really gone)."""
+
+    def __init__(self, conn: libvirt.virConnect, victim: str) -> None:
+        self.conn, self.victim = conn, victim
+
+    def listAllDomains(self, flags: int) -> list[libvirt.virDomain]:
+        listed = self.conn.listAllDomains(flags)
+        self.conn.lookupByName(self.victim).undefine()
+        return listed
+
+
+def test_a_domain_vanishing_during_a_listing_is_not_an_error(conn):
+    """domains_with_mac, domains_using and computer_domains skip a domain that disappears
+    while they list (it is not the one looked for) instead of failing with LIBVIRT_ERROR."""
+    disk = "/srv/vms/vm1_1-v1.qcow2"
+    mine = (
+        "<domain type='test'><name>vm1_B_2-v0</name><memory>524288</memory><vcpu>1</vcpu>"
+        f"<os><type>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<source file='{disk}'/><target dev='vda'/></disk><interface type='user'>"
+        "<mac address='52:54:00:aa:00:09'/></interface></devices></domain>"
+    )
+    conn.defineXML(mine)
+    try:
+        for victim, call in (
+            ("vm10_A_1-v1", lambda c: domains.domains_with_mac(c, {"52:54:00:AA:00:09"}, "h")),
+            ("vm1-2_A_1-v1", lambda c: domains.domains_using(c, disk, "h")),
+            ("vm1:legacy", lambda c: [d.name() for d in domains.computer_domains(c, "vm1", "h")]),
+        ):
+            assert call(VanishingListing(conn, victim)) in (
+                ["vm1_B_2-v0"],
+                ["vm1_A_1-v1", "vm1_B_2-v0"],  # computer_domains: vm1's other domain
+            ), victim
+            assert domains.lookup(conn, victim, "h") is None  # it really went away
+    finally:
+        conn.lookupByName("vm1_B_2-v0").undefine()
+
+
+def test_a_vanished_domain_read_directly_still_fails_as_a_libvirt_error(conn):
+    """Only listings forgive a vanished domain: reading a domain by its handle after it
+    went away is still an error (domain_xml), for the caller to decide."""
+    domain = conn.lookupByName("vm1_A_1-v1")
+    domain.undefine()
+    with pytest.raises(HypervisorError):
+        domains.domain_xml(domain, "h")
+
+
+def test_a_paused_domain_is_destroyed_at_once_not_after_the_acpi_timeout(conn):
+    """A paused guest (as a crashed one) runs no code to hear the power button: shut_down
+    destroys it at once instead of pressing for the whole timeout."""
+    domain = conn.lookupByName("vm1_A_1-v1")
+    domain.create()
+    domain.suspend()
+    assert domains.power_state(domain, "h") == "suspended"
+    started = time.monotonic()
+    assert domains.shut_down(domain, "h", timeout=600) == "destroy"
+    assert time.monotonic() - started < 60  # never the 600 s of pressing
+    assert domains.power_state(domain, "h") == "off"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.unit._provisioning import make_host, reservation
+from vclvirt.config.settings import Settings
+from vclvirt.errors import GuestAccessNotConfigured
 from vclvirt.provisioning.node_status import NodeStatus
 
 DOMAIN = "unit-vm1_Unitimage_11-v0"
@@ -36,4 +38,60 @@ def test_os_type_none_without_a_known_backing_image_reloads(host):
     assert result == {
         "status": "RELOAD",
         "reason": f"domain {DOMAIN} runs image unknown, not linux-Unit-11-v0",
+    }
+
+
+def running(host, name: str = DOMAIN) -> None:
+    host.conn.defineXML(host.domain_xml(name, [str(host.vms / "unit-vm1_11-v0.qcow2")]))
+    host.conn.lookupByName(name).create()
+
+
+@pytest.mark.parametrize("state", ["new", "reload", "reinstall"])
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        (None, "VCLVIRT_GUEST_KEY_FILE is unset"),
+        ("/nonexistent/guest_key", "is not a file this worker can read"),
+    ],
+)
+def test_no_usable_guest_key_fails_with_its_own_code_and_touches_nothing(host, state, key, why):
+    """A running VM that node_status cannot ask about (no key to log in with) is a
+    configuration error, GUEST_ACCESS_NOT_CONFIGURED (permanent, with a hint) — never RELOAD;
+    the domain keeps running."""
+    running(host)
+    host.context.settings = Settings(guest_key_file=key, power_off_timeout=5)
+    linux = reservation(state=state, os_type="linux")
+    with pytest.raises(GuestAccessNotConfigured, match=why) as caught:
+        NodeStatus(host.context).check(linux)
+    assert not caught.value.transient and "VCLVIRT_GUEST_KEY_FILE" in caught.value.hint
+    assert host.conn.lookupByName(DOMAIN).isActive()
+
+
+def test_a_switches_host_without_private_ip_is_a_configuration_error(host, tmp_path):
+    """guest_network "switches" reaches the guest at its private IP: without one there is no
+    way in, so node_status fails (naming the field to set) rather than answering RELOAD."""
+    running(host)
+    assert host.context.host.guest_network == "switches"
+    linux = reservation(os_type="linux")
+    assert linux.computer.private_ip is None
+    with pytest.raises(GuestAccessNotConfigured, match="no private_ip") as caught:
+        NodeStatus(host.context).check(linux)
+    assert "private_ip" in caught.value.hint
+    assert host.conn.lookupByName(DOMAIN).isActive()
+
+
+def test_os_type_none_needs_no_guest_access(host):
+    """An image without a guest is judged by the hypervisor alone, key or no key."""
+    host.context.settings = Settings(guest_key_file=None, power_off_timeout=5)
+    assert NodeStatus(host.context).check(reservation())["status"] == "RELOAD"
+
+
+def test_a_crashed_domain_reloads(host):
+    """A domain kept in a crashed or paused state does not run the guest: RELOAD, saying so."""
+    running(host)
+    host.context.host = host.context.host.model_copy(update={"guest_network": "user"})
+    host.conn.lookupByName(DOMAIN).suspend()
+    assert NodeStatus(host.context).check(reservation(os_type="linux")) == {
+        "status": "RELOAD",
+        "reason": f"domain {DOMAIN} is not running (suspended)",
     }

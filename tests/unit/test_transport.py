@@ -226,3 +226,35 @@ def test_spawn_close_ends_process_waiting_on_stdin(local, tmp_path):
     held = local.spawn(["sh", "-c", 'cat > /dev/null; echo end-of-file > "$0"', str(said)])
     finishes(held.close, "close()")
     assert said.read_text() == "end-of-file\n"
+
+
+def test_local_run_without_keeping_output_streams_it_all_and_keeps_none(local, tmp_path):
+    """keep_output=False: every byte of stdout reaches on_output in order, the result holds
+    none of it (a download passes through), stderr and the exit status are kept."""
+    source = tmp_path / "big.bin"
+    source.write_bytes(bytes(range(256)) * 40_000)  # 10 MB
+    received = bytearray()
+    result = local.run(
+        ["sh", "-c", 'cat -- "$0"; echo done >&2', str(source)],
+        on_output=received.extend,
+        keep_output=False,
+    )
+    assert bytes(received) == source.read_bytes()
+    assert (result.ok, result.stdout, result.stderr) == (True, b"", b"done\n")
+    failed = local.run(["sh", "-c", "exit 5"], keep_output=False, check=False)
+    assert failed.exit_status == 5
+    with pytest.raises(CommandFailed):
+        local.run(["cat", "--", str(tmp_path / "absent")], keep_output=False)
+
+
+def test_local_streaming_run_times_out_and_ends_the_command(local, tmp_path):
+    """The streaming run keeps its deadline too: CommandTimeout, and the command ends."""
+    pid_file = tmp_path / "pid"
+    argv = ["sh", "-c", 'echo $$ > "$0"; exec sleep 3600', str(pid_file)]
+    with pytest.raises(CommandTimeout):
+        finishes(
+            lambda: local.run(argv, timeout=0.5, keep_output=False, on_output=lambda _: None),
+            "a streaming command run with timeout=0.5",
+        )
+    pid = int(pid_file.read_text())
+    wait_for(lambda: pid_ended(pid), HUNG, f"the timed-out command (pid {pid}) to end")

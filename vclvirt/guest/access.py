@@ -6,6 +6,7 @@ path is the same SSH transport the hosts use.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,12 @@ import paramiko
 from vclvirt import cancellation
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
-from vclvirt.errors import GuestHostKeyChanged, InvalidInput, PermanentError, VclvirtError
+from vclvirt.errors import (
+    GuestAccessNotConfigured,
+    GuestHostKeyChanged,
+    PermanentError,
+    VclvirtError,
+)
 from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.models import Reservation
 from vclvirt.node.ssh import SSHTransport
@@ -40,6 +46,40 @@ class GuestTarget:
     host_key_policy: paramiko.MissingHostKeyPolicy | None = field(default=None, compare=False)
 
 
+def guest_address(host: HostConfig, reservation: Reservation) -> tuple[str, int]:
+    """Where the guest answers SSH; GuestAccessNotConfigured when nothing says where."""
+    computer = reservation.computer
+    if host.guest_network == "user":
+        return "127.0.0.1", host.forwarded_ssh_port(computer.id)
+    if computer.private_ip:
+        return computer.private_ip, 22
+    raise GuestAccessNotConfigured(
+        f"computer {computer.hostname} has no private_ip, and host {host.name} reaches guests "
+        'at their private IP (guest_network = "switches")',
+        host=host.name,
+        reservation_id=reservation.reservation_id,
+        hint="Give the computer a private_ip in the reservation (VCL: computer.privateIPaddress)",
+    )
+
+
+def guest_key(settings: Settings) -> Path:
+    """The key guests authorise; GuestAccessNotConfigured when it is unset or unreadable.
+    Checked before any guest is contacted: a key that cannot be used says nothing about
+    the guest."""
+    key = settings.guest_key_file
+    if key is None or str(key).strip() in ("", "."):
+        raise GuestAccessNotConfigured(
+            "no key to log in to guests: VCLVIRT_GUEST_KEY_FILE is unset"
+        )
+    if not key.is_file() or not os.access(key, os.R_OK):
+        raise GuestAccessNotConfigured(
+            f"VCLVIRT_GUEST_KEY_FILE={key} is not a file this worker can read",
+            hint="Point VCLVIRT_GUEST_KEY_FILE at the private key the images authorise, "
+            "readable by the worker",
+        )
+    return key
+
+
 def guest_target(
     host: HostConfig,
     reservation: Reservation,
@@ -47,22 +87,12 @@ def guest_target(
     host_keys: GuestHostKeys | None = None,
 ) -> GuestTarget:
     """Where and how to log in to the reservation's guest; with `host_keys`, the guest's
-    host key is pinned at first contact and required at every later one."""
+    host key is pinned at first contact and required at every later one.
+
+    GuestAccessNotConfigured (before any contact) when the configuration gives no way in."""
+    key = guest_key(settings)
+    address, port = guest_address(host, reservation)
     computer = reservation.computer
-    if settings.guest_key_file is None:
-        raise InvalidInput(
-            "no key to log in to guests",
-            hint="Set VCLVIRT_GUEST_KEY_FILE to the private key the images authorise",
-        )
-    if host.guest_network == "user":
-        address, port = "127.0.0.1", host.forwarded_ssh_port(computer.id)
-    elif computer.private_ip:
-        address, port = computer.private_ip, 22
-    else:
-        raise InvalidInput(
-            f"computer {computer.hostname} has no private_ip to reach its guest",
-            hint="Give the computer a private_ip in the reservation",
-        )
     policy = (
         host_keys.policy(reservation.reservation_id, computer.short_name) if host_keys else None
     )
@@ -71,7 +101,7 @@ def guest_target(
         address,
         port,
         settings.guest_user,
-        settings.guest_key_file,
+        key,
         host_key_policy=policy,
     )
 

@@ -13,6 +13,13 @@ from vclvirt.node.transport import Transport, write_file
 
 READY, POST_LOAD, RELOAD = "READY", "POST_LOAD", "RELOAD"
 
+# The regular files `~/*-v*.xml` (earlier captures' definitions), removed by a constant
+# script any POSIX shell runs: busybox's find (the test guest's) has no -delete.
+_REMOVE_OLD_DEFINITIONS = (
+    'for f in ./*-v*.xml; do if [ -f "$f" ] && [ ! -L "$f" ]; then rm -f -- "$f" || exit 1; fi; '
+    "done"
+)
+
 
 def read_current_image(guest: Transport) -> str:
     result = guest.run(["cat", FILE_NAME], check=False, timeout=30)
@@ -88,9 +95,7 @@ def pre_capture(
     ]
     write_file(guest, FILE_NAME, ("\n".join(lines) + "\n").encode())
     # The image carries its own definition; older revisions' copies go.
-    guest.run(
-        ["find", ".", "-maxdepth", "1", "-type", "f", "-name", "*-v*.xml", "-delete"], check=False
-    )
+    guest.run(["sh", "-c", _REMOVE_OLD_DEFINITIONS], timeout=60)
     write_file(guest, f"{new_image}.xml", domain_xml.encode())
     guest.run(["sync"], timeout=60)
     return {"currentimage": new_image}

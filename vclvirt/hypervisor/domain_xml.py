@@ -71,6 +71,9 @@ class DomainSpec:
     disk: Disk
     nics: tuple[Nic, ...]
     qemu_args: tuple[str, ...] = field(default=())
+    # A pvpanic device: the guest kernel reports its panic to libvirt, which keeps the
+    # crashed domain (on_crash preserve) instead of letting the guest spin or reboot.
+    panic_device: bool = False
 
     def with_qemu_args(self, *args: str) -> DomainSpec:
         return replace(self, qemu_args=self.qemu_args + args)
@@ -204,6 +207,8 @@ def plan_domain(
             cache=None if facts.vm_path_is_local else "none",
         ),
         nics=plan_nics(reservation, private_switch, public_switch, facts),
+        # Windows has no in-box pvpanic driver (the device would show as unknown).
+        panic_device=not image.is_windows,
     )
 
 
@@ -231,9 +236,11 @@ def render_domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(features, "acpi")
     ET.SubElement(features, "apic")
     ET.SubElement(root, "clock", {"offset": spec.clock_offset})
+    # The reference writes preserve for both; libvirt's QEMU driver refuses it for
+    # on_poweroff (a powered-off domain stays defined either way).
     ET.SubElement(root, "on_poweroff").text = "destroy"
     ET.SubElement(root, "on_reboot").text = "restart"
-    ET.SubElement(root, "on_crash").text = "destroy"
+    ET.SubElement(root, "on_crash").text = "preserve"  # kept for the operator to look at
     devices = ET.SubElement(root, "devices")
     disk = ET.SubElement(devices, "disk", {"type": "file", "device": "disk"})
     driver = {"name": "qemu", "type": spec.disk.format}
@@ -248,6 +255,8 @@ def render_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(interface, "source", {nic.source_type: nic.source})
         ET.SubElement(interface, "model", {"type": nic.model})
     ET.SubElement(devices, "graphics", {"type": "vnc", "autoport": "yes"})
+    if spec.panic_device:
+        ET.SubElement(devices, "panic", {"model": "isa"})
     if spec.qemu_args:
         commandline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
         for arg in spec.qemu_args:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from typing import Any
 
 import defusedxml.ElementTree as SafeET
@@ -27,17 +28,53 @@ _STATE_NAMES = {
 }
 
 
+# A guest in these states runs no code: an ACPI button press reaches nobody.
+_CANNOT_HEAR_ACPI = {libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_PAUSED}
+
+
+def _listed(conn: libvirt.virConnect, host: str) -> list[libvirt.virDomain]:
+    with libvirt_errors(host, "listing domains"):
+        return list(conn.listAllDomains(0))
+
+
+def _xml_if_still_there(domain: libvirt.virDomain, host: str) -> str | None:
+    """The domain's XML, or None when it vanished since it was listed: other processes
+    (other computers' loads, other users of the libvirtd) undefine domains at any time,
+    and a domain that is gone is not one we are looking for."""
+    try:
+        return str(domain.XMLDesc(0))
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        with libvirt_errors(host, f"reading the XML of {domain.name()}"):
+            raise
+
+
 def computer_domains(
     conn: libvirt.virConnect, computer: str, host: str, computer_id: int | None = None
 ) -> list[libvirt.virDomain]:
     """Every domain of this computer: named `C_…`, from older VCL `C:…`, or one of the
-    short forms of the 48-character rule (C alone, or its id)."""
-    with libvirt_errors(host, "listing domains"):
-        domains = conn.listAllDomains(0)
-        return sorted(
-            (d for d in domains if belongs_to_computer(d.name(), computer, computer_id)),
-            key=lambda d: d.name(),
-        )
+    short forms of the 48-character rule (C alone, or its id); one that vanished since
+    the listing is left out."""
+    return sorted(
+        (
+            d
+            for d in _listed(conn, host)
+            if belongs_to_computer(d.name(), computer, computer_id) and _still_there(d, host)
+        ),
+        key=lambda d: d.name(),
+    )
+
+
+def _still_there(domain: libvirt.virDomain, host: str) -> bool:
+    try:
+        domain.isActive()
+        return True
+    except libvirt.libvirtError as error:
+        if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        with libvirt_errors(host, f"reading the state of {domain.name()}"):
+            raise
 
 
 def lookup(conn: libvirt.virConnect, name: str, host: str) -> libvirt.virDomain | None:
@@ -73,12 +110,16 @@ def shut_down(
 ) -> str:
     """Graceful stop: ACPI power button (re-sent, like Nova), destroy after `timeout`.
 
-    Returns how the domain went off: "already off", "acpi" or "destroy".
+    Returns how the domain went off: "already off", "acpi" or "destroy". A crashed or
+    paused domain is destroyed at once: its guest runs no code to hear the button.
     """
     name = domain.name()
     with libvirt_errors(host, f"shutting down {name}"):
         if not domain.isActive():
             return "already off"
+        if domain.state()[0] in _CANNOT_HEAR_ACPI:
+            destroy(domain, host)
+            return "destroy"
         deadline = time.monotonic() + timeout
         next_press = 0.0
         while time.monotonic() < deadline:
@@ -150,15 +191,31 @@ def domain_xml(domain: libvirt.virDomain, host: str) -> str:
         return str(domain.XMLDesc(0))
 
 
-def disk_files(xml: str) -> list[str]:
-    """File paths of the domain's disks (device='disk', file-backed), in order."""
+@dataclass(frozen=True)
+class DiskFile:
+    """A file-backed disk of a domain and the format libvirt opens it with."""
+
+    path: str
+    format: str
+
+
+def disks(xml: str) -> list[DiskFile]:
+    """The domain's file-backed disks (device='disk'), in order. A disk whose XML names no
+    format is raw: libvirt's QEMU driver opens it so (and writes type='raw' at define)."""
     root = SafeET.fromstring(xml)
-    paths = []
+    found = []
     for disk in root.iterfind("./devices/disk"):
         source = disk.find("source")
         if disk.get("device", "").lower() == "disk" and source is not None and source.get("file"):
-            paths.append(source.get("file", ""))
-    return paths
+            driver = disk.find("driver")
+            fmt = driver.get("type") if driver is not None else None
+            found.append(DiskFile(source.get("file", ""), fmt or "raw"))
+    return found
+
+
+def disk_files(xml: str) -> list[str]:
+    """File paths of the domain's disks (device='disk', file-backed), in order."""
+    return [disk.path for disk in disks(xml)]
 
 
 def backing_file(xml: str) -> str | None:
@@ -194,17 +251,23 @@ def mac_addresses(xml: str) -> list[str]:
 
 def domains_using(conn: libvirt.virConnect, path: str, host: str) -> list[str]:
     """Names of the domains (any state) with a disk on this file."""
-    with libvirt_errors(host, "listing domains"):
-        return sorted(d.name() for d in conn.listAllDomains(0) if path in disk_files(d.XMLDesc(0)))
+    found = []
+    for domain in _listed(conn, host):
+        xml = _xml_if_still_there(domain, host)
+        if xml is not None and path in disk_files(xml):
+            found.append(domain.name())
+    return sorted(found)
 
 
 def domains_with_mac(conn: libvirt.virConnect, macs: set[str], host: str) -> list[str]:
     """Names of the domains having a NIC with one of these MACs (capture finds its VM so)."""
     wanted = {m.lower() for m in macs}
-    with libvirt_errors(host, "listing domains"):
-        return sorted(
-            d.name() for d in conn.listAllDomains(0) if wanted & set(mac_addresses(d.XMLDesc(0)))
-        )
+    found = []
+    for domain in _listed(conn, host):
+        xml = _xml_if_still_there(domain, host)
+        if xml is not None and wanted & set(mac_addresses(xml)):
+            found.append(domain.name())
+    return sorted(found)
 
 
 def create_snapshot(domain: libvirt.virDomain, name: str, description: str, host: str) -> None:

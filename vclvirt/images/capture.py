@@ -1,17 +1,29 @@
 """Capture: flatten a domain's disk into a new master, then publish it to the repository.
 
 Each copy is written under a temporary name and renamed only after qemu-img has
-verified it, so nothing is reported as captured before it is whole (fixes D7).
+verified it, so nothing is reported as captured before it is whole (fixes D7). The
+new master is in the datastore's format (qcow2) whatever the disk was (qcow2, raw,
+vmdk: the format libvirt opens it with), as the reference converts to its datastore
+type. The repository copy is made where the repository is: on the host, or on the
+worker's machine (repository_location = "worker"), then fetched over SSH.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
+import tempfile
 from typing import Any
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.hypervisor.drivers import HypervisorDriver
-from vclvirt.images.master import MASTER_FORMAT, driver_timeout, write_verified_copy
+from vclvirt.hypervisor.drivers.kvm import KvmDriver
+from vclvirt.images.master import (
+    MASTER_FORMAT,
+    driver_timeout,
+    repository_node,
+    write_verified_copy,
+)
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.transport import Transport, path_exists, write_file
 
@@ -25,8 +37,11 @@ def flatten_to_master(
     disk: str,
     image_name: str,
     reference_xml: str,
+    *,
+    disk_format: str = MASTER_FORMAT,
 ) -> dict[str, Any]:
-    """`<datastore>/<image>.qcow2`: the disk with its backing chain, as one standalone file."""
+    """`<datastore>/<image>.qcow2`: the disk (of `disk_format`, as the domain opens it) with
+    its backing chain, as one standalone file."""
     master = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
     with host_lock(
         node,
@@ -40,7 +55,7 @@ def flatten_to_master(
         if path_exists(node, master):  # an earlier attempt of this capture got this far
             driver.verify(master, MASTER_FORMAT)
         else:
-            write_verified_copy(node, driver, disk, master, source_format="qcow2")
+            write_verified_copy(node, driver, disk, master, source_format=disk_format)
     return {"master": master, **sizes(driver, master)}
 
 
@@ -57,23 +72,60 @@ def publish_to_repository(
         return None
     directory = posixpath.join(host.repository_path, image_name)
     target = posixpath.join(directory, f"{image_name}.{MASTER_FORMAT}")
-    node.run(["mkdir", "-p", "--", directory])
+    where = repository_node(node, host)
+    where.run(["mkdir", "-p", "--", directory])
     with host_lock(
-        node, posixpath.join(directory, f".{image_name}.lock"), wait=driver_timeout(driver)
+        where, posixpath.join(directory, f".{image_name}.lock"), wait=driver_timeout(driver)
     ):
-        write_file(node, posixpath.join(directory, f"{image_name}.xml"), reference_xml.encode())
-        if path_exists(node, target):
-            driver.verify(target, MASTER_FORMAT)
+        write_file(where, posixpath.join(directory, f"{image_name}.xml"), reference_xml.encode())
+        if where is node:
+            if path_exists(node, target):
+                driver.verify(target, MASTER_FORMAT)
+            else:
+                write_verified_copy(
+                    node,
+                    driver,
+                    master,
+                    target,
+                    source_format=MASTER_FORMAT,
+                    compat=REPOSITORY_COMPAT,
+                )
         else:
-            write_verified_copy(
-                node,
-                driver,
-                master,
-                target,
-                source_format=MASTER_FORMAT,
-                compat=REPOSITORY_COMPAT,
-            )
+            _fetch_into_repository(node, where, host, master, target, driver_timeout(driver))
     return target
+
+
+def _fetch_into_repository(
+    node: Transport,
+    here: Transport,
+    host: HostConfig,
+    master: str,
+    target: str,
+    timeout: float,
+) -> None:
+    """The host's master, fetched over its SSH connection (never held in memory) into a
+    scratch file beside the target, then converted to a verified repository copy."""
+    local_driver = KvmDriver(host, here, copy_timeout=timeout)
+    if path_exists(here, target):  # an earlier attempt of this capture got this far
+        local_driver.verify(target, MASTER_FORMAT)
+        return
+    directory = posixpath.dirname(target)
+    with tempfile.TemporaryDirectory(prefix=".vclvirt-fetch-", dir=directory) as scratch:
+        fetched = os.path.join(scratch, "master.qcow2")
+        with open(fetched, "wb") as sink:
+
+            def write(chunk: bytes) -> None:
+                sink.write(chunk)
+
+            node.run(["cat", "--", master], timeout=timeout, on_output=write, keep_output=False)
+        write_verified_copy(
+            here,
+            local_driver,
+            fetched,
+            target,
+            source_format=MASTER_FORMAT,
+            compat=REPOSITORY_COMPAT,
+        )
 
 
 def sizes(driver: HypervisorDriver, path: str) -> dict[str, int]:

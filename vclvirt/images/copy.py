@@ -4,8 +4,8 @@ One constant shell script (paths and names are its positional arguments, quoted 
 every argument, never parsed into code) does what took a dozen SSH round trips:
 
 1. optionally take the image's lock (`flock` on `.<image>.lock`, held until the script
-   ends, so it dies with the command) and look again for a master: another load may have
-   copied it while this one waited;
+   ends, so it dies with the command) and look again for a master (a file, or a symlink
+   to one): another load may have copied it while this one waited;
 2. check the source (`qemu-img info`, and `qemu-img check` for formats that have
    metadata: a damaged source converts "successfully" with zeros where data was lost);
 3. convert it to `<destination>.part` (or receive it on stdin), check the result;
@@ -48,7 +48,7 @@ mkdir -p -- "$directory" || fail 27 "cannot create directory $directory"
 if [ -n "$lock" ]; then
   exec 9>>"$lock" || fail 27 "cannot open lock file $lock"
   flock -x -w "$wait" 9 || fail 75 "could not take lock $lock within ${wait}s"
-  found=$(find "$directory" -type f -iname "$image.*" "$@")
+  found=$(find -H "$directory" -xtype f -iname "$image.*" "$@")
   if [ -n "$found" ]; then printf '@@found\n%s\n' "$found"; exit 0; fi
   owned=1
 fi

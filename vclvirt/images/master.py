@@ -38,10 +38,12 @@ class MasterImage:
 
 
 def _image_files(node: Transport, directory: str, image_name: str, *, recursive: bool) -> list[str]:
-    """Files named `<image>.<ext>` (any case) under directory, minus non-disk files."""
+    """Files named `<image>.<ext>` (any case) under directory, minus non-disk files.
+    Symlinks to files count as files: sites keep masters on another volume and link them
+    in (-xtype f; -H: the directory itself may be a link)."""
     depth = [] if recursive else ["-maxdepth", "1"]
     result = node.run(
-        ["find", directory, *depth, "-type", "f", "-iname", f"{image_name}.*"],
+        ["find", "-H", directory, *depth, "-xtype", "f", "-iname", f"{image_name}.*"],
         timeout=120,
         check=False,  # a directory that does not exist yet holds no image
     )
@@ -78,8 +80,15 @@ def find_in_repository(
     repository is searched where it is: on the host, or on the worker's machine."""
     if not host.repository_path:
         return None
-    where = LocalTransport(host.name) if host.repository_location == "worker" else node
-    return find_repository_image(where, host.repository_path, image_name, host.name)
+    return find_repository_image(
+        repository_node(node, host), host.repository_path, image_name, host.name
+    )
+
+
+def repository_node(node: Transport, host: HostConfig) -> Transport:
+    """Where the repository's files are: on the host (node), or on this machine — the
+    one running the worker, API or CLI — with repository_location = "worker"."""
+    return LocalTransport(host.name) if host.repository_location == "worker" else node
 
 
 def ensure_master(

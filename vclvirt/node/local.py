@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -66,8 +67,12 @@ class LocalTransport:
         stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
+        keep_output: bool = True,
     ) -> CommandResult:
         timeout = self.command_timeout if timeout is None else timeout
+        if not keep_output:
+            result = self._stream(argv, timeout, stdin, on_output)
+            return result.check(self.host_name) if check else result
         try:
             data = stdin if stdin is None or isinstance(stdin, bytes) else stdin.read()
             proc = subprocess.run(
@@ -86,6 +91,59 @@ class LocalTransport:
             on_output(proc.stdout)  # locally the whole output comes at the end
         result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         return result.check(self.host_name) if check else result
+
+    def _stream(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        stdin: bytes | Readable | None,
+        on_output: Callable[[bytes], None] | None,
+    ) -> CommandResult:
+        """Run argv handing stdout to on_output chunk by chunk, keeping none of it."""
+        deadline = time.monotonic() + timeout
+        with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as errors:
+            data = stdin if stdin is None or isinstance(stdin, bytes) else stdin.read()
+            given.write(data or b"")
+            given.seek(0)
+            try:
+                proc = subprocess.Popen(
+                    list(argv), stdin=given, stdout=subprocess.PIPE, stderr=errors
+                )
+            except FileNotFoundError:
+                message = f"{argv[0]}: command not found".encode()
+                return CommandResult(tuple(argv), 127, b"", message)
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CommandTimeout(
+                            f"{command_line(argv)} did not finish in {timeout:g}s",
+                            host=self.host_name,
+                        )
+                    if not select.select([fd], [], [], remaining)[0]:
+                        continue
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        break
+                    if on_output is not None:
+                        on_output(chunk)
+                try:
+                    status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise CommandTimeout(
+                        f"{command_line(argv)} did not finish in {timeout:g}s",
+                        host=self.host_name,
+                    ) from None
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                proc.stdout.close()
+            errors.seek(0)
+            return CommandResult(tuple(argv), status, b"", errors.read())
 
     def spawn(self, argv: Sequence[str]) -> LocalProcess:
         return LocalProcess(argv)

@@ -207,6 +207,7 @@ class SSHTransport:
         stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
+        keep_output: bool = True,
     ) -> CommandResult:
         timeout = self.command_timeout if timeout is None else timeout
         line = command_line(argv)
@@ -236,7 +237,8 @@ class SSHTransport:
                         channel.shutdown_write()
                 while channel.recv_ready():
                     chunk = channel.recv(_READ_SIZE)
-                    stdout += chunk
+                    if keep_output:
+                        stdout += chunk
                     if on_output is not None:
                         on_output(chunk)
                 while channel.recv_stderr_ready():

@@ -78,13 +78,16 @@ class Transport(Protocol):
         stdin: bytes | Readable | None = None,
         check: bool = True,
         on_output: Callable[[bytes], None] | None = None,
+        keep_output: bool = True,
     ) -> CommandResult:
         """Run argv to completion (within `timeout`, by default the transport's command
         timeout); with check, a non-zero exit raises CommandFailed.
 
         `stdin` may be a file, streamed in chunks (large uploads).
 
-        `on_output` sees stdout as it arrives (progress of long commands).
+        `on_output` sees stdout as it arrives (progress of long commands). With
+        `keep_output=False` stdout goes only there and the result's stdout is empty: a
+        download of any size passes through without being held in memory.
         """
         ...
 

@@ -42,6 +42,9 @@ def plan_after_status(state: str, status: str) -> list[str]:
 def node_status(ctx: StepContext) -> dict[str, Any]:
     state = ctx.reservation.state
     if state in ALWAYS_RELOAD:
+        # post_load will need the guest: a configuration that gives no way in fails now,
+        # before delete_existing_domains destroys the running VM.
+        ctx.provisioner.check_guest_access(ctx.reservation)
         result: dict[str, Any] = {"status": RELOAD, "reason": f"state {state} always reloads"}
     else:
         result = ctx.provisioner.node_status(ctx.reservation)

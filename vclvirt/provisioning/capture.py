@@ -12,7 +12,13 @@ from typing import Any
 
 import libvirt
 
-from vclvirt.errors import DomainMissing, HypervisorError, ImageExists, InvalidInput
+from vclvirt.errors import (
+    DomainMissing,
+    DomainUnusable,
+    HypervisorError,
+    ImageExists,
+    InvalidInput,
+)
 from vclvirt.guest import hooks
 from vclvirt.guest.access import connect_guest, guest_target
 from vclvirt.hypervisor import domains
@@ -32,8 +38,11 @@ class Capture:
         self.cleanup = cleanup
 
     def prepare(self, reservation: Reservation) -> dict[str, Any]:
-        """Find the VM by MAC, check the new name is free, let the guest describe itself."""
-        ctx = self.ctx
+        """Find the VM by MAC, check the new name is free, let the guest describe itself.
+
+        A VM that is off is powered on first so its guest can prepare (VCL-179); a crashed
+        or paused one is refused (DomainUnusable): its disk may be half-written."""
+        ctx, host = self.ctx, self.ctx.host.name
         new_image = new_image_name(
             reservation.image.os_name,
             reservation.image.pretty_name,
@@ -46,12 +55,49 @@ class Capture:
                 hint="Change the pretty name",
             )
         domain = self._domain_of_computer(reservation)
-        xml = domains.domain_xml(domain, ctx.host.name)
-        disks = domains.disk_files(xml)
+        power = domains.power_state(domain, host)
+        if power in ("crashed", "suspended"):
+            raise DomainUnusable(
+                f"domain {domain.name()} is {power}: its guest cannot prepare itself for the "
+                "capture and its disk may be inconsistent",
+                host=host,
+            )
+        disks = domains.disks(domains.domain_xml(domain, host))
         if not disks:
             raise HypervisorError(
-                f"domain {domain.name()} has no file-backed disk to capture", host=ctx.host.name
+                f"domain {domain.name()} has no file-backed disk to capture", host=host
             )
+        self._check_name_is_free(new_image)
+        has_guest = reservation.image.os_type.lower() != "none"
+        target = (
+            guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
+            if has_guest
+            else None
+        )
+        powered_on = False
+        if target is not None and power == "off":
+            powered_on = domains.start(domain, host)
+        xml = domains.domain_xml(domain, host)
+        guest_done: dict[str, Any] = {"guest": "not contacted: os_type none"}
+        if target is not None:
+            guest = connect_guest(target, timeout=self._answer_timeout(reservation, powered_on))
+            try:
+                guest_done = hooks.pre_capture(guest, reservation, new_image, xml)
+            finally:
+                guest.close()
+        return {
+            "domain": domain.name(),
+            "new_image": new_image,
+            "disk": disks[0].path,
+            "disk_format": disks[0].format,
+            "disks_not_captured": [d.path for d in disks[1:]],
+            "powered_on": powered_on,
+            "xml": xml,
+            **guest_done,
+        }
+
+    def _check_name_is_free(self, new_image: str) -> None:
+        ctx = self.ctx
         in_repository = find_in_repository(ctx.node, ctx.host, new_image)
         existing = [
             path
@@ -65,22 +111,15 @@ class Capture:
             raise ImageExists(
                 f"image {new_image} exists already: {', '.join(existing)}", host=ctx.host.name
             )
-        guest_done: dict[str, Any] = {"guest": "not contacted: os_type none"}
-        if reservation.image.os_type.lower() != "none" and domain.isActive():
-            target = guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
-            guest = connect_guest(target, timeout=ctx.settings.node_status_timeout * 4)
-            try:
-                guest_done = hooks.pre_capture(guest, reservation, new_image, xml)
-            finally:
-                guest.close()
-        return {
-            "domain": domain.name(),
-            "new_image": new_image,
-            "disk": disks[0],
-            "disks_not_captured": disks[1:],
-            "xml": xml,
-            **guest_done,
-        }
+
+    def _answer_timeout(self, reservation: Reservation, booting: bool) -> float:
+        """How long the guest has to answer SSH: a whole boot when capture started it."""
+        settings = self.ctx.settings
+        if not booting:
+            return settings.node_status_timeout * 4
+        if reservation.image.is_windows:
+            return settings.post_load_timeout_windows
+        return settings.post_load_timeout_linux
 
     def _domain_of_computer(self, reservation: Reservation) -> libvirt.virDomain:
         """The domain whose NICs carry the computer's MACs (a base VM may be named freely)."""
@@ -115,7 +154,13 @@ class Capture:
     def flatten(self, reservation: Reservation, prepared: dict[str, Any]) -> dict[str, Any]:
         ctx = self.ctx
         return flatten_to_master(
-            ctx.node, ctx.driver, ctx.host, prepared["disk"], prepared["new_image"], prepared["xml"]
+            ctx.node,
+            ctx.driver,
+            ctx.host,
+            prepared["disk"],
+            prepared["new_image"],
+            prepared["xml"],
+            disk_format=prepared.get("disk_format", "qcow2"),
         )
 
     def publish(

@@ -1,12 +1,13 @@
 """Image queries on a host (does_image_exist, get_image_size, list_images): a master in
-the datastore first, else the repository."""
+the datastore first, else the repository — each read where it is: masters on the host,
+the repository on the host or on this machine (repository_location = "worker")."""
 
 from __future__ import annotations
 
 import posixpath
 
 from vclvirt.errors import ImageNotFound
-from vclvirt.images.master import find_in_repository, find_master
+from vclvirt.images.master import find_in_repository, find_master, repository_node
 from vclvirt.images.repository import NOT_DISKS, allocated_bytes
 from vclvirt.provisioning.context import HostContext
 
@@ -36,7 +37,7 @@ class ImageQueries:
                 f"image {image_name} is neither a master on the host nor in the repository",
                 host=ctx.host.name,
             )
-        return allocated_bytes(ctx.node, list(source.files))
+        return allocated_bytes(repository_node(ctx.node, ctx.host), list(source.files))
 
     def size_mb(self, image_name: str) -> int:
         """Size in MB (floor), as the reference reports it to image.pm."""
@@ -46,7 +47,7 @@ class ImageQueries:
         """Masters in the datastore and image directories in the repository."""
         ctx = self.ctx
         masters = ctx.node.run(
-            ["find", ctx.host.datastore_path, "-type", "f", "-name", "*.*"], check=False
+            ["find", "-H", ctx.host.datastore_path, "-xtype", "f", "-name", "*.*"], check=False
         ).text.splitlines()
         names = sorted(
             {
@@ -57,10 +58,10 @@ class ImageQueries:
         )
         repository: list[str] = []
         if ctx.host.repository_path:
-            listing = ctx.node.run(
+            listing = repository_node(ctx.node, ctx.host).run(
                 [
-                    *("find", ctx.host.repository_path),
-                    *("-mindepth", "1", "-maxdepth", "1", "-type", "d"),
+                    *("find", "-H", ctx.host.repository_path),
+                    *("-mindepth", "1", "-maxdepth", "1", "-xtype", "d"),
                 ],
                 check=False,
             )

@@ -7,7 +7,7 @@ from typing import Any
 
 from vclvirt.errors import GuestHostKeyChanged, VclvirtError
 from vclvirt.guest import hooks
-from vclvirt.guest.access import connect_guest, guest_target
+from vclvirt.guest.access import GuestTarget, connect_guest, guest_target
 from vclvirt.hypervisor import domains
 from vclvirt.models import Reservation
 from vclvirt.provisioning.context import HostContext
@@ -21,15 +21,23 @@ class NodeStatus:
 
     def check(self, reservation: Reservation) -> dict[str, Any]:
         """READY / POST_LOAD / RELOAD, and RELOAD when the hypervisor has no running domain
-        of this computer with the expected name."""
+        of this computer with the expected name.
+
+        RELOAD comes only from what the hypervisor or the guest says. A configuration that
+        gives no way to ask the guest (GuestAccessNotConfigured) fails before anything is
+        looked at: a load must not destroy a VM it could not judge."""
         ctx = self.ctx
+        target = self.guest_access(reservation)
         if reservation.state == "reinstall":
             return {"status": hooks.RELOAD, "reason": "state reinstall always reloads"}
         name = ctx.names(reservation).domain
         domain = domains.lookup(ctx.conn, name, ctx.host.name)
-        if domain is None or domains.power_state(domain, ctx.host.name) != "on":
+        if domain is None:
             return {"status": hooks.RELOAD, "reason": f"domain {name} is not running"}
-        if reservation.image.os_type.lower() == "none":
+        power = domains.power_state(domain, ctx.host.name)
+        if power != "on":
+            return {"status": hooks.RELOAD, "reason": f"domain {name} is not running ({power})"}
+        if target is None:
             # No guest to ask: the domain's disk must be this image's overlay instead.
             backing = self.backing_image(domain)
             if backing != reservation.image.name:
@@ -43,7 +51,6 @@ class NodeStatus:
                 "reason": "domain runs the image; os_type none has no guest to check",
             }
         try:
-            target = guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
             guest = connect_guest(target, timeout=ctx.settings.node_status_timeout)
         except GuestHostKeyChanged:
             raise  # not a guest to reload over: something else answers at its address
@@ -54,6 +61,14 @@ class NodeStatus:
         finally:
             guest.close()
         return {"status": status, "reason": reason}
+
+    def guest_access(self, reservation: Reservation) -> GuestTarget | None:
+        """How to log in to the reservation's guest (None for os_type none, which has no
+        guest to ask); GuestAccessNotConfigured, touching nothing, when there is no way."""
+        if reservation.image.os_type.lower() == "none":
+            return None
+        ctx = self.ctx
+        return guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
 
     def backing_image(self, domain: Any) -> str | None:
         """Name of the master behind the running domain's first disk (its file name sans

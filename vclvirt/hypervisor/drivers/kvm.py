@@ -128,13 +128,14 @@ class KvmDriver:
         return True
 
     def create_overlay(self, master: str, master_format: str, overlay: str) -> None:
-        # Written in place over any file there: a half-created overlay is not the right
+        # Whatever is at the path goes first: qemu-img would write through a symlink into
+        # the file it points to (a master, say). A half-created overlay is not the right
         # one for ensure_overlay, so it is recreated.
         self.node.run(
             [
                 "sh",
                 "-c",
-                'mkdir -p -- "$(dirname -- "$1")" && shift && exec "$@"',
+                'mkdir -p -- "$(dirname -- "$1")" && rm -f -- "$1" && shift && exec "$@"',
                 "sh",
                 overlay,
                 "qemu-img",
