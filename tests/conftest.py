@@ -6,6 +6,7 @@ that need it fail with the test bed's own error message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,8 +161,11 @@ class Worker:
 
 
 @pytest.fixture
-def start_worker(testbed: Path, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Start real `vclvirt worker` processes (own process group each); stopped after the test."""
+def start_worker(
+    testbed: Path, tmp_path: Path, cleanup_computers: list[str]
+) -> Iterator[Callable[..., Worker]]:
+    """Start real `vclvirt worker` processes (own process group each); stopped after the test,
+    before its computers are cleaned up (so no worker makes them again)."""
     started: list[Worker] = []
 
     def start(
@@ -245,12 +250,21 @@ def cleanup_computers(testbed: Path) -> Iterator[list[str]]:
     computers: list[str] = []
     yield computers
     conn = libvirt.open("qemu:///system")
+
+    def remove(domain: Any) -> None:
+        with contextlib.suppress(libvirt.libvirtError):  # gone meanwhile
+            if domain.isActive():
+                domain.destroy()
+            domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
     try:
-        for domain in conn.listAllDomains(0):
-            if any(belongs_to_computer(domain.name(), c) for c in computers):
-                if domain.isActive():
-                    domain.destroy()
-                domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        ours = [
+            d
+            for d in conn.listAllDomains(0)
+            if any(belongs_to_computer(d.name(), c) for c in computers)
+        ]
+        with ThreadPoolExecutor(max_workers=8) as pool:  # a QEMU takes ~2 s to exit
+            list(pool.map(remove, ours))
     finally:
         conn.close()
     for computer in computers:

@@ -228,10 +228,13 @@ def test_field_names_the_field_or_is_null(default_api):
     bad["computer"]["eth1_mac"] = bad["computer"]["eth0_mac"].upper()
     with api.client() as client:
         same_macs = client.post("/v1/loads", json=bad).json()["error"]
-        not_object = client.post("/v1/loads", json=[1, 2]).json()["error"]
+        not_object = client.post("/v1/loads", json="a reservation").json()["error"]
+        bulk_item = client.post("/v1/loads", json=[1, 2]).json()["error"]
         step = client.post("/v1/reservations/1/retry", json={"from_step": "a;b"}).json()["error"]
     assert same_macs["field"] == "computer.eth1_mac"
-    assert not_object["field"] is None and "not an array" in not_object["message"]
+    assert not_object["field"] is None and "not a string" in not_object["message"]
+    # a list is a bulk load: its first item is named
+    assert bulk_item["field"] == "[0]" and "not a number" in bulk_item["message"]
     assert step["field"] == "from_step"
 
 
