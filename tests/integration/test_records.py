@@ -41,10 +41,15 @@ def test_second_begin_while_in_flight_is_refused_and_changes_nothing(state_redis
     assert state_redis.hgetall(keys.record(9001)) == before
 
 
-def test_twelve_concurrent_begins_make_exactly_one_operation(state_redis) -> None:
+@pytest.mark.parametrize("earlier", [False, True], ids=["new", "after-an-ended-operation"])
+def test_twelve_concurrent_begins_make_exactly_one_operation(state_redis, earlier) -> None:
     """12 threads begin the same reservation at once: exactly one wins (a scheduler
-    retrying its call never gets two operations)."""
+    retrying its call never gets two operations), for a new record as for one whose
+    earlier operation has ended."""
     store = RecordStore(state_redis)
+    if earlier:
+        store.begin(_reservation(), "power_on", ["power_on"])
+        store.finish(9001, "node-a", "succeeded")
     barrier = threading.Barrier(12)
     won: list[int] = []
     refused: list[str] = []
@@ -61,7 +66,7 @@ def test_twelve_concurrent_begins_make_exactly_one_operation(state_redis) -> Non
         thread.start()
     for thread in threads:
         thread.join()
-    assert won == [1]
+    assert won == [2 if earlier else 1]
     assert refused == ["RESOURCE_BUSY"] * 11
 
 

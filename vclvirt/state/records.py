@@ -163,6 +163,24 @@ return generation
 """
 
 
+# Begin a record if its generation is still the one the caller read (0: no record), in
+# one round trip. A record in flight is refused before this (every way back into flight
+# raises the generation, so a record that went in flight since it was read fails here).
+_BEGIN = """
+local current = redis.call('HGET', KEYS[1], 'generation') or '0'
+if current ~= ARGV[5] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, ARGV[2] - ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[4])
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[1]) end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Glance:
     """The few fields recovery looks at, for many records in one round trip."""
@@ -182,6 +200,7 @@ class RecordStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._redispatch = client.register_script(_REDISPATCH)
+        self._begin = client.register_script(_BEGIN)
 
     def get(self, reservation_id: int) -> ReservationStatus | None:
         raw = self.redis.hgetall(keys.record(reservation_id))
@@ -229,53 +248,55 @@ class RecordStore:
         rid = reservation.reservation_id
         key = keys.record(rid)
         computer = reservation.computer.short_name
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    raw = {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}
-                    previous = decode(rid, raw) if raw else None
-                    if previous is not None and not previous.finished:
-                        raise ResourceBusy(
-                            f"reservation {rid} is still {previous.state} "
-                            f"({previous.operation}, step {previous.current_step or '-'})",
-                            host=reservation.host,
-                            reservation_id=rid,
-                            hint="Wait for it to finish (vclvirt status), then try again",
-                        )
-                    history = previous.history[-(HISTORY - 1) :] if previous else []
-                    if previous is not None:
-                        history.append(previous.summary())
-                    stamp = now()
-                    fields: dict[str, Any] = {
-                        "reservation": reservation.model_dump_json(),
-                        "operation": operation,
-                        "host": reservation.host,
-                        "computer": computer,
-                        "state": "queued",
-                        "steps": json.dumps(steps),
-                        "queued_at": stamp,
-                        "dispatched_at": stamp,
-                        "generation": (previous.generation if previous else 0) + 1,
-                        "history": json.dumps(history),
-                        "params": json.dumps(params or {}),
-                    }
-                    if operation != "load" and raw.get(GUEST_HOST_KEY):
-                        fields[GUEST_HOST_KEY] = raw[GUEST_HOST_KEY]
-                    pipe.multi()
-                    pipe.delete(key)
-                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                    pipe.expire(key, self.ttl)
-                    pipe.zadd(keys.INDEX, {str(rid): stamp})
-                    pipe.zremrangebyscore(keys.INDEX, 0, stamp - self.ttl)  # expired records
-                    pipe.sadd(keys.inflight(reservation.host), rid)
-                    pipe.sadd(keys.INFLIGHT_HOSTS, reservation.host)
-                    if owns_computer:
-                        pipe.set(keys.computer_owner(reservation.host, computer), rid, ex=self.ttl)
-                    pipe.execute()
-                    return int(fields["generation"])
-                except redis.WatchError:
-                    continue
+        previous: ReservationStatus | None = None
+        raw: dict[str, str] = {}
+        while True:
+            # First as if the record were new (one round trip, the common case); the script
+            # writes only if the generation is still the one read, else read and try again.
+            if previous is not None and not previous.finished:
+                raise ResourceBusy(
+                    f"reservation {rid} is still {previous.state} "
+                    f"({previous.operation}, step {previous.current_step or '-'})",
+                    host=reservation.host,
+                    reservation_id=rid,
+                    hint="Wait for it to finish (vclvirt status), then try again",
+                )
+            history = previous.history[-(HISTORY - 1) :] if previous else []
+            if previous is not None:
+                history.append(previous.summary())
+            stamp = now()
+            expected = previous.generation if previous else 0
+            fields: dict[str, Any] = {
+                "reservation": reservation.model_dump_json(),
+                "operation": operation,
+                "host": reservation.host,
+                "computer": computer,
+                "state": "queued",
+                "steps": json.dumps(steps),
+                "queued_at": stamp,
+                "dispatched_at": stamp,
+                "generation": expected + 1,
+                "history": json.dumps(history),
+                "params": json.dumps(params or {}),
+            }
+            if operation != "load" and raw.get(GUEST_HOST_KEY):
+                fields[GUEST_HOST_KEY] = raw[GUEST_HOST_KEY]
+            owner = keys.computer_owner(reservation.host, computer) if owns_computer else ""
+            written = self._begin(
+                keys=[key, keys.INDEX, keys.inflight(reservation.host), keys.INFLIGHT_HOSTS, owner],
+                args=[
+                    self.ttl,
+                    stamp,
+                    rid,
+                    reservation.host,
+                    expected,
+                    *(item for pair in fields.items() for item in pair),
+                ],
+            )
+            if written:
+                return expected + 1
+            raw = {_text(k): _text(v) for k, v in self.redis.hgetall(key).items()}
+            previous = decode(rid, raw) if raw else None
 
     def restart_from(self, reservation_id: int, step: str) -> int:
         """Make a failed record run again from `step` (earlier steps' results kept);
