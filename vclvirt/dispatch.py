@@ -125,6 +125,9 @@ def load(reservation: ReservationInput) -> Handle:
     return _send(_check(reservation, "load", None))
 
 
+PUBLISH_CHUNK = 10  # messages per pipelined publish in a bulk enqueue
+
+
 def load_many(reservations: Sequence[ReservationInput]) -> list[Handle | VclvirtError]:
     """Validate every load first (one invalid: InvalidInput naming its index, nothing
     enqueued), then enqueue each; a reservation already in flight is answered with its
@@ -141,18 +144,20 @@ def load_many(reservations: Sequence[ReservationInput]) -> list[Handle | Vclvirt
     from vclvirt.tasks.publish import publish_many
 
     answers: list[Handle | VclvirtError] = []
-    begun = []
-    for request in checked:
-        try:
-            generation = _begin(request)
-        except VclvirtError as error:
-            answers.append(error)
-            continue
-        rid = request.reservation.reservation_id
-        begun.append((request.operation, request.reservation, generation))
-        answers.append(Handle(rid, task_id(rid, generation)))
-    # Sent together; a message lost here is sent again by recovery (records say queued).
-    publish_many(begun)
+    # Sent a chunk at a time, so the first loads start while the rest are still being
+    # begun; a message lost here is sent again by recovery (its record says queued).
+    for start in range(0, len(checked), PUBLISH_CHUNK):
+        begun = []
+        for request in checked[start : start + PUBLISH_CHUNK]:
+            try:
+                generation = _begin(request)
+            except VclvirtError as error:
+                answers.append(error)
+                continue
+            rid = request.reservation.reservation_id
+            begun.append((request.operation, request.reservation, generation))
+            answers.append(Handle(rid, task_id(rid, generation)))
+        publish_many(begun)
     return answers
 
 
