@@ -146,6 +146,9 @@ def run(ctx: Context, loads: int | None = None) -> list[tuple[str, str]]:
         ],
     )
     summary += (
+        "\n\nDispatch rate: this process enqueueing the loads one at a time while the "
+        f"{n_workers} workers already run them on the same two cores (benchmark 6 measures "
+        "dispatch with no worker consuming)."
         f"\n\nMemory: summed over all {n_workers} workers (main process + pool child each), "
         "from /proc/<pid>/smaps_rollup; a pool child is never recycled here "
         "(VCLVIRT_MAX_TASKS_PER_CHILD=0)."
