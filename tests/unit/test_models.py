@@ -224,6 +224,13 @@ def test_vcpus_out_of_range_is_rejected(document, vcpus):
     assert "image.vcpus" in rejected(document(image={"vcpus": vcpus}))
 
 
+@pytest.mark.parametrize("min_ram_mb", [-1, 4 * 1024 * 1024 + 1, 2**40])
+def test_min_ram_outside_sane_bounds_is_rejected(document, min_ram_mb):
+    """min_ram_mb is between 0 and 4 TiB (a typo of a few digits is not a VM)."""
+    assert "image.min_ram_mb" in rejected(document(image={"min_ram_mb": min_ram_mb}))
+    assert parse_reservation(document(image={"min_ram_mb": 4 * 1024 * 1024}))
+
+
 @pytest.mark.parametrize("state", ["deleted", "NEW", "", "new "])
 def test_bad_state_is_rejected(document, state):
     """Only the known states are accepted (case-sensitive)."""
