@@ -1,15 +1,18 @@
 """Real faults for the fault suite: a host's sshd stopped (and its open connections cut),
-the broker restarted, libvirtd restarted. Each ends only what the test bed started, by pid."""
+one SSH connection cut on the server side, the broker restarted, libvirtd restarted. Each
+ends only what the test bed started, by pid."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 from tests.conftest import REDIS_PORT, ROOT
+from vclvirt.node.ssh import SSHTransport
 
 
 def _children(pid: int) -> list[int]:
@@ -35,6 +38,30 @@ def _end(pids: list[int], deadline: float = 30.0) -> None:
     while any(_alive(p) for p in pids):
         if time.monotonic() > end:
             raise AssertionError(f"processes {pids} did not end within {deadline}s")
+        time.sleep(0.05)
+
+
+def cut_connection(transport: SSHTransport, server_port: int) -> None:
+    """Kill sshd's processes for the transport's pooled connection (found by its client
+    port), as a dropped network path or a restarted host would end it."""
+    assert transport._client is not None
+    paramiko_transport = transport._client.get_transport()
+    assert paramiko_transport is not None
+    port = int(paramiko_transport.sock.getsockname()[1])
+    listing = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{server_port} and dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", listing)})
+    assert pids, f"no sshd process found for the connection from port {port}:\n{listing}"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 30
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > end:
+            raise AssertionError(f"sshd processes {pids} did not end")
         time.sleep(0.05)
 
 

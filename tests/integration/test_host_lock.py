@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import SSH_PORT_A, wait_for
 from tests.events import HUNG, finishes, wait_for_lock_waiters
-from vclvirt.errors import ResourceBusy
+from tests.outages import cut_connection
+from vclvirt.errors import NodeUnreachable, ResourceBusy
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.ssh import SSHTransport
 
@@ -171,3 +172,21 @@ def test_exception_in_the_block_releases_the_lock(
         raise RuntimeError("step failed")
     with host_lock(b, lock_path, wait=15):  # ResourceBusy if the lock were still held
         pass
+
+
+def test_a_lock_lost_with_its_connection_stops_later_host_work(
+    transports: list[SSHTransport], tmp_path: Path
+) -> None:
+    """The connection holding the lock is cut: the lock is gone on the host, so the next
+    command in the block fails (NodeUnreachable, transient) instead of running on a new
+    connection without it; after the block the transport reconnects as usual."""
+    a, b = transports
+    lock_path = str(tmp_path / "cut.lock")
+    marker = tmp_path / "ran-without-the-lock"
+    with pytest.raises(NodeUnreachable, match="held a host-side lock"), host_lock(a, lock_path):
+        cut_connection(a, SSH_PORT_A)
+        a.run(["touch", str(marker)])
+    assert not marker.exists()
+    with host_lock(b, lock_path, wait=15):  # the host released it with the connection
+        pass
+    assert a.run(["echo", "again"]).text == "again\n"

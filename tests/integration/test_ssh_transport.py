@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import SSH_PORT_A, wait_for
-from tests.events import HUNG, finishes, pid_ended
+from tests.events import HUNG, finishes
+from tests.outages import cut_connection
 from vclvirt.errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -313,18 +314,7 @@ def test_next_command_reconnects_after_close(transport: SSHTransport) -> None:
 def test_next_command_reconnects_after_server_side_kill(transport: SSHTransport) -> None:
     """When sshd's process for our connection is killed, the next command reconnects."""
     transport.run(["true"])
-    port = local_port(transport)
-    listing = subprocess.run(
-        ["ss", "-Htnp", "state", "established", f"( sport = :{SSH_PORT_A} and dport = :{port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    pids = sorted({int(p) for p in re.findall(r"pid=(\d+)", listing)})
-    assert pids, f"no sshd process found for our connection:\n{listing}"
-    for pid in pids:
-        os.kill(pid, 9)
-    wait_for(lambda: all(pid_ended(p) for p in pids), HUNG, f"sshd processes {pids} to end")
+    cut_connection(transport, SSH_PORT_A)
     assert transport.run(["echo", "back"]).text == "back\n"
     assert transport.connections_opened == 2
 

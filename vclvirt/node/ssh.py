@@ -55,10 +55,13 @@ class SSHTarget(Protocol):
 class SSHProcess:
     """A command kept running on its own channel; closing the channel ends it."""
 
-    def __init__(self, channel: paramiko.Channel, host_name: str) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, host_name: str, on_close: Callable[[], None]
+    ) -> None:
         self._channel = channel
         self._host_name = host_name
         self._buffer = b""
+        self._on_close: Callable[[], None] | None = on_close
 
     def read_line(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -79,6 +82,9 @@ class SSHProcess:
 
     def close(self) -> None:
         self._channel.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
 
 class SSHTransport:
@@ -100,6 +106,7 @@ class SSHTransport:
         self.command_seconds = 0.0
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._held = 0  # spawned processes (host-side locks) living on the connection
 
     def _connect(self) -> paramiko.SSHClient:
         if self.host.key_file is None:
@@ -181,6 +188,7 @@ class SSHTransport:
             with self._lock:
                 transport = self._client.get_transport() if self._client else None
                 if transport is None or not transport.is_active():
+                    self._refuse_if_held()
                     if self._client is not None:
                         self._client.close()
                     self._client = self._connect()
@@ -193,6 +201,7 @@ class SSHTransport:
                     if self._client is not None:
                         self._client.close()
                         self._client = None
+                    self._refuse_if_held()
                 if attempt == 2:
                     raise NodeUnreachable(
                         f"cannot open an SSH channel: {error}", host=self.host_name
@@ -273,9 +282,28 @@ class SSHTransport:
         return result.check(self.host_name) if check else result
 
     def spawn(self, argv: Sequence[str]) -> SSHProcess:
+        """Keep argv running until closed. While it runs, the connection is not replaced:
+        a host-side lock held by it died with a lost connection, so every later command
+        fails (NodeUnreachable) instead of running on a new connection without the lock."""
         channel = self._open_channel()
         channel.exec_command(command_line(argv))
-        return SSHProcess(channel, self.host_name)
+        with self._lock:
+            self._held += 1
+        return SSHProcess(channel, self.host_name, on_close=self._release_held)
+
+    def _release_held(self) -> None:
+        with self._lock:
+            self._held = max(0, self._held - 1)
+
+    def _refuse_if_held(self) -> None:
+        """Called under self._lock when the connection is gone."""
+        if self._held:
+            raise NodeUnreachable(
+                f"the SSH connection to {self.host_name} was lost while it held a host-side "
+                "lock: the lock is gone, so no more host work runs under it",
+                host=self.host_name,
+                hint="Transient: the step is retried and takes the lock again",
+            )
 
     def close(self) -> None:
         with self._lock:
