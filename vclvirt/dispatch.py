@@ -21,6 +21,8 @@ from vclvirt.state.computers import ComputerImages
 from vclvirt.state.leases import WorkerRegistry
 from vclvirt.state.records import RecordStore, ReservationStatus
 
+PUBLISH_CHUNK = 10  # messages per pipelined publish in a bulk enqueue
+
 ReservationInput = Reservation | dict[str, Any] | str | bytes
 
 
@@ -123,9 +125,6 @@ def _send(checked: _Checked) -> Handle:
 def load(reservation: ReservationInput) -> Handle:
     """Validate and enqueue the load on the reservation's host queue."""
     return _send(_check(reservation, "load", None))
-
-
-PUBLISH_CHUNK = 10  # messages per pipelined publish in a bulk enqueue
 
 
 def load_many(reservations: Sequence[ReservationInput]) -> list[Handle | VclvirtError]:

@@ -163,12 +163,16 @@ return generation
 """
 
 
-# Begin a record if its generation is still the one the caller read (0: no record), in
-# one round trip. A record in flight is refused before this (every way back into flight
-# raises the generation, so a record that went in flight since it was read fails here).
+# Begin a record in one round trip if it is still what the caller read: no record
+# (generation 0), or an ended one at that generation (its history is built from it).
+# Anything else (in flight, or changed since it was read) writes nothing: read again.
 _BEGIN = """
 local current = redis.call('HGET', KEYS[1], 'generation') or '0'
 if current ~= ARGV[5] then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'superseded' then
+  return 0
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
