@@ -214,6 +214,20 @@ def start_worker(
         worker.stop()
 
 
+def vclvirt_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a user would (with extra environment); the timeout only ends a
+    hung call."""
+    return subprocess.run(
+        [sys.executable, "-m", "vclvirt", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -94,16 +94,3 @@ def start_api(
             cwd=ROOT,
         )
     return ApiProcess(process, port, log_path, token)
-
-
-def vclvirt_cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI as a user would, with extra environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "vclvirt", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        check=False,
-    )

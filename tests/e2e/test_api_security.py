@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import REDIS_PORT, TEST_BROKER, make_reservation
-from tests.e2e.api_process import ApiProcess, free_port, start_api, vclvirt_cli
+from tests.conftest import REDIS_PORT, TEST_BROKER, make_reservation, vclvirt_cli
+from tests.e2e.api_process import ApiProcess, free_port, start_api
 from vclvirt.config.settings import Settings
 
 TOKEN = "sec-api-token-" + "k" * 30

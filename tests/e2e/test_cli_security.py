@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_reservation
-from tests.e2e.api_process import free_port, vclvirt_cli
+from tests.conftest import make_reservation, vclvirt_cli
+from tests.e2e.api_process import free_port
 
 BROKER_PASSWORD = "sec-cli-broker-pw-5678"
 

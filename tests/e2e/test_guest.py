@@ -7,31 +7,16 @@ so the real-guest tier stays short.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import libvirt
 import pytest
 
-from tests.conftest import ROOT, computer_domains, guest_shell, make_reservation
+from tests.conftest import computer_domains, guest_shell, make_reservation, vclvirt_cli
 from vclvirt import dispatch
 from vclvirt.guest.currentimage import parse_tags
 
 pytestmark = pytest.mark.slow
-
-
-def vclvirt(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "vclvirt", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=os.environ,
-        check=False,
-    )
 
 
 def step_states(reservation_id: int) -> dict[str, str]:
@@ -49,12 +34,12 @@ def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers,
     path = tmp_path / "reservation.json"
     path.write_text(json.dumps(reservation))
 
-    loaded = vclvirt("load", str(path), "--wait", "--timeout", "300")
+    loaded = vclvirt_cli("load", str(path), "--wait", "--timeout", "300")
     assert loaded.returncode == 0, loaded.stdout + loaded.stderr
     assert "post_load" in loaded.stdout and "loaded on node-a" in loaded.stdout
     post_load = dispatch.status(8001).step_records["post_load"]
     assert post_load["state"] == "succeeded"
-    assert vclvirt("node-status", str(path)).stdout.startswith("READY")
+    assert vclvirt_cli("node-status", str(path)).stdout.startswith("READY")
     assert guest_shell(testbed, reservation, "hostname").strip() == "e2e-guest"
     tags = parse_tags(guest_shell(testbed, reservation, "cat", "currentimage.txt"))
     assert tags["imagerevision_id"] == str(reservation["image"]["revision_id"])
@@ -67,31 +52,31 @@ def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers,
     text = guest_shell(testbed, reservation, "cat", "currentimage.txt")
     stripped = "".join(line + "\n" for line in text.splitlines() if "vcld_post_load" not in line)
     guest_shell(testbed, reservation, "sh", "-c", f"printf '%s' '{stripped}' > currentimage.txt")
-    assert vclvirt("node-status", str(path)).stdout.startswith("POST_LOAD")
+    assert vclvirt_cli("node-status", str(path)).stdout.startswith("POST_LOAD")
     reservation2 = {**reservation, "reservation_id": 8002}
     path.write_text(json.dumps(reservation2))
-    again = vclvirt("load", str(path), "--wait", "--timeout", "300")
+    again = vclvirt_cli("load", str(path), "--wait", "--timeout", "300")
     assert again.returncode == 0, again.stdout + again.stderr
     states = step_states(8002)
     assert states["post_load"] == "succeeded" and states["define"] == "skipped"
     assert states["delete_existing_domains"] == "skipped"
     assert conn.lookupByName(name).ID() == domain_id  # the same running domain
-    assert vclvirt("node-status", str(path)).stdout.startswith("READY")
+    assert vclvirt_cli("node-status", str(path)).stdout.startswith("READY")
 
     # Graceful power off: the guest shuts itself down on the ACPI button.
-    off = vclvirt("power", "off", str(path))
+    off = vclvirt_cli("power", "off", str(path))
     assert off.returncode == 0, off.stderr
     assert "off (acpi in" in off.stdout
-    assert vclvirt("power", "status", str(path)).stdout.strip().endswith(": off")
-    assert vclvirt("power", "on", str(path)).stdout.strip().endswith(": on")
+    assert vclvirt_cli("power", "status", str(path)).stdout.strip().endswith(": off")
+    assert vclvirt_cli("power", "on", str(path)).stdout.strip().endswith(": on")
     boot_id = guest_shell(testbed, reservation, "cat", "/proc/sys/kernel/random/boot_id")
-    reset = vclvirt("power", "reset", str(path))
+    reset = vclvirt_cli("power", "reset", str(path))
     assert reset.returncode == 0 and reset.stdout.strip().endswith(": on")
     assert guest_shell(testbed, reservation, "cat", "/proc/sys/kernel/random/boot_id") != boot_id
 
     # The hypervisor has no running domain: RELOAD, whatever the guest's tags say.
     conn.lookupByName(name).destroy()
-    assert vclvirt("node-status", str(path)).stdout.startswith("RELOAD")
+    assert vclvirt_cli("node-status", str(path)).stdout.startswith("RELOAD")
 
     # unload touches only its computer; a bystander on the same host keeps everything.
     bystander = make_reservation(8003, "e2e-bystander", "linux-E2eBystander-611-v0", image_id=611)
@@ -113,7 +98,7 @@ def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers,
     assert dispatch.load(bystander).wait(180).state == "succeeded"
     bystander_files = sorted(testbed.glob("hosts/node-a/*/e2e-bystander_*"))
     assert len(bystander_files) == 2  # overlay and XML
-    unloaded = vclvirt("unload", str(path))
+    unloaded = vclvirt_cli("unload", str(path))
     assert unloaded.returncode == 0, unloaded.stderr
     assert computer_domains("e2e-guest") == []
     assert dispatch.status(8002).to_dict()["computer_image"]["image"] == "noimage"
@@ -124,7 +109,7 @@ def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers,
 
     bystander_file = tmp_path / "bystander.json"
     bystander_file.write_text(json.dumps(bystander))
-    cleared = vclvirt("maintenance", str(bystander_file))
+    cleared = vclvirt_cli("maintenance", str(bystander_file))
     assert cleared.returncode == 0, cleared.stderr
     assert computer_domains("e2e-bystander") == []
     assert list(testbed.glob("hosts/node-a/*/e2e-bystander_*")) == []

@@ -24,6 +24,7 @@ from tests.conftest import (
     make_reservation,
     repository_image,
     uncached_image,
+    vclvirt_cli,
     wait_for,
 )
 from tests.outages import restart_redis, start_testbed, stop_host
@@ -190,9 +191,7 @@ def test_no_live_worker_is_shown_as_waiting_then_fails_no_worker_and_retry_takes
     assert record.waiting and record.waiting["reason"] == "no live worker for host node-b"
     assert record.waiting["fails_at"] == pytest.approx(record.waiting["since"] + 900)
     assert 8920 in [r.reservation_id for r in dispatch.failed()]
-    from tests.e2e.test_retry import vclvirt
-
-    shown = vclvirt("status", "8920")
+    shown = vclvirt_cli("status", "8920")
     assert "waiting: no live worker for host node-b since" in shown.stdout, shown.stdout
 
     from vclvirt.config.settings import get_settings

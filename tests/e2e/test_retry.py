@@ -4,25 +4,11 @@ down for a while is retried by the load itself (transient error, backoff, deadli
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
-from tests.conftest import ROOT, make_reservation, repository_image, wait_for
+from tests.conftest import make_reservation, repository_image, vclvirt_cli, wait_for
 from tests.outages import start_testbed, stop_host
 from vclvirt import dispatch
-
-
-def vclvirt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vclvirt", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env=os.environ,
-        check=False,
-    )
 
 
 def test_failed_load_is_listed_and_retried_from_its_failed_step(
@@ -38,13 +24,13 @@ def test_failed_load_is_listed_and_retried_from_its_failed_step(
     first = dispatch.load(make_reservation(7401, "e2e-retry", image, image_id=640)).wait(120)
     assert (first.state, first.failed_step) == ("failed", "pre_define")
     assert first.error and first.error["code"] == "IMAGE_NOT_FOUND"
-    listed = vclvirt("failed", "--json")
+    listed = vclvirt_cli("failed", "--json")
     assert 7401 in [r["reservation_id"] for r in json.loads(listed.stdout)]
-    before = vclvirt("status", "7401")
+    before = vclvirt_cli("status", "7401")
     assert before.returncode == 1 and "IMAGE_NOT_FOUND" in before.stdout
 
     repository_image(testbed, image)
-    retried = vclvirt("retry", "7401", "--wait", "--timeout", "180")
+    retried = vclvirt_cli("retry", "7401", "--wait", "--timeout", "180")
 
     assert retried.returncode == 0, retried.stdout + retried.stderr
     final = dispatch.status(7401)
@@ -55,8 +41,9 @@ def test_failed_load_is_listed_and_retried_from_its_failed_step(
     assert records["pre_define"]["state"] == "succeeded"
     assert final.history[-1]["state"] == "failed"
     assert final.history[-1]["error_code"] == "IMAGE_NOT_FOUND"
-    assert 7401 not in [r["reservation_id"] for r in json.loads(vclvirt("failed", "--json").stdout)]
-    after = vclvirt("status", "7401")
+    still_failed = json.loads(vclvirt_cli("failed", "--json").stdout)
+    assert 7401 not in [r["reservation_id"] for r in still_failed]
+    after = vclvirt_cli("status", "7401")
     assert after.returncode == 0, after.stdout
     assert "reservation 7401: succeeded" in after.stdout
     assert "earlier: load failed at pre_define [IMAGE_NOT_FOUND]" in after.stdout

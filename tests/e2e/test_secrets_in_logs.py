@@ -19,8 +19,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import REDIS_PORT, ROOT, make_reservation, wait_for
-from tests.e2e.api_process import free_port, start_api, vclvirt_cli
+from tests.conftest import REDIS_PORT, ROOT, make_reservation, vclvirt_cli, wait_for
+from tests.e2e.api_process import free_port, start_api
 
 TOKEN = "planted-token-" + secrets.token_hex(16)
 BROKER_PASSWORD = "planted-broker-" + secrets.token_hex(8)

@@ -4,9 +4,6 @@ files): all validated before any is enqueued, then each answered in its place.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ROOT, make_reservation
+from tests.conftest import make_reservation, vclvirt_cli
 from vclvirt import dispatch
 from vclvirt.api import create_api
 from vclvirt.config.settings import Settings
@@ -84,18 +81,6 @@ def test_an_empty_or_oversized_list_is_refused(cleanup) -> None:
     assert dispatch.status(9720) is None
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vclvirt", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=os.environ,
-        check=False,
-    )
-
-
 def test_the_cli_loads_several_files_validating_all_first(cleanup, tmp_path: Path) -> None:
     """`vclvirt load a.json b.json`: one line per file; with one invalid file, nothing is
     enqueued and the exit code says invalid input (2)."""
@@ -107,12 +92,12 @@ def test_the_cli_loads_several_files_validating_all_first(cleanup, tmp_path: Pat
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(make_reservation(9732, "bulk-9732", "linux-B-1-v0"))[:-1])
 
-    refused = _cli("load", files[0], str(bad))
+    refused = vclvirt_cli("load", files[0], str(bad))
     assert refused.returncode == 2, refused.stderr
     assert dispatch.status(9730) is None
 
-    done = _cli("load", *files)
+    done = vclvirt_cli("load", *files)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["9730", "9731"]
-    again = _cli("load", *files)
+    again = vclvirt_cli("load", *files)
     assert again.returncode == 6  # busy: both are in flight
