@@ -163,16 +163,16 @@ return generation
 """
 
 
-# Begin a record in one round trip if it is still what the caller read: no record
-# (generation 0), or an ended one at that generation (its history is built from it).
-# Anything else (in flight, or changed since it was read) writes nothing: read again.
+# Begin a record in one round trip: -1 (writes nothing) while an operation of it is in
+# flight; 0 if it changed since the caller read it (another generation: read again); else
+# the record is written over the ended one (or none, generation 0) and 1 is returned.
 _BEGIN = """
-local current = redis.call('HGET', KEYS[1], 'generation') or '0'
-if current ~= ARGV[5] then return 0 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'superseded' then
-  return 0
+  return -1
 end
+local current = redis.call('HGET', KEYS[1], 'generation') or '0'
+if current ~= ARGV[5] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -255,16 +255,8 @@ class RecordStore:
         previous: ReservationStatus | None = None
         raw: dict[str, str] = {}
         while True:
-            # First as if the record were new (one round trip, the common case); the script
-            # writes only if the generation is still the one read, else read and try again.
-            if previous is not None and not previous.finished:
-                raise ResourceBusy(
-                    f"reservation {rid} is still {previous.state} "
-                    f"({previous.operation}, step {previous.current_step or '-'})",
-                    host=reservation.host,
-                    reservation_id=rid,
-                    hint="Wait for it to finish (vclvirt status), then try again",
-                )
+            # First as if the record were new (one round trip, the common case); if it was
+            # not, read it and write over it at the generation read.
             history = previous.history[-(HISTORY - 1) :] if previous else []
             if previous is not None:
                 history.append(previous.summary())
@@ -297,10 +289,18 @@ class RecordStore:
                     *(item for pair in fields.items() for item in pair),
                 ],
             )
-            if written:
+            if written == 1:
                 return expected + 1
             raw = {_text(k): _text(v) for k, v in self.redis.hgetall(key).items()}
             previous = decode(rid, raw) if raw else None
+            if written == -1 and previous is not None and not previous.finished:
+                raise ResourceBusy(
+                    f"reservation {rid} is still {previous.state} "
+                    f"({previous.operation}, step {previous.current_step or '-'})",
+                    host=reservation.host,
+                    reservation_id=rid,
+                    hint="Wait for it to finish (vclvirt status), then try again",
+                )
 
     def restart_from(self, reservation_id: int, step: str) -> int:
         """Make a failed record run again from `step` (earlier steps' results kept);
