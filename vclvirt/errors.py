@@ -289,3 +289,11 @@ class LeaseLost(TransientError):
 
     code = "LEASE_LOST"
     default_hint = "Nothing to do: recovery dispatches the operation again"
+
+
+class Fenced(LeaseLost):
+    """A write carried a fencing token older than the one the record or the host has seen:
+    this process lost its lease or its computer, and someone newer acts now."""
+
+    code = "FENCED"
+    default_hint = "Nothing to do: the newer holder finishes the operation; this one stops"

@@ -34,17 +34,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import structlog
 
-from vclvirt.cancellation import CancelToken
+from vclvirt.cancellation import Cancelled, CancelToken
 from vclvirt.config.settings import Settings
 from vclvirt.errors import LeaseLost, NoWorker, Superseded
 from vclvirt.locks import ResourceLock
 from vclvirt.state import keys
 from vclvirt.state.computers import ComputerOwners
+from vclvirt.state.fence import FencedRecord, RecordFence
 from vclvirt.state.leases import Holder, Leases, WorkerRegistry
 from vclvirt.state.records import FINAL, Glance, RecordStore, ReservationStatus, now
 
@@ -87,8 +88,22 @@ def holder_is_dead(holder_text: str, me: Holder) -> bool:
     return False
 
 
+class Renewable(Protocol):
+    """What a run holds besides its lease and renews with it: a lock, a host slot."""
+
+    def renew(self) -> bool: ...
+    def release(self) -> None: ...
+
+
+# The keeper renews every third of the TTL; every call it makes fails within a tenth of
+# the TTL; without a renewal for RENEW_DEADLINE of the TTL it stops the run, well before
+# the lease (renewed at the latest when that renewal was sent) can expire.
+RENEW_EVERY, CALL_DEADLINE, RENEW_DEADLINE = 1 / 3, 1 / 10, 0.6
+
+
 class LeaseKeeper:
-    """Keeps a running operation's lease and locks alive; cancels it when it must stop."""
+    """Keeps a running operation's lease and what it holds alive; cancels the operation
+    when it must stop (lease lost or not renewable in time, computer taken)."""
 
     def __init__(
         self,
@@ -99,13 +114,15 @@ class LeaseKeeper:
         *,
         ttl: float,
         watch_owner: tuple[str, str] | None,
+        on_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.leases, self.owners = leases, owners
         self.reservation_id, self.holder = reservation_id, holder
         self.ttl = ttl
         self.watch_owner = watch_owner  # (host, computer) whose owner must stay us
+        self.on_lost = on_lost  # cuts what the run has open on the host
         self.token = CancelToken()
-        self.locks: list[ResourceLock] = []
+        self.held: list[Renewable] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
@@ -116,12 +133,12 @@ class LeaseKeeper:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        for lock in self.locks:
-            _quietly(lock.release)
+        for held in reversed(self.held):
+            _quietly(held.release)
         _quietly(lambda: self.leases.release(self.reservation_id, self.holder))
 
-    def hold(self, lock: ResourceLock) -> None:
-        self.locks.append(lock)
+    def hold(self, held: Renewable) -> None:
+        self.held.append(held)
 
     def check(self) -> None:
         """Between steps: stop here if the operation was cancelled."""
@@ -138,23 +155,30 @@ class LeaseKeeper:
                 Superseded(f"reservation {owner} now owns computer {self.watch_owner[1]}")
             )
 
+    def _lost(self, reason: str) -> None:
+        self.token.cancel(LeaseLost(reason))
+        log.warning("lease_lost", reservation_id=self.reservation_id, reason=reason)
+        try:
+            self.on_lost()
+        except Exception as error:
+            log.warning("cut_failed", error=str(error))
+
     def _run(self) -> None:
-        renewed = time.monotonic()
+        renewed = time.monotonic()  # when the last successful renewal was sent
         while not self._stop.wait(1.0):
+            sent = time.monotonic()
             try:
                 self.check_owner()
-                if time.monotonic() - renewed >= self.ttl / 3:
-                    if not self.leases.renew(self.reservation_id, self.holder) or not all(
-                        lock.renew() for lock in self.locks
-                    ):
-                        self.token.cancel(LeaseLost("the lease or the computer lock was taken"))
-                        return
-                    renewed = time.monotonic()
+                if sent - renewed >= self.ttl * RENEW_EVERY:
+                    if not self.leases.renew(self.reservation_id, self.holder):
+                        return self._lost("the lease was taken or expired")
+                    if not all(held.renew() for held in self.held):
+                        return self._lost("the computer lock or the host slot was taken")
+                    renewed = sent
             except redis.RedisError as error:
                 # The broker is away: the lease survives it for its TTL, no longer.
-                if time.monotonic() - renewed > self.ttl * 0.8:
-                    self.token.cancel(LeaseLost(f"cannot renew the lease: {error}"))
-                    return
+                if time.monotonic() - renewed > self.ttl * RENEW_DEADLINE:
+                    return self._lost(f"cannot renew the lease: {error}")
 
 
 def _quietly(action: Callable[[], Any]) -> None:
@@ -216,15 +240,16 @@ def fail_if_abandoned(
         reservation_id=record.reservation_id,
     )
     # Only the generation we looked at: a worker that claimed it meanwhile wins.
-    if records.redispatch(record.reservation_id, record.generation, "no live worker") is None:
+    generation = records.redispatch(record.reservation_id, record.generation, "no live worker")
+    if generation is None:
         return False
-    records.finish(
-        record.reservation_id,
-        record.host,
-        "failed",
-        step=record.current_step or record.next_step(),
-        error=error.to_dict(),
-    )
+    fence = RecordFence(record.reservation_id, record.host, record.computer, generation, "")
+    try:  # as nobody: refused if a worker claimed the new generation meanwhile
+        FencedRecord(records.redis, fence).finish(
+            "failed", step=record.current_step or record.next_step(), error=error.to_dict()
+        )
+    except Cancelled:
+        return False
     log.error("reservation_abandoned", reservation_id=record.reservation_id, code=error.code)
     return True
 

@@ -28,28 +28,36 @@ from vclvirt.errors import (
     TransientError,
     VclvirtError,
 )
-from vclvirt.locks import ResourceLock
+from vclvirt.hypervisor.connection import cut_fenced, release_fenced
+from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.metrics import STEP_DURATION, STEP_FAILURES
 from vclvirt.models import parse_reservation
+from vclvirt.node import fence
+from vclvirt.node.fence import HostFence
 from vclvirt.operations import StepContext
 from vclvirt.operations.registry import operation
 from vclvirt.provisioner import Provisioner
 from vclvirt.recovery import (
+    CALL_DEADLINE,
     LeaseKeeper,
     holder_is_dead,
     past_transient_deadline,
     retry_delay,
     this_process,
 )
-from vclvirt.state.computers import ComputerImages, ComputerOwners
+from vclvirt.state.client import deadline_client
+from vclvirt.state.computers import ComputerOwners
+from vclvirt.state.fence import FencedRecord, RecordFence, Write, writing_as
 from vclvirt.state.leases import Holder, Leases
 from vclvirt.state.records import RecordStore, ReservationStatus, now
+from vclvirt.state.slots import HostSlot
 from vclvirt.state.steps import StepEntry
 
 log = structlog.get_logger(__name__)
 
 COMPUTER_LOCK_WAIT = 0.5  # a busy computer is waited for outside the worker slot
 BUSY_RETRY_MAX = 30.0
+HOST_SLOT_POLL = 0.5
 
 
 class Runner:
@@ -66,8 +74,8 @@ class Runner:
         self.provisioner_for = provisioner_for
         self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
         self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
-        self.owners = ComputerOwners(client)
-        self.images = ComputerImages(client)
+        # What keeps a lease alive fails fast instead of riding out a broker restart.
+        self.keeping = deadline_client(client, settings.lease_ttl * CALL_DEADLINE)
 
     def run(
         self, reservation_id: int, generation: int, *, task_id: str | None = None
@@ -88,8 +96,8 @@ class Runner:
             )
             return {"dropped": claim.reason}
         record = self.records.get(reservation_id)
-        if record is None:  # expired between claim and read
-            return {"dropped": "missing"}
+        if record is None or record.generation != generation:  # changed since the claim
+            return {"dropped": "missing" if record is None else "stale"}
         return OperationRun(self, record, me, task_id).execute()
 
 
@@ -106,12 +114,18 @@ class OperationRun:
         self.computer = self.reservation.computer.short_name
         self.operation = operation(record.operation)
         self.plan = record.plan
+        # Every write below carries this run's fencing token (state/fence.py).
+        self.writes = FencedRecord(
+            runner.redis,
+            RecordFence(self.rid, self.host, self.computer, record.generation, str(me)),
+        )
         self.entries = {
-            step: StepEntry(runner.redis, self.rid, step, record.step_records.get(step, {}))
+            step: StepEntry(self.writes, step, record.step_records.get(step, {}))
             for step in record.steps
         }
         self.current: str | None = None
         self.keeper: LeaseKeeper
+        self.host_fence: HostFence | None = None
 
     def execute(self) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(
@@ -122,36 +136,78 @@ class OperationRun:
             operation=self.operation.name,
         )
         watch = (self.host, self.computer) if self.operation.owns_computer else None
+        keeping = self.runner.keeping
         with LeaseKeeper(
-            self.runner.leases,
-            self.runner.owners,
+            Leases(keeping, ttl_seconds=self.settings.lease_ttl),
+            ComputerOwners(keeping),
             self.rid,
             self.me,
             ttl=self.settings.lease_ttl,
             watch_owner=watch,
+            on_lost=lambda: cut_fenced(self.host),
         ) as keeper:
             self.keeper = keeper
             try:
-                with cancellation.scope(keeper.token):
+                with cancellation.scope(keeper.token), writing_as(self.writes):
                     if self.operation.locks_computer and not self._take_computer():
                         return self._wait_for_computer()
-                    return self._run_steps()
+                    self._take_host_slot()
+                    if self.host_fence is None:
+                        return self._run_steps()
+                    with fence.holding(self.host_fence):
+                        self._provisioner.node.run(["true"])  # the host fences older holders now
+                        return self._run_steps()
             except Cancelled as cancelled:
                 return self._cancelled(cancelled.reason)
+            finally:
+                release_fenced(self.host)
 
-    # -- the computer ------------------------------------------------------------------
+    @property
+    def _provisioner(self) -> Provisioner:
+        return self.runner.provisioner_for(self.host)
+
+    # -- the computer and the host -----------------------------------------------------
 
     def _take_computer(self) -> bool:
+        """The computer's lock, and with it the fencing token its host checks."""
         self.lock = ResourceLock(
-            self.runner.redis,
+            self.runner.keeping,
             f"computer:{self.host}:{self.computer}",
-            f"reservation:{self.rid}",
+            RunOwner(self.rid, self.record.generation, str(self.me)),
             ttl=self.settings.lease_ttl,
+            fenced=True,
         )
         if not self.lock.acquire(wait=COMPUTER_LOCK_WAIT):
             return False
         self.keeper.hold(self.lock)
+        assert self.lock.token is not None
+        fence_dir = self._provisioner.context.host.fence_dir
+        self.host_fence = HostFence(
+            self.host, f"{fence_dir}/{self.computer}", self.lock.token, self.rid
+        )
+        log.info("computer_taken", fencing_token=self.lock.token)
         return True
+
+    def _take_host_slot(self) -> None:
+        """One of the host's operation slots, counted across all its workers; waits here
+        (renewing its lease) while the host runs as many operations as it may."""
+        limit = self._provisioner.context.host.max_concurrent_loads
+        owner = f"r{self.rid}.g{self.record.generation}|{self.me}"
+        slot = HostSlot(
+            self.runner.keeping, self.host, owner, limit=limit, ttl=self.settings.lease_ttl
+        )
+        waited = False
+        while not slot.acquire():
+            if not waited:
+                why = f"host {self.host} runs {limit} operations already (its limit)"
+                self.writes.set(waiting={"reason": why, "since": round(now(), 3)})
+                log.info("host_busy", limit=limit, holders=slot.holders())
+                waited = True
+            self.keeper.check()
+            time.sleep(HOST_SLOT_POLL)
+        self.keeper.hold(slot)
+        if waited:
+            self.writes.apply(Write(hset={}, hdel=("waiting",)))
 
     def _wait_for_computer(self) -> dict[str, Any]:
         """Another reservation works on the computer: free this slot, come back later."""
@@ -159,7 +215,7 @@ class OperationRun:
         waits = self.record.waits + 1
         delay = min(BUSY_RETRY_MAX, 2.0 ** (waits - 1))
         why = f"computer {self.computer} is busy ({self.lock.held_by})"
-        self.runner.records.wait(self.rid, self.host, "waiting", time.time() + delay, why, waits)
+        self.writes.wait("waiting", time.time() + delay, why, waits)
         log.info("computer_busy", held_by=self.lock.held_by, retry_in_s=delay)
         return self._summary("waiting", reason=why)
 
@@ -188,7 +244,7 @@ class OperationRun:
             ended = self._run_step(name, entry)
             if ended is not None:
                 return ended
-        self.runner.records.finish(self.rid, self.host, "succeeded")
+        self.writes.finish("succeeded")
         log.info("operation_succeeded")
         return self._summary("succeeded")
 
@@ -215,22 +271,22 @@ class OperationRun:
         return None
 
     def _context(self, entry: StepEntry) -> StepContext:
-        records, images = self.runner.records, self.runner.images
+        writes = self.writes
 
         def set_plan(steps: list[str]) -> None:
             self.plan = steps
-            records.set_plan(self.rid, steps)
+            writes.set_plan(steps)
 
         return StepContext(
-            self.runner.provisioner_for(self.host),
+            self._provisioner,
             self.reservation,
             self.record.params,
             result_of=lambda step: self.entries[step].data.get("result"),
             attempts=lambda step: int(self.entries[step].data.get("attempt", 0)),
             progress=self._progress(entry),
             set_plan=set_plan,
-            set_outcome=lambda outcome: records.set_outcome(self.rid, outcome),
-            set_computer_image=lambda image: images.set(self.host, self.computer, image),
+            set_outcome=writes.set_outcome,
+            set_computer_image=writes.set_computer_image,
         )
 
     def _progress(self, entry: StepEntry) -> Callable[[int, int], None]:
@@ -267,7 +323,7 @@ class OperationRun:
             return self._fail(name, error)
         entry.retrying(error.to_dict(), delay)
         why = f"step {name} failed ({error.code}); retried in {delay:.0f}s"
-        self.runner.records.wait(self.rid, self.host, "retrying", time.time() + delay, why)
+        self.writes.wait("retrying", time.time() + delay, why)
         log.warning(
             "step_retrying",
             error=str(error),
@@ -283,7 +339,7 @@ class OperationRun:
         cleanup = self._abandon()
         STEP_FAILURES.labels(step=name, host=self.host, code=error.code).inc()
         details = {**error.to_dict(), **({"cleanup": cleanup} if cleanup else {})}
-        self.runner.records.finish(self.rid, self.host, state, step=name, error=details)
+        self.writes.finish(state, step=name, error=details)
         log.error("step_failed", error=str(error), code=error.code, state=state)
         return self._summary(state, failed_step=name, error=str(error))
 
@@ -296,6 +352,9 @@ class OperationRun:
                 return self.operation.on_abandon(
                     self._context(self.entries[self.current or self.record.steps[0]])
                 )
+        except Cancelled as refused:  # the host's fence: a newer holder has the computer
+            log.warning("cleanup_fenced", error=str(refused.reason))
+            return {"fenced": refused.reason.message}
         except Exception as error:
             log.warning("cleanup_failed", error=str(error))
             return {"failed": str(error)}
@@ -303,8 +362,8 @@ class OperationRun:
     def _cancelled(self, reason: VclvirtError) -> dict[str, Any]:
         if isinstance(reason, LeaseLost):
             # Someone else may run it now: write nothing, touch nothing.
-            log.warning("lease_lost", error=str(reason))
-            return self._summary("lease_lost")
+            log.warning("lease_lost", error=str(reason), code=reason.code)
+            return self._summary("lease_lost", error=str(reason))
         if isinstance(reason, Superseded):
             return self._fail(self.current or self.record.steps[0], reason, state="superseded")
         return self._fail(self.current or self.record.steps[0], reason)

@@ -6,6 +6,7 @@ import subprocess
 import time
 from typing import Any
 
+from tests import holder
 from tests.conftest import make_reservation
 from vclvirt.models import parse_reservation
 from vclvirt.recovery import holder_is_dead, this_process
@@ -59,7 +60,7 @@ def test_stale_generations_and_ended_records_are_not_claimed(state_redis) -> Non
     generation = _begin(state_redis)
     leases = Leases(state_redis, ttl_seconds=30)
     assert leases.claim(9101, generation + 1, OTHER).reason == "stale"
-    RecordStore(state_redis).finish(9101, "node-a", "succeeded")
+    holder.finish(state_redis, 9101, "succeeded")
     assert leases.claim(9101, generation, OTHER).reason == "succeeded"
     assert leases.claim(9999, 1, OTHER).reason == "missing"
 

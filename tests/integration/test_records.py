@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests import holder
 from tests.conftest import make_reservation
 from vclvirt.errors import InvalidInput, ResourceBusy
 from vclvirt.models import parse_reservation
@@ -49,7 +50,7 @@ def test_twelve_concurrent_begins_make_exactly_one_operation(state_redis, earlie
     store = RecordStore(state_redis)
     if earlier:
         store.begin(_reservation(), "power_on", ["power_on"])
-        store.finish(9001, "node-a", "succeeded")
+        holder.finish(state_redis, 9001, "succeeded")
     barrier = threading.Barrier(12)
     won: list[int] = []
     refused: list[str] = []
@@ -74,7 +75,7 @@ def test_begin_after_the_end_keeps_history_and_advances_the_generation(state_red
     """An ended operation becomes one line of history; the next one has generation 2."""
     store = RecordStore(state_redis)
     store.begin(_reservation(), "load", ["a"])
-    store.finish(9001, "node-a", "failed", step="a", error={"code": "X"})
+    holder.finish(state_redis, 9001, "failed", step="a", error={"code": "X"})
     assert store.begin(_reservation(), "power_on", ["power_on"]) == 2
     record = store.get(9001)
     assert record is not None and record.operation == "power_on"
@@ -89,10 +90,10 @@ def test_guest_host_key_outlives_operations_but_not_a_new_load(state_redis) -> N
     store = RecordStore(state_redis)
     store.begin(_reservation(), "load", ["a"])
     state_redis.hset(keys.record(9001), GUEST_HOST_KEY, "ssh-ed25519 AAAA")
-    store.finish(9001, "node-a", "succeeded")
+    holder.finish(state_redis, 9001, "succeeded")
     store.begin(_reservation(), "power_off", ["power_off"])
     assert state_redis.hget(keys.record(9001), GUEST_HOST_KEY) == b"ssh-ed25519 AAAA"
-    store.finish(9001, "node-a", "succeeded")
+    holder.finish(state_redis, 9001, "succeeded")
     store.begin(_reservation(), "load", ["a"])
     assert state_redis.hget(keys.record(9001), GUEST_HOST_KEY) is None
 
@@ -111,10 +112,11 @@ def test_restart_from_runs_a_failed_record_again_from_a_step(state_redis) -> Non
     """A failed record restarts at the step: later step records cleared, earlier kept."""
     store = RecordStore(state_redis)
     store.begin(_reservation(), "load", ["a", "b", "c"])
+    writes = holder.claimed(state_redis, 9001)
     for name in ("a", "b"):
-        StepEntry(state_redis, 9001, name, {}).succeeded({"done": name})
-    StepEntry(state_redis, 9001, "c", {}).failed({"code": "X"})
-    store.finish(9001, "node-a", "failed", step="c", error={"code": "X"})
+        StepEntry(writes, name, {}).succeeded({"done": name})
+    StepEntry(writes, "c", {}).failed({"code": "X"})
+    writes.finish("failed", step="c", error={"code": "X"})
 
     generation = store.restart_from(9001, "b")
 
@@ -132,7 +134,7 @@ def test_restart_from_refuses_records_that_did_not_fail(state_redis) -> None:
     store.begin(_reservation(), "load", ["a"])
     with pytest.raises(ResourceBusy):
         store.restart_from(9001, "a")
-    store.finish(9001, "node-a", "succeeded")
+    holder.finish(state_redis, 9001, "succeeded")
     with pytest.raises(InvalidInput):
         store.restart_from(9001, "a")
 
@@ -144,7 +146,7 @@ def test_redispatch_is_a_compare_and_set_on_the_generation(state_redis) -> None:
     assert store.redispatch(9001, 1, "test") == 2
     assert store.redispatch(9001, 1, "test") is None  # someone got there first
     assert store.redispatch(9001, 2, "test") == 3
-    store.finish(9001, "node-a", "succeeded")
+    holder.finish(state_redis, 9001, "succeeded")
     assert store.redispatch(9001, 3, "test") is None
 
 
@@ -162,12 +164,13 @@ def test_wait_records_why_and_when_in_the_hosts_due_set(state_redis) -> None:
     """A waiting record says why and until when; the host's due set holds it."""
     store = RecordStore(state_redis)
     store.begin(_reservation(), "load", ["a"])
-    store.wait(9001, "node-a", "retrying", 1234.5, "step a failed", 3)
+    holder.wait(state_redis, 9001, "retrying", 1234.5, "step a failed", 3)
     record = store.get(9001)
     assert record is not None and record.state == "retrying"
     assert record.waiting == {"reason": "step a failed", "until": 1234.5}
     assert record.waits == 3
     assert state_redis.zscore(keys.due("node-a"), "9001") == 1234.5
-    store.finish(9001, "node-a", "failed")
+    assert store.redispatch(9001, 1, "due") == 2  # what recovery does when it is due
+    holder.finish(state_redis, 9001, "failed")
     assert state_redis.zscore(keys.due("node-a"), "9001") is None
     assert store.in_flight("node-a") == []

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests import holder
 from tests.conftest import make_reservation
 from vclvirt.config.settings import Settings
 from vclvirt.models import parse_reservation
@@ -121,9 +122,8 @@ def test_a_fresh_queued_record_is_not_looked_for_before_the_grace(state_redis, p
 
 def test_a_retry_is_dispatched_when_it_is_due_not_before(state_redis, published) -> None:
     """A waiting record goes out again once its time has come, exactly once."""
-    records = RecordStore(state_redis)
     generation = _begin(state_redis, 9307)
-    records.wait(9307, HOST, "retrying", time.time() + 3600, "later")
+    holder.wait(state_redis, 9307, "retrying", time.time() + 3600, "later")
     reconciler = _reconciler(state_redis, published)
     reconciler.cycle()
     assert published == []

@@ -31,6 +31,7 @@ from vclvirt.provisioner import Provisioner
 from vclvirt.recovery import this_process
 from vclvirt.runner import Runner
 from vclvirt.state import keys
+from vclvirt.state.fence import FencedRecord, RecordFence
 from vclvirt.state.leases import Holder, Leases
 from vclvirt.state.records import RecordStore
 from vclvirt.state.steps import StepEntry
@@ -320,11 +321,14 @@ def _interrupted(harness: Harness, rid: int, computer: str, step: str, times: in
     gone.wait()
     dead = Holder(this_process().node, "old-boot", gone.pid)
     Leases(harness.client, ttl_seconds=30).claim(rid, generation, dead)
+    writes = FencedRecord(
+        harness.client, RecordFence(rid, "node-a", computer, generation, str(dead))
+    )
     steps = _LOAD_STEPS[: _LOAD_STEPS.index(step)]
     for done in steps:
-        StepEntry(harness.client, rid, done, {}).succeeded({})
+        StepEntry(writes, done, {}).succeeded({})
     harness.client.hset(keys.record(rid), "plan", '["' + '", "'.join(_LOAD_STEPS[1:]) + '"]')
-    entry = StepEntry(harness.client, rid, step, {"attempt": times - 1, "interrupted": times - 1})
+    entry = StepEntry(writes, step, {"attempt": times - 1, "interrupted": times - 1})
     entry.started(task_id="old", worker=dead.node)
     return generation
 

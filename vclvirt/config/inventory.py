@@ -59,6 +59,9 @@ class HostConfig(BaseModel):
     # the machine running the worker, streamed to the host over the SSH connection.
     repository_location: Literal["host", "worker"] = "host"
     xml_dir: HostPath = "/tmp/vcl"
+    # Per computer, the newest fencing token the host has seen (node/fence.py). On a disk
+    # that survives a reboot, so a holder paused across the host's reboot stays fenced.
+    fence_dir: HostPath = "/var/lib/vclvirt/fence"
     private_switch: Annotated[str, StringConstraints(pattern=_SWITCH)] | None = None
     public_switch: Annotated[str, StringConstraints(pattern=_SWITCH)] | None = None
     max_concurrent_loads: Annotated[int, Field(ge=1, le=64, strict=True)] = 2
@@ -100,6 +103,15 @@ class HostConfig(BaseModel):
     @property
     def queue(self) -> str:
         return f"host.{self.name}"
+
+    @property
+    def libvirt_through_fence(self) -> bool:
+        """Whether a fenced run reaches libvirtd through a tunnel behind the host's fence:
+        the derived URI (SSH) or the local system daemon. A configured URI (libvirt's
+        test driver, another transport) is used as it is, unfenced."""
+        if self.libvirt_uri:
+            return self.transport == "local" and self.libvirt_uri == "qemu:///system"
+        return True
 
     @property
     def effective_libvirt_uri(self) -> str:

@@ -19,6 +19,8 @@ import structlog
 
 from vclvirt.errors import GuestHostKeyChanged
 from vclvirt.state import keys
+from vclvirt.state.fence import FencedRecord, Write
+from vclvirt.state.fence import current as fenced_record
 from vclvirt.state.records import GUEST_HOST_KEY
 
 log = structlog.get_logger(__name__)
@@ -57,7 +59,12 @@ class GuestHostKeys:
         return value.decode() if isinstance(value, bytes) else value
 
     def pin(self, reservation_id: int, key: str) -> str | None:
-        """Pin `key` unless a key is pinned already; the pinned key (None: no record)."""
+        """Pin `key` unless a key is pinned already; the pinned key (None: no record).
+        Inside the reservation's running operation, only under its fencing token."""
+        writes = _fenced(reservation_id)
+        if writes is not None:
+            writes.apply(Write(hset={}, hsetnx=(FIELD, key)))
+            return self.pinned(reservation_id)
         value: Any = self._pin_script(keys=[keys.record(reservation_id)], args=[FIELD, key])
         if value == -1:
             return None
@@ -65,7 +72,11 @@ class GuestHostKeys:
 
     def forget(self, reservation_id: int) -> None:
         """The guest is gone (its domain deleted): the next one pins its own key."""
-        self.redis.hdel(keys.record(reservation_id), FIELD)
+        writes = _fenced(reservation_id)
+        if writes is not None:
+            writes.apply(Write(hset={}, hdel=(FIELD,)))
+        else:
+            self.redis.hdel(keys.record(reservation_id), FIELD)
 
     def policy(self, reservation_id: int, guest: str) -> PinnedHostKeyPolicy:
         return PinnedHostKeyPolicy(self, reservation_id, guest)
@@ -100,6 +111,12 @@ class PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 "at its first contact",
                 reservation_id=self.reservation_id,
             )
+
+
+def _fenced(reservation_id: int) -> FencedRecord | None:
+    """The running operation's fenced record, when it is this reservation's."""
+    writes = fenced_record()
+    return writes if writes and writes.fence.reservation_id == reservation_id else None
 
 
 def _fingerprint(text: str) -> str:

@@ -18,6 +18,9 @@ from vclvirt.errors import (
     HypervisorUnavailable,
     VclvirtError,
 )
+from vclvirt.hypervisor.tunnel import PROXY, LibvirtTunnel
+from vclvirt.node import fence
+from vclvirt.node.transport import Transport
 
 # libvirt prints every error to stderr by default, which breaks JSON log streams.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -81,8 +84,14 @@ def _ensure_event_loop() -> None:
     _event_loop_pid = os.getpid()
 
 
-def connect(host: HostConfig) -> libvirt.virConnect:
-    """The process's libvirt connection to this host, reopened if it died."""
+def connect(host: HostConfig, node: Transport | None = None) -> libvirt.virConnect:
+    """The process's libvirt connection to this host, reopened if it died.
+
+    While this thread holds the host's fence for a computer (node/fence.py), the
+    connection of that fence instead: carried through the fence over `node`."""
+    held = fence.current(host.name) if node is not None else None
+    if held is not None and node is not None and host.libvirt_through_fence:
+        return _fenced_connection(host, node, held)
     key = (os.getpid(), host.name)
     with _lock:
         _ensure_event_loop()
@@ -101,6 +110,61 @@ def connect(host: HostConfig) -> libvirt.virConnect:
             conn.setKeepAlive(5, 3)
         _connections[key] = conn
         return conn
+
+
+_fenced: dict[tuple[int, str, int], tuple[libvirt.virConnect, LibvirtTunnel]] = {}
+
+
+def _fenced_connection(
+    host: HostConfig, node: Transport, held: fence.HostFence
+) -> libvirt.virConnect:
+    """One connection per fencing token, through a tunnel the host's fence started. Not
+    reopened when it dies: a dead tunnel may mean the host killed it for a newer holder,
+    and the next open goes through the fence again (and is refused there if so)."""
+    key = (os.getpid(), host.name, held.token)
+    with _lock:
+        _ensure_event_loop()
+        found = _fenced.get(key)
+        if found is not None:
+            with suppress(libvirt.libvirtError):
+                if found[0].isAlive():
+                    return found[0]
+            _close_fenced(key)
+        proxy = held.wrap(PROXY)  # wrapped here: the tunnel's thread holds no fence
+        tunnel = LibvirtTunnel(lambda: node.open_stream(proxy), host.name)
+        try:
+            with libvirt_errors(host.name, f"cannot connect to libvirt on {host.address}"):
+                conn = libvirt.open(tunnel.uri)
+        except BaseException:
+            tunnel.close()
+            node.run(["true"])  # a refused fence says so here (Cancelled(Fenced))
+            raise
+        with suppress(libvirt.libvirtError):
+            conn.setKeepAlive(5, 3)
+        _fenced[key] = (conn, tunnel)
+        return conn
+
+
+def _close_fenced(key: tuple[int, str, int]) -> None:
+    conn, tunnel = _fenced.pop(key)
+    with suppress(libvirt.libvirtError):
+        conn.close()
+    tunnel.close()
+
+
+def cut_fenced(host_name: str) -> None:
+    """The run lost its lease: end its tunnels now (from the lease keeper's thread), so its
+    next libvirt call fails even before a newer holder's fence kills them on the host."""
+    for key, (_conn, tunnel) in list(_fenced.items()):
+        if key[0] == os.getpid() and key[1] == host_name:
+            tunnel.close()
+
+
+def release_fenced(host_name: str) -> None:
+    """A run let go of the host's computer: close its fenced connections."""
+    with _lock:
+        for key in [k for k in _fenced if k[0] == os.getpid() and k[1] == host_name]:
+            _close_fenced(key)
 
 
 def forget(host: HostConfig) -> None:

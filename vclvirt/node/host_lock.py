@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from vclvirt.config.settings import COPY_TIMEOUT
 from vclvirt.errors import ResourceBusy
+from vclvirt.node import fence
 from vclvirt.node.transport import Transport
 
 _LOCKED = "locked"
@@ -25,6 +26,8 @@ def host_lock(node: Transport, lock_path: str, *, wait: float = COPY_TIMEOUT) ->
     )
     try:
         line = held.read_line(timeout=wait + 30)
+        if not line and fence.current(node.host_name):
+            node.run(["true"])  # ended at once: Cancelled(Fenced) if the host refused us
         if line.strip() != _LOCKED:
             raise ResourceBusy(
                 f"could not take lock {lock_path} within {wait:.0f}s", host=node.host_name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import subprocess
 import tempfile
 import time
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from vclvirt.config.settings import COMMAND_TIMEOUT
 from vclvirt.errors import CommandTimeout
+from vclvirt.node import fence
 from vclvirt.node.transport import CommandResult, Readable, command_line
 
 
@@ -18,8 +20,13 @@ class LocalProcess:
     """A local process held open until closed."""
 
     def __init__(self, argv: Sequence[str]) -> None:
+        # Its own process group: a host's fence kills a stale holder's group, never ours.
         self._proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._buffer = b""
 
@@ -54,10 +61,15 @@ class LocalTransport:
     """Runs commands on this machine."""
 
     def __init__(
-        self, host_name: str = "localhost", *, command_timeout: float = COMMAND_TIMEOUT
+        self,
+        host_name: str = "localhost",
+        *,
+        command_timeout: float = COMMAND_TIMEOUT,
+        fenced: bool = False,
     ) -> None:
         self.host_name = host_name
         self.command_timeout = command_timeout
+        self.fenced = fenced  # this machine is the hypervisor host (transport = "local")
 
     def run(
         self,
@@ -70,13 +82,20 @@ class LocalTransport:
         keep_output: bool = True,
     ) -> CommandResult:
         timeout = self.command_timeout if timeout is None else timeout
+        asked = argv
+        argv, held = fence.guard(self.host_name, argv) if self.fenced else (argv, None)
         if not keep_output:
-            result = self._stream(argv, timeout, stdin, on_output)
+            result = fence.checked(self._stream(argv, timeout, stdin, on_output), held, asked)
             return result.check(self.host_name) if check else result
         try:
             data = stdin if stdin is None or isinstance(stdin, bytes) else stdin.read()
             proc = subprocess.run(
-                list(argv), input=data, capture_output=True, timeout=timeout, check=False
+                list(argv),
+                input=data,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                start_new_session=True,
             )
         except subprocess.TimeoutExpired:
             raise CommandTimeout(
@@ -90,6 +109,7 @@ class LocalTransport:
         if on_output is not None and proc.stdout:
             on_output(proc.stdout)  # locally the whole output comes at the end
         result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        result = fence.checked(result, held, asked)
         return result.check(self.host_name) if check else result
 
     def _stream(
@@ -107,7 +127,11 @@ class LocalTransport:
             given.seek(0)
             try:
                 proc = subprocess.Popen(
-                    list(argv), stdin=given, stdout=subprocess.PIPE, stderr=errors
+                    list(argv),
+                    stdin=given,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    start_new_session=True,
                 )
             except FileNotFoundError:
                 message = f"{argv[0]}: command not found".encode()
@@ -146,7 +170,43 @@ class LocalTransport:
             return CommandResult(tuple(argv), status, b"", errors.read())
 
     def spawn(self, argv: Sequence[str]) -> LocalProcess:
+        if self.fenced:
+            argv, _ = fence.guard(self.host_name, argv)
         return LocalProcess(argv)
+
+    def open_stream(self, argv: Sequence[str]) -> LocalStream:
+        """Start argv with a socket as its stdin and stdout; the other end is returned.
+        Not fenced here: the caller wraps argv (it runs in another thread)."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            proc = subprocess.Popen(
+                list(argv), stdin=theirs.fileno(), stdout=theirs.fileno(), start_new_session=True
+            )
+        return LocalStream(ours, proc)
 
     def close(self) -> None:
         pass
+
+
+class LocalStream:
+    """Our end of a local process's stdin/stdout; closing it reaps the process."""
+
+    def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
+        self._sock, self._proc = sock, proc
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def close(self) -> None:
+        self._sock.close()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()

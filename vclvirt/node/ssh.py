@@ -28,6 +28,7 @@ from vclvirt.errors import (
     NodeUnreachable,
     VclvirtError,
 )
+from vclvirt.node import fence
 from vclvirt.node.transport import CommandResult, Readable, command_line
 
 _READ_SIZE = 65536
@@ -96,9 +97,13 @@ class SSHTransport:
         *,
         connect_timeout: float = 15.0,
         command_timeout: float = COMMAND_TIMEOUT,
+        fenced: bool = False,
     ) -> None:
         self.host = host
         self.host_name = host.name
+        # A hypervisor host's transport: commands of a run holding the host's fence for a
+        # computer go through it (node/fence.py). A guest's transport never is.
+        self.fenced = fenced
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.connections_opened = 0
@@ -219,6 +224,8 @@ class SSHTransport:
         keep_output: bool = True,
     ) -> CommandResult:
         timeout = self.command_timeout if timeout is None else timeout
+        asked = argv
+        argv, held = fence.guard(self.host_name, argv) if self.fenced else (argv, None)
         line = command_line(argv)
         began = time.monotonic()
         channel = self._open_channel()
@@ -279,17 +286,27 @@ class SSHTransport:
             self.commands_run += 1
             self.command_seconds += time.monotonic() - began
         result = CommandResult(tuple(argv), status, bytes(stdout), bytes(stderr))
+        result = fence.checked(result, held, asked)
         return result.check(self.host_name) if check else result
 
     def spawn(self, argv: Sequence[str]) -> SSHProcess:
         """Keep argv running until closed. While it runs, the connection is not replaced:
         a host-side lock held by it died with a lost connection, so every later command
         fails (NodeUnreachable) instead of running on a new connection without the lock."""
+        if self.fenced:
+            argv, _ = fence.guard(self.host_name, argv)
         channel = self._open_channel()
         channel.exec_command(command_line(argv))
         with self._lock:
             self._held += 1
         return SSHProcess(channel, self.host_name, on_close=self._release_held)
+
+    def open_stream(self, argv: Sequence[str]) -> paramiko.Channel:
+        """Start argv and hand back its channel as a byte stream (stdin/stdout).
+        Not fenced here: the caller wraps argv (it runs in another thread)."""
+        channel = self._open_channel()
+        channel.exec_command(command_line(argv))
+        return channel
 
     def _release_held(self) -> None:
         with self._lock:
@@ -319,13 +336,13 @@ _pool_lock = threading.Lock()
 def ssh_transport(
     host: SSHTarget, *, connect_timeout: float = 15.0, command_timeout: float = COMMAND_TIMEOUT
 ) -> SSHTransport:
-    """The process's shared transport for this host (a new one after fork)."""
+    """The process's shared transport for this hypervisor host (a new one after fork)."""
     key = (os.getpid(), host.name)
     with _pool_lock:
         transport = _pool.get(key)
         if transport is None or transport.host != host:
             transport = SSHTransport(
-                host, connect_timeout=connect_timeout, command_timeout=command_timeout
+                host, connect_timeout=connect_timeout, command_timeout=command_timeout, fenced=True
             )
             _pool[key] = transport
         return transport

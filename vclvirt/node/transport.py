@@ -65,6 +65,15 @@ class HeldProcess(Protocol):
     def close(self) -> None: ...
 
 
+class Stream(Protocol):
+    """A byte stream to a command on the host (its stdin and stdout)."""
+
+    def fileno(self) -> int: ...
+    def recv(self, size: int, /) -> bytes: ...
+    def sendall(self, data: bytes, /) -> None: ...
+    def close(self) -> None: ...
+
+
 class Transport(Protocol):
     """Runs commands on one host."""
 
@@ -93,6 +102,10 @@ class Transport(Protocol):
 
     def spawn(self, argv: Sequence[str]) -> HeldProcess:
         """Start argv and keep it running until the returned handle is closed."""
+        ...
+
+    def open_stream(self, argv: Sequence[str]) -> Stream:
+        """Start argv and hand back its stdin/stdout as one byte stream (a tunnel)."""
         ...
 
     def close(self) -> None: ...

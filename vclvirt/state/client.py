@@ -4,7 +4,7 @@ Redis restart (connection refused, still loading its append-only file)."""
 from __future__ import annotations
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -28,3 +28,18 @@ def redis_client(url: str, *, patient: bool = True) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=cap, base=0.05), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+
+
+def deadline_client(client: redis.Redis, timeout: float) -> redis.Redis:
+    """A client to the same Redis whose every call fails within `timeout` seconds, never
+    retried: what keeps a lease alive must know in time that it cannot (recovery.py)."""
+    kwargs = dict(client.connection_pool.connection_kwargs)
+    kwargs.update(
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_error=[],
+        health_check_interval=0,
+    )
+    pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))

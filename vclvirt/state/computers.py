@@ -26,13 +26,11 @@ class ComputerOwners:
 
 
 class ComputerImages:
-    """What each computer holds now: set after post_load, 'noimage' after unload."""
+    """What each computer holds now: set after post_load, 'noimage' after unload (by the
+    running operation, through its fenced record: state/fence.py)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-
-    def set(self, host: str, computer: str, image: dict[str, Any] | None) -> None:
-        self.redis.set(keys.computer_image(host, computer), json.dumps(image or NO_IMAGE))
 
     def get(self, host: str, computer: str) -> dict[str, Any] | None:
         raw = self.redis.get(keys.computer_image(host, computer))

@@ -44,3 +44,13 @@ def host_workers(host: str) -> str:
 
 def lock(resource: str) -> str:
     return f"{PREFIX}:lock:{resource}"
+
+
+def fence(resource: str) -> str:
+    """The last fencing token a lock on the resource issued (never reset)."""
+    return f"{PREFIX}:fence:{resource}"
+
+
+def host_slots(host: str) -> str:
+    """Operations running on the host now, across all its workers (a zset: run -> expiry)."""
+    return f"{PREFIX}:slots:{host}"

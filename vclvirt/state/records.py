@@ -367,61 +367,6 @@ class RecordStore:
         )
         return int(new) or None
 
-    def set_fields(self, reservation_id: int, **fields: Any) -> None:
-        encoded = {
-            k: json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v)
-            for k, v in fields.items()
-        }
-        self.redis.hset(keys.record(reservation_id), mapping=encoded)  # type: ignore[arg-type]
-
-    def wait(
-        self, reservation_id: int, host: str, state: str, until: float, why: str, count: int = 1
-    ) -> None:
-        """Nothing runs until `until` (a retry's backoff, a busy computer); the record says
-        why, and the host's due set makes recovery dispatch it again then."""
-        waiting = {"reason": why, "until": round(until, 3)}
-        pipe = self.redis.pipeline()
-        pipe.hset(
-            keys.record(reservation_id),
-            mapping={
-                "state": state,
-                "current_step": "",
-                "lease_holder": "",
-                "waiting": json.dumps(waiting),
-                "waits": count,  # kept across dispatches: how long to wait next time
-            },
-        )
-        pipe.zadd(keys.due(host), {str(reservation_id): until})
-        pipe.execute()
-
-    def finish(
-        self,
-        reservation_id: int,
-        host: str,
-        state: str,
-        *,
-        step: str | None = None,
-        error: dict[str, Any] | None = None,
-    ) -> None:
-        """End the operation: succeeded, failed (at `step`, with `error`) or superseded."""
-        fields: dict[str, Any] = {"state": state, "current_step": "", "finished_at": now()}
-        if error is not None:
-            fields.update(failed_step=step or "", error=json.dumps(error))
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.record(reservation_id), mapping=fields)  # type: ignore[arg-type]
-        pipe.hdel(keys.record(reservation_id), "waiting", "lease_holder", "waits")
-        pipe.srem(keys.inflight(host), reservation_id)
-        pipe.zrem(keys.due(host), reservation_id)
-        pipe.execute()
-
-    def set_plan(self, reservation_id: int, steps: list[str]) -> None:
-        """Only these steps run; the others are recorded as skipped (node_status decided)."""
-        self.redis.hset(keys.record(reservation_id), "plan", json.dumps(steps))
-
-    def set_outcome(self, reservation_id: int, outcome: dict[str, Any]) -> None:
-        """What the operation produced, for the scheduler (e.g. a capture's new image)."""
-        self.redis.hset(keys.record(reservation_id), "outcome", json.dumps(outcome))
-
     def in_flight(self, host: str) -> list[int]:
         return sorted(int(m) for m in self.redis.smembers(keys.inflight(host)))
 

@@ -1,8 +1,9 @@
 """The step log inside a reservation's record: one field `step:<name>` per step.
 
 A `StepEntry` is held in memory by whoever runs the step, and every transition is one
-write of the whole entry (plus the record fields that change with it), so a step costs
-one Redis round trip per transition and concurrent writers never mix their fields.
+fenced write of the whole entry (plus the record fields that change with it): one Redis
+round trip per transition, concurrent writers never mix their fields, and a writer that
+lost its lease writes nothing (state/fence.py).
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from typing import Any
 import redis
 
 from vclvirt.state import keys
+from vclvirt.state.fence import FencedRecord
 from vclvirt.state.records import now
 
 
 class StepEntry:
     """One step of one reservation, as its record shows it."""
 
-    def __init__(
-        self, client: redis.Redis, reservation_id: int, name: str, data: dict[str, Any]
-    ) -> None:
-        self.redis = client
-        self.reservation_id = reservation_id
+    def __init__(self, record: FencedRecord, name: str, data: dict[str, Any]) -> None:
+        self.record = record
         self.name = name
         self.data = dict(data)
 
@@ -32,8 +31,7 @@ class StepEntry:
         return self.data.get("state")
 
     def _write(self, **record_fields: Any) -> None:
-        mapping = {f"step:{self.name}": json.dumps(self.data), **record_fields}
-        self.redis.hset(keys.record(self.reservation_id), mapping=mapping)  # type: ignore[arg-type]
+        self.record.set(**{f"step:{self.name}": json.dumps(self.data)}, **record_fields)
 
     def started(self, *, task_id: str | None, worker: str | None) -> None:
         """Running now; `attempt` counts every start, retries and redeliveries alike."""

@@ -56,7 +56,7 @@ def _provisioner(pid: int, host_name: str) -> Provisioner:
     settings = get_settings()
     host = get_inventory().host(host_name)
     node: Transport = (
-        LocalTransport(host.name, command_timeout=settings.command_timeout)
+        LocalTransport(host.name, command_timeout=settings.command_timeout, fenced=True)
         if host.transport == "local"
         else ssh_transport(
             host,
@@ -65,7 +65,7 @@ def _provisioner(pid: int, host_name: str) -> Provisioner:
         )
     )
     driver = load_driver(host, node, copy_timeout=settings.copy_timeout)
-    return Provisioner(host, node, driver, lambda: connect(host))
+    return Provisioner(host, node, driver, lambda: connect(host, node))
 
 
 def provisioner_for(host_name: str) -> Provisioner:

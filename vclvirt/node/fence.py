@@ -1,0 +1,137 @@
+"""The host's own fence: a holder that lost its computer cannot change it any more.
+
+A check in Redis followed by an action on the host is not enough: a worker can pause
+between the two for longer than its lease. So the host itself keeps, per computer, the
+highest fencing token it has seen (issued with the computer lock, locks.py) and checks it
+in the same critical section as the action:
+
+    flock <fence dir>/lock:
+        token < highest seen         -> refuse (exit 75), run nothing
+        token > highest seen         -> record it; kill every process that an older token
+                                        started here (commands, copies, the libvirt tunnel)
+        register this process         (pid, process group, start time)
+    unlock, run the command, unregister
+
+Every command a fenced operation runs on its host goes through this wrapper, and so does
+its libvirt connection (a tunnel to libvirtd: hypervisor/tunnel.py). When a newer holder
+takes the computer, the older holder's tunnel and commands are killed on the host, and
+anything it sends afterwards is refused there: its libvirt calls find the connection
+gone, its commands exit 75. The limit: an action that had reached libvirtd or started
+before the takeover may still complete; nothing starts after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from vclvirt.cancellation import Cancelled
+from vclvirt.errors import Fenced
+from vclvirt.node.transport import CommandResult
+
+REFUSED = 75  # EX_TEMPFAIL: the wrapper's exit status for a stale token
+MARKER = "vclvirt-fence: refused"
+
+# A constant script: the fence directory, the token and the command are positional
+# arguments, quoted by the transport like every argument.
+SCRIPT = r"""
+dir=$1 token=$2
+shift 2
+mkdir -p -- "$dir" && exec 9>>"$dir/lock" || exit 74
+flock -x -w 120 9 || { echo "vclvirt-fence: cannot lock $dir" >&2; exit 74; }
+seen=$(cat -- "$dir/token" 2>/dev/null)
+case $seen in ''|*[!0-9]*) seen=0 ;; esac
+if [ "$seen" -gt "$token" ]; then
+  echo "vclvirt-fence: refused: token $token is older than $seen ($dir)" >&2
+  exit 75
+fi
+identity() {
+  line=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  set -- ${line##*) }
+  echo "$3 ${20}"
+}
+if [ "$seen" -lt "$token" ]; then
+  printf '%s\n' "$token" > "$dir/token.new" && mv -f -- "$dir/token.new" "$dir/token" || exit 74
+  for run in "$dir"/run.*; do
+    [ -e "$run" ] || continue
+    if read -r pid group start < "$run" && [ "$group" -gt 1 ] \
+        && [ "$(identity "$pid")" = "$group $start" ]; then
+      kill -s KILL -- "-$group" \
+        && echo "vclvirt-fence: killed process group $group of an older token ($dir)" >&2
+    fi
+    rm -f -- "$run"
+  done
+fi
+[ "$#" -gt 0 ] || exit 0
+run="$dir/run.$$"
+echo "$$ $(identity $$)" > "$run" || exit 74
+trap 'rm -f -- "$run"' EXIT
+trap 'exit 129' HUP
+trap 'exit 143' TERM
+exec 9>&-
+"$@"
+status=$?
+rm -f -- "$run"
+trap - EXIT
+exit $status
+"""
+
+
+@dataclass(frozen=True)
+class HostFence:
+    """The fencing token a run holds for one computer on one host."""
+
+    host: str
+    directory: str  # on the host: <fence_dir>/<computer>
+    token: int
+    reservation_id: int
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """argv, run on the host only if this token is still the newest it has seen."""
+        return ["sh", "-c", SCRIPT, "vclvirt-fence", self.directory, str(self.token), *argv]
+
+    def refusal(self, detail: str) -> Cancelled:
+        return Cancelled(
+            Fenced(
+                f"host {self.host} refused fencing token {self.token} for {self.directory}: "
+                f"a newer holder has taken the computer ({detail.strip()[-300:]})",
+                host=self.host,
+                reservation_id=self.reservation_id,
+            )
+        )
+
+
+_current: ContextVar[HostFence | None] = ContextVar("vclvirt_host_fence", default=None)
+
+
+@contextmanager
+def holding(fence: HostFence) -> Iterator[HostFence]:
+    """Every command on `fence.host` in this thread runs behind `fence`."""
+    reset = _current.set(fence)
+    try:
+        yield fence
+    finally:
+        _current.reset(reset)
+
+
+def current(host: str) -> HostFence | None:
+    """The fence this thread holds for `host`, if any."""
+    fence = _current.get()
+    return fence if fence is not None and fence.host == host else None
+
+
+def guard(host: str, argv: Sequence[str]) -> tuple[Sequence[str], HostFence | None]:
+    """What a host transport runs for argv: wrapped when a fence for the host is held."""
+    fence = current(host)
+    return (fence.wrap(argv), fence) if fence else (argv, None)
+
+
+def checked(result: CommandResult, fence: HostFence | None, argv: Sequence[str]) -> CommandResult:
+    """The command's own result (as if unwrapped); Cancelled(Fenced) if the host refused."""
+    if fence is None:
+        return result
+    if result.exit_status == REFUSED and MARKER.encode() in result.stderr:
+        raise fence.refusal(result.stderr.decode(errors="replace"))
+    return CommandResult(tuple(argv), result.exit_status, result.stdout, result.stderr)
