@@ -253,7 +253,7 @@ class OperationRun:
         self.current = name
         structlog.contextvars.bind_contextvars(step=name)
         started = time.monotonic()
-        entry.started(task_id=self.task_id, worker=self.me.node)
+        entry.started(task_id=self.task_id, worker=self.me.node, holder=str(self.me))
         log.info("step_started", attempt=entry.data["attempt"])
         testhooks.hold(self.rid, name)
         try:

@@ -71,6 +71,11 @@ class HostConfig(BaseModel):
     # 127.0.0.1 (test beds where the worker runs on the host).
     guest_network: Literal["switches", "user"] = "switches"
     guest_ssh_ports: tuple[int, int] = (22000, 22999)
+    # Reach guests through the host (a relay started behind the host's fence, so a holder
+    # that lost the computer loses its guest sessions too) or directly from the worker.
+    # Default: through the host for "user" networking (the forwarded port is on the host's
+    # loopback), directly for "switches" (VCL's management node reaches private IPs).
+    guest_via_host: bool | None = None
 
     @model_validator(mode="after")
     def _default_vm_path(self) -> HostConfig:
@@ -95,6 +100,12 @@ class HostConfig(BaseModel):
         """The host port forwarded to a user-mode guest's port 22 (stable per computer)."""
         low, high = self.guest_ssh_ports
         return low + computer_id % (high - low + 1)
+
+    @property
+    def guests_through_host(self) -> bool:
+        if self.guest_via_host is None:
+            return self.guest_network == "user"
+        return self.guest_via_host
 
     @property
     def vm_dir(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,17 @@ from vclvirt.errors import (
 from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.models import Reservation
 from vclvirt.node.ssh import SSHTransport
+from vclvirt.node.transport import Stream
+
+# A constant script on the host: a TCP relay to the guest's SSH port (address and port are
+# its arguments): netcat if the host has it, else bash's /dev/tcp.
+RELAY = [
+    "sh",
+    "-c",
+    'if command -v nc >/dev/null 2>&1; then exec nc "$1" "$2"; fi; '
+    'exec bash -c \'exec 3<>"/dev/tcp/$0/$1" || exit 1; cat <&3 & exec cat >&3\' "$1" "$2"',
+    "vclvirt-guest-relay",
+]
 
 
 class GuestUnreachable(PermanentError):
@@ -44,6 +56,8 @@ class GuestTarget:
     known_hosts: Path | None = None  # a fresh guest's host key cannot be known in advance
     # Decides on the guest's host key instead (pinned per reservation); None accepts any.
     host_key_policy: paramiko.MissingHostKeyPolicy | None = field(default=None, compare=False)
+    # Opens the byte stream SSH runs over (a relay on the host); None connects directly.
+    via: Callable[[], Stream] | None = field(default=None, compare=False)
 
 
 def guest_address(host: HostConfig, reservation: Reservation) -> tuple[str, int]:

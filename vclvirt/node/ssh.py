@@ -138,6 +138,7 @@ class SSHTransport:
                 ) from None
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         where = f"{self.host.user}@{self.host.address}:{self.host.port}"
+        via = getattr(self.host, "via", None)  # a guest reached through its host's relay
         try:
             client.connect(
                 self.host.address,
@@ -149,6 +150,7 @@ class SSHTransport:
                 timeout=self.connect_timeout,
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
+                sock=via() if via is not None else None,
             )
         except VclvirtError:  # raised by the target's host key policy
             client.close()

@@ -20,7 +20,7 @@ from vclvirt.errors import (
     InvalidInput,
 )
 from vclvirt.guest import hooks
-from vclvirt.guest.access import connect_guest, guest_target
+from vclvirt.guest.access import connect_guest
 from vclvirt.hypervisor import domains
 from vclvirt.images.capture import flatten_to_master, publish_to_repository
 from vclvirt.images.master import find_in_repository, find_master
@@ -69,11 +69,7 @@ class Capture:
             )
         self._check_name_is_free(new_image)
         has_guest = reservation.image.os_type.lower() != "none"
-        target = (
-            guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
-            if has_guest
-            else None
-        )
+        target = ctx.guest_target(reservation) if has_guest else None
         powered_on = False
         if target is not None and power == "off":
             powered_on = domains.start(domain, host)

@@ -4,20 +4,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import libvirt
 
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
 from vclvirt.errors import DomainMissing
+from vclvirt.guest.access import RELAY, GuestTarget, guest_target
 from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.images.files import CommandFiles, HostFiles, host_files
 from vclvirt.models import Reservation
 from vclvirt.naming import LoadNames
-from vclvirt.node.transport import Transport
+from vclvirt.node import fence
+from vclvirt.node.transport import Stream, Transport
 
 
 @dataclass
@@ -54,6 +56,20 @@ class HostContext:
             vm_path=self.host.vm_dir,
             xml_dir=self.host.xml_dir,
         )
+
+    def guest_target(self, reservation: Reservation) -> GuestTarget:
+        """How to log in to the reservation's guest; through a relay on the host when the
+        host is configured so, behind the run's fence (node/fence.py)."""
+        target = guest_target(self.host, reservation, self.settings, self.guest_host_keys)
+        if not self.host.guests_through_host:
+            return target
+        argv = [*RELAY, target.address, str(target.port)]
+
+        def relay() -> Stream:
+            held = fence.current(self.host.name)
+            return self.node.open_stream(held.wrap(argv) if held else argv)
+
+        return replace(target, via=relay)
 
     def domain(self, reservation: Reservation) -> libvirt.virDomain:
         """The reservation's own domain; DomainMissing when it is not defined."""

@@ -19,7 +19,7 @@ import structlog
 
 from vclvirt.errors import HypervisorError
 from vclvirt.guest import hooks
-from vclvirt.guest.access import connect_guest, guest_target
+from vclvirt.guest.access import connect_guest
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.connection import network_names, resolve_domain_type
 from vclvirt.hypervisor.domain_xml import (
@@ -179,7 +179,7 @@ class LoadSteps:
             if reservation.image.is_windows
             else ctx.settings.post_load_timeout_linux
         )
-        target = guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
+        target = ctx.guest_target(reservation)
         started = time.monotonic()
         guest = connect_guest(target, timeout=timeout)
         try:

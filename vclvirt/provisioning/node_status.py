@@ -7,7 +7,7 @@ from typing import Any
 
 from vclvirt.errors import GuestHostKeyChanged, VclvirtError
 from vclvirt.guest import hooks
-from vclvirt.guest.access import GuestTarget, connect_guest, guest_target
+from vclvirt.guest.access import GuestTarget, connect_guest
 from vclvirt.hypervisor import domains
 from vclvirt.models import Reservation
 from vclvirt.provisioning.context import HostContext
@@ -68,7 +68,7 @@ class NodeStatus:
         if reservation.image.os_type.lower() == "none":
             return None
         ctx = self.ctx
-        return guest_target(ctx.host, reservation, ctx.settings, ctx.guest_host_keys)
+        return ctx.guest_target(reservation)
 
     def backing_image(self, domain: Any) -> str | None:
         """Name of the master behind the running domain's first disk (its file name sans

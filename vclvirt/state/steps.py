@@ -33,8 +33,11 @@ class StepEntry:
     def _write(self, **record_fields: Any) -> None:
         self.record.set(**{f"step:{self.name}": json.dumps(self.data)}, **record_fields)
 
-    def started(self, *, task_id: str | None, worker: str | None) -> None:
-        """Running now; `attempt` counts every start, retries and redeliveries alike."""
+    def started(
+        self, *, task_id: str | None, worker: str | None, holder: str | None = None
+    ) -> None:
+        """Running now; `attempt` counts every start, retries and redeliveries alike.
+        `holder` is the process that runs it (worker node, its run, pid)."""
         self.data.update(
             state="running",
             started_at=now(),
@@ -42,6 +45,7 @@ class StepEntry:
             duration_s=None,
             task_id=task_id,
             worker=worker,
+            holder=holder,
             attempt=int(self.data.get("attempt", 0)) + 1,
             error=None,
             retry_in_s=None,
