@@ -99,7 +99,7 @@ class LocalTransport:
             )
         except subprocess.TimeoutExpired:
             raise CommandTimeout(
-                f"{command_line(argv)} did not finish in {timeout:g}s", host=self.host_name
+                f"{command_line(asked)} did not finish in {timeout:g}s", host=self.host_name
             ) from None
         except FileNotFoundError:
             # What a shell on a remote host reports: exit 127, command not found.

@@ -228,7 +228,7 @@ class SSHTransport:
         timeout = self.command_timeout if timeout is None else timeout
         asked = argv
         argv, held = fence.guard(self.host_name, argv) if self.fenced else (argv, None)
-        line = command_line(argv)
+        line, shown = command_line(argv), command_line(asked)  # shown: without the fence
         began = time.monotonic()
         channel = self._open_channel()
         stdout, stderr = bytearray(), bytearray()
@@ -266,22 +266,22 @@ class SSHTransport:
                     break
                 if channel.closed and not channel.exit_status_ready():
                     raise NodeUnreachable(
-                        f"connection dropped while running {line}", host=self.host_name
+                        f"connection dropped while running {shown}", host=self.host_name
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise CommandTimeout(
-                        f"{line} did not finish in {timeout:g}s", host=self.host_name
+                        f"{shown} did not finish in {timeout:g}s", host=self.host_name
                     )
                 select.select([channel], [], [], min(remaining, 0.01 if sending else 0.5))
             status = channel.recv_exit_status()
             if status == -1:  # paramiko's word for "the connection closed, no exit status"
                 raise NodeUnreachable(
-                    f"connection dropped while running {line}", host=self.host_name
+                    f"connection dropped while running {shown}", host=self.host_name
                 )
         except (OSError, paramiko.SSHException, EOFError) as error:
             raise NodeUnreachable(
-                f"SSH failed while running {line}: {error}", host=self.host_name
+                f"SSH failed while running {shown}: {error}", host=self.host_name
             ) from None
         finally:
             channel.close()

@@ -31,14 +31,14 @@ from vclvirt.state.records import now
 _FENCED_WRITE = """
 local record = KEYS[1]
 if redis.call('HGET', record, 'generation') ~= ARGV[1] then return 'generation' end
+local state = redis.call('HGET', record, 'state')
+if state == 'succeeded' or state == 'failed' or state == 'superseded' then return 'ended' end
 if ARGV[2] ~= '' then
   if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 'lease' end
   if redis.call('HGET', record, 'lease_holder') ~= ARGV[2] then return 'holder' end
 elseif redis.call('EXISTS', KEYS[2]) == 1 then
   return 'lease'
 end
-local state = redis.call('HGET', record, 'state')
-if state == 'succeeded' or state == 'failed' or state == 'superseded' then return 'ended' end
 local ops = cjson.decode(ARGV[3])
 local flat = {}
 for name, value in pairs(ops.hset or {}) do
