@@ -28,12 +28,11 @@ from vclvirt.errors import (
     TransientError,
     VclvirtError,
 )
-from vclvirt.hypervisor.connection import cut_fenced, release_fenced
-from vclvirt.locks import ResourceLock, RunOwner
+from vclvirt.holdings import RunHoldings
+from vclvirt.hypervisor.connection import cut_fenced
+from vclvirt.locks import RunOwner
 from vclvirt.metrics import STEP_DURATION, STEP_FAILURES
 from vclvirt.models import parse_reservation
-from vclvirt.node import fence
-from vclvirt.node.fence import HostFence
 from vclvirt.operations import StepContext
 from vclvirt.operations.registry import operation
 from vclvirt.provisioner import Provisioner
@@ -47,17 +46,14 @@ from vclvirt.recovery import (
 )
 from vclvirt.state.client import deadline_client
 from vclvirt.state.computers import ComputerOwners
-from vclvirt.state.fence import FencedRecord, RecordFence, Write, writing_as
+from vclvirt.state.fence import FencedRecord, RecordFence, writing_as
 from vclvirt.state.leases import Holder, Leases
 from vclvirt.state.records import RecordStore, ReservationStatus, now
-from vclvirt.state.slots import HostSlot
 from vclvirt.state.steps import StepEntry
 
 log = structlog.get_logger(__name__)
 
-COMPUTER_LOCK_WAIT = 0.5  # a busy computer is waited for outside the worker slot
 BUSY_RETRY_MAX = 30.0
-HOST_SLOT_POLL = 0.5
 
 
 class Runner:
@@ -125,7 +121,7 @@ class OperationRun:
         }
         self.current: str | None = None
         self.keeper: LeaseKeeper
-        self.host_fence: HostFence | None = None
+        self.holdings: RunHoldings
 
     def execute(self) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(
@@ -147,76 +143,45 @@ class OperationRun:
             on_lost=lambda: cut_fenced(self.host),
         ) as keeper:
             self.keeper = keeper
+            self.holdings = RunHoldings(
+                self.runner.keeping,
+                keeper,
+                self.writes,
+                host=self._provisioner.context.host,
+                computer=self.computer,
+                owner=RunOwner(self.rid, self.record.generation, str(self.me)),
+                ttl=self.settings.lease_ttl,
+            )
             try:
                 with cancellation.scope(keeper.token), writing_as(self.writes):
-                    if self.operation.locks_computer and not self._take_computer():
+                    if self.operation.locks_computer and not self.holdings.take_computer():
                         return self._wait_for_computer()
-                    self._take_host_slot()
-                    if self.host_fence is None:
-                        return self._run_steps()
-                    with fence.holding(self.host_fence):
-                        self._provisioner.node.run(["true"])  # the host fences older holders now
-                        return self._run_steps()
+                    self.holdings.take_host_slot()
             except Cancelled as cancelled:
                 return self._cancelled(cancelled.reason)
-            finally:
-                release_fenced(self.host)
+            # From here to the end, failure and cleanup included, the host sees our token.
+            with self.holdings.behind_the_fence(), writing_as(self.writes):
+                try:
+                    with cancellation.scope(keeper.token):
+                        if self.holdings.fence is not None:
+                            self._provisioner.node.run(["true"])  # fences older holders now
+                        return self._run_steps()
+                except Cancelled as cancelled:
+                    return self._cancelled(cancelled.reason)
 
     @property
     def _provisioner(self) -> Provisioner:
         return self.runner.provisioner_for(self.host)
-
-    # -- the computer and the host -----------------------------------------------------
-
-    def _take_computer(self) -> bool:
-        """The computer's lock, and with it the fencing token its host checks."""
-        self.lock = ResourceLock(
-            self.runner.keeping,
-            f"computer:{self.host}:{self.computer}",
-            RunOwner(self.rid, self.record.generation, str(self.me)),
-            ttl=self.settings.lease_ttl,
-            fenced=True,
-        )
-        if not self.lock.acquire(wait=COMPUTER_LOCK_WAIT):
-            return False
-        self.keeper.hold(self.lock)
-        assert self.lock.token is not None
-        fence_dir = self._provisioner.context.host.fence_dir
-        self.host_fence = HostFence(
-            self.host, f"{fence_dir}/{self.computer}", self.lock.token, self.rid
-        )
-        log.info("computer_taken", fencing_token=self.lock.token)
-        return True
-
-    def _take_host_slot(self) -> None:
-        """One of the host's operation slots, counted across all its workers; waits here
-        (renewing its lease) while the host runs as many operations as it may."""
-        limit = self._provisioner.context.host.max_concurrent_loads
-        owner = f"r{self.rid}.g{self.record.generation}|{self.me}"
-        slot = HostSlot(
-            self.runner.keeping, self.host, owner, limit=limit, ttl=self.settings.lease_ttl
-        )
-        waited = False
-        while not slot.acquire():
-            if not waited:
-                why = f"host {self.host} runs {limit} operations already (its limit)"
-                self.writes.set(waiting={"reason": why, "since": round(now(), 3)})
-                log.info("host_busy", limit=limit, holders=slot.holders())
-                waited = True
-            self.keeper.check()
-            time.sleep(HOST_SLOT_POLL)
-        self.keeper.hold(slot)
-        if waited:
-            self.writes.apply(Write(hset={}, hdel=("waiting",)))
 
     def _wait_for_computer(self) -> dict[str, Any]:
         """Another reservation works on the computer: free this slot, come back later."""
         self.keeper.check()  # superseded while waiting: end now instead
         waits = self.record.waits + 1
         delay = min(BUSY_RETRY_MAX, 2.0 ** (waits - 1))
-        why = f"computer {self.computer} is busy ({self.lock.held_by})"
+        held_by = self.holdings.held_by
+        why = f"computer {self.computer} is busy ({held_by})"
         self.writes.wait("waiting", time.time() + delay, why, waits)
-        log.info("computer_busy", held_by=self.lock.held_by, retry_in_s=delay)
+        log.info("computer_busy", held_by=held_by, retry_in_s=delay)
         return self._summary("waiting", reason=why)
 
     # -- steps -------------------------------------------------------------------------

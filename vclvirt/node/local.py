@@ -7,6 +7,7 @@ import select
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -174,7 +175,7 @@ class LocalTransport:
             argv, _ = fence.guard(self.host_name, argv)
         return LocalProcess(argv)
 
-    def open_stream(self, argv: Sequence[str]) -> LocalStream:
+    def open_stream(self, argv: Sequence[str]) -> socket.socket:
         """Start argv with a socket as its stdin and stdout; the other end is returned.
         Not fenced here: the caller wraps argv (it runs in another thread)."""
         ours, theirs = socket.socketpair()
@@ -182,31 +183,9 @@ class LocalTransport:
             proc = subprocess.Popen(
                 list(argv), stdin=theirs.fileno(), stdout=theirs.fileno(), start_new_session=True
             )
-        return LocalStream(ours, proc)
+        # Reaped once it ends (when we close our end, or the host's fence kills it).
+        threading.Thread(target=proc.wait, name="stream-reaper", daemon=True).start()
+        return ours
 
     def close(self) -> None:
         pass
-
-
-class LocalStream:
-    """Our end of a local process's stdin/stdout; closing it reaps the process."""
-
-    def __init__(self, sock: socket.socket, proc: subprocess.Popen[bytes]) -> None:
-        self._sock, self._proc = sock, proc
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def recv(self, size: int) -> bytes:
-        return self._sock.recv(size)
-
-    def sendall(self, data: bytes) -> None:
-        self._sock.sendall(data)
-
-    def close(self) -> None:
-        self._sock.close()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
