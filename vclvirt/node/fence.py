@@ -39,16 +39,17 @@ MARKER = "vclvirt-fence: refused"
 SCRIPT = r"""
 dir=$1 token=$2
 shift 2
-mkdir -p -- "$dir" && exec 9>>"$dir/lock" || exit 74
+{ [ -d "$dir" ] || mkdir -p -- "$dir"; } && exec 9>>"$dir/lock" || exit 74
 flock -x -w 120 9 || { echo "vclvirt-fence: cannot lock $dir" >&2; exit 74; }
-seen=$(cat -- "$dir/token" 2>/dev/null)
+seen=0
+[ -e "$dir/token" ] && read -r seen < "$dir/token"
 case $seen in ''|*[!0-9]*) seen=0 ;; esac
 if [ "$seen" -gt "$token" ]; then
   echo "vclvirt-fence: refused: token $token is older than $seen ($dir)" >&2
   exit 75
 fi
-identity() {
-  line=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+identity() {  # "<process group> <start time>" of a live pid (builtins only: no fork)
+  [ -e "/proc/$1/stat" ] && read -r line < "/proc/$1/stat" || return 1
   set -- ${line##*) }
   echo "$3 ${20}"
 }
@@ -66,7 +67,7 @@ if [ "$seen" -lt "$token" ]; then
 fi
 [ "$#" -gt 0 ] || exit 0
 run="$dir/run.$$"
-echo "$$ $(identity $$)" > "$run" || exit 74
+me=$(identity $$) && echo "$$ $me" > "$run" || exit 74
 trap 'rm -f -- "$run"' EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
