@@ -13,29 +13,57 @@ import libvirt
 from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import (
     AuthenticationFailed,
+    HostDiskFull,
     HostKeyRejected,
     HypervisorError,
     HypervisorUnavailable,
     VclvirtError,
+    says_no_space,
 )
 
 # libvirt prints every error to stderr by default, which breaks JSON log streams.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
+# The connection itself broke (whatever the call): the client's RPC layer, the remote
+# driver and the SSH transports report it so, e.g. "client socket is closed", "End of
+# file while reading data", "connection closed due to keepalive timeout".
+_TRANSPORT_DOMAINS = {
+    libvirt.VIR_FROM_RPC,
+    libvirt.VIR_FROM_REMOTE,
+    libvirt.VIR_FROM_LIBSSH,
+    libvirt.VIR_FROM_SSH,
+}
 _TRANSIENT_CODES = {
     libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_SYSTEM_ERROR,
     libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,  # "cannot acquire state change lock" (libvirt >= 1.x)
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
-    libvirt.VIR_ERR_INTERNAL_ERROR,  # includes "cannot acquire state change lock"
     libvirt.VIR_ERR_LIBSSH,  # transport broke (host key and auth problems are caught first)
     libvirt.VIR_ERR_SSH,
 }
+_TRANSIENT_TEXTS = (
+    "cannot acquire state change lock",  # older libvirt: an internal error
+    "end of file while reading data",
+    "keepalive timeout",
+    "client socket is closed",
+)
+# Codes whose meaning only the call knows: libvirt's catch-alls.
+_CALL_JUDGED_CODES = {libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_SYSTEM_ERROR}
 
 
-def classify(error: libvirt.libvirtError, host: str, action: str) -> VclvirtError:
-    """Map a libvirt error onto our hierarchy; the message says what we were doing."""
+def classify(
+    error: libvirt.libvirtError,
+    host: str,
+    action: str,
+    *,
+    internal: type[VclvirtError] = HypervisorError,
+) -> VclvirtError:
+    """Map a libvirt error onto our hierarchy; the message says what we were doing.
+
+    A lost connection is transient and a full disk permanent whatever the call. libvirt's
+    catch-all internal and system errors mean what the call makes them mean (a domain
+    start that QEMU refuses, a volume qemu-img cannot create): `internal` is the caller's
+    judgement of them, permanent unless it says otherwise."""
     message = f"{action}: {error.get_error_message() or error}"
     text = message.lower()
     code = error.get_error_code()
@@ -43,18 +71,29 @@ def classify(error: libvirt.libvirtError, host: str, action: str) -> VclvirtErro
         return HostKeyRejected(message, host=host)
     if code == libvirt.VIR_ERR_AUTH_FAILED or "authentication failed" in text:
         return AuthenticationFailed(message, host=host)
-    if code in _TRANSIENT_CODES:
+    if says_no_space(text):
+        return HostDiskFull(message, host=host)
+    if (
+        code in _TRANSIENT_CODES
+        or error.get_error_domain() in _TRANSPORT_DOMAINS
+        or any(phrase in text for phrase in _TRANSIENT_TEXTS)
+    ):
         return HypervisorUnavailable(message, host=host)
+    if code in _CALL_JUDGED_CODES:
+        return internal(message, host=host)
     return HypervisorError(message, host=host)
 
 
 @contextmanager
-def libvirt_errors(host: str, action: str) -> Iterator[None]:
-    """Turn libvirt errors raised inside the block into vclvirt errors."""
+def libvirt_errors(
+    host: str, action: str, *, internal: type[VclvirtError] = HypervisorError
+) -> Iterator[None]:
+    """Turn libvirt errors raised inside the block into vclvirt errors (`internal`: see
+    classify)."""
     try:
         yield
     except libvirt.libvirtError as error:
-        raise classify(error, host, action) from None
+        raise classify(error, host, action, internal=internal) from None
 
 
 _connections: dict[tuple[int, str], libvirt.virConnect] = {}
