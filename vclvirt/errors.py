@@ -187,9 +187,9 @@ def says_no_space(text: str) -> bool:
 def _disk_full_hint(path: str, free_bytes: int | None) -> str:
     free = "an unknown amount" if free_bytes is None else _bytes(free_bytes)
     return (
-        f"{path} is on a full filesystem ({free} free there now): free space on it "
-        "(stale overlays in vm_path, unused masters in the datastore), then retry the "
-        "reservation (vclvirt retry ID)"
+        f"The filesystem holding {path} ran out of space; {free} free there now. Free "
+        "space on it (stale overlays in vm_path, unused masters in the datastore), then "
+        "retry the reservation (vclvirt retry ID)"
     )
 
 

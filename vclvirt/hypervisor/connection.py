@@ -64,7 +64,7 @@ def classify(
     catch-all internal and system errors mean what the call makes them mean (a domain
     start that QEMU refuses, a volume qemu-img cannot create): `internal` is the caller's
     judgement of them, permanent unless it says otherwise."""
-    message = f"{action}: {error.get_error_message() or error}"
+    message = f"{action}: {(error.get_error_message() or str(error)).strip()}"
     text = message.lower()
     code = error.get_error_code()
     if "host key" in text or "known_hosts" in text or "known hosts" in text:

@@ -1,0 +1,160 @@
+"""A full filesystem on a host, met by each way vclvirt writes files there: an overlay
+made by libvirt's storage pool, an XML copy uploaded through libvirt, the same two by
+commands over SSH, a master copied from the repository by the copy script over SSH.
+
+Every one fails with HOST_DISK_FULL (permanent) naming the file and the free space of
+its filesystem, leaves nothing half-written, and works once space is freed. The
+filesystem is real: a small tmpfs mounted over the directory (tests/disk_full.py),
+reached through node-a's sshd and libvirtd over qemu+libssh.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from tests.disk_full import entries, fill, free_bytes, free_space, resize, small_filesystem
+from vclvirt.errors import HostDiskFull
+from vclvirt.hypervisor.connection import connect
+from vclvirt.hypervisor.drivers.kvm import KvmDriver
+from vclvirt.hypervisor.pools import DirectoryPools
+from vclvirt.images.files import CommandFiles, LibvirtFiles, OverlayFacts
+from vclvirt.images.master import ensure_master
+from vclvirt.node.ssh import SSHTransport
+
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/@-]*$")
+IMAGE = "linux-TestsDiskFull-652-v0"
+
+
+def pools_under(root: Path) -> list[libvirt.virStoragePool]:
+    conn = libvirt.open("qemu:///system")
+    found = []
+    for pool in conn.listAllStoragePools(0):
+        target = re.search(r"<path>([^<]*)</path>", pool.XMLDesc(0))
+        if target and target.group(1).startswith(str(root)):
+            found.append(pool)
+    return found
+
+
+@pytest.fixture
+def host(inventory: Any, tmp_path: Path) -> Any:
+    assert SAFE_PATH.fullmatch(str(tmp_path)), tmp_path
+    yield inventory.host("node-a").model_copy(
+        update={
+            "datastore_path": str(tmp_path / "ds"),
+            "vm_path": str(tmp_path / "vms"),
+            "repository_path": str(tmp_path / "repo"),
+        }
+    )
+    for pool in pools_under(tmp_path):  # leave the shared libvirtd as it was
+        if pool.isActive():
+            pool.destroy()
+
+
+@pytest.fixture
+def node(host: Any) -> Any:
+    transport = SSHTransport(host, connect_timeout=10)
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def commands(host: Any, node: Any) -> CommandFiles:
+    return CommandFiles(node, KvmDriver(host, node))
+
+
+@pytest.fixture
+def files(host: Any, commands: CommandFiles) -> LibvirtFiles:
+    return LibvirtFiles(DirectoryPools(lambda: connect(host), host.name), commands)
+
+
+@pytest.fixture
+def master(tmp_path: Path) -> Path:
+    path = tmp_path / "masters" / "m.qcow2"
+    path.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+    return path
+
+
+def assert_disk_full(error: HostDiskFull, path: Path) -> None:
+    """Permanent, naming the file and its filesystem's free space (0: filled up)."""
+    assert error.code == "HOST_DISK_FULL"
+    assert not error.transient
+    assert "no space left on device" in error.message.lower()
+    assert error.path == str(path)
+    assert error.free_bytes == free_bytes(path.parent)
+    assert str(path) in error.hint
+    assert f"{error.free_bytes} bytes" in error.hint
+    assert "vclvirt retry" in error.hint
+    assert error.host == "node-a"
+
+
+@pytest.mark.parametrize("way", ["libvirt", "commands"])
+def test_an_overlay_in_a_full_vm_path(way, files, commands, master, tmp_path):
+    """The overlay cannot be created: HOST_DISK_FULL for it, no overlay file left; once
+    space is freed the same call makes it."""
+    writer = files if way == "libvirt" else commands
+    vms = tmp_path / "vms"
+    overlay = vms / "C_x.qcow2"
+    with small_filesystem(vms):
+        fill(vms)
+        with pytest.raises(HostDiskFull) as caught:
+            writer.create_overlay(str(master), "qcow2", str(overlay))
+        assert_disk_full(caught.value, overlay)
+        assert entries(vms) == []
+
+        free_space(vms)
+        writer.create_overlay(str(master), "qcow2", str(overlay))
+        assert files.overlay_facts(str(overlay)) == OverlayFacts("qcow2", str(master), "qcow2")
+
+
+@pytest.mark.parametrize("way", ["libvirt", "commands"])
+def test_an_xml_copy_in_a_full_directory(way, files, commands, tmp_path):
+    """The XML cannot be written: HOST_DISK_FULL, no file (whole, partial or zeros) left;
+    once space is freed it is written whole."""
+    writer = files if way == "libvirt" else commands
+    xml_dir = tmp_path / "xml"
+    path = xml_dir / "C_x.xml"
+    data = b"<domain>" + b"x" * 20000 + b"</domain>"
+    with small_filesystem(xml_dir):
+        fill(xml_dir)
+        with pytest.raises(HostDiskFull) as caught:
+            writer.write(str(path), data)
+        assert_disk_full(caught.value, path)
+        assert entries(xml_dir) == []
+
+        free_space(xml_dir)
+        writer.write(str(path), data)
+        assert path.read_bytes() == data
+
+
+def test_a_master_copy_into_a_full_datastore(host, node, files, tmp_path):
+    """The copy script over SSH runs out of space converting the master: HOST_DISK_FULL
+    for the master, its .part removed; with a larger filesystem the same call copies it."""
+    source = tmp_path / "repo" / IMAGE / f"{IMAGE}.qcow2"
+    source.parent.mkdir(parents=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "16M"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4M", str(source)],
+        check=True,
+        capture_output=True,
+    )
+    datastore = tmp_path / "ds"
+    destination = datastore / f"{IMAGE}.qcow2"
+    driver = KvmDriver(host, node)
+    with small_filesystem(datastore, size="2M"):
+        with pytest.raises(HostDiskFull) as caught:
+            ensure_master(node, driver, host, IMAGE, files=files)
+        assert_disk_full(caught.value, destination)
+        assert caught.value.free_bytes > 0  # a copy can fail with some space left
+        assert entries(datastore) == [f".{IMAGE}.lock"]  # the lock file; no .part
+
+        resize(datastore, "64M")
+        copied = ensure_master(node, driver, host, IMAGE, files=files)
+        assert copied.copied and copied.path == str(destination)
+        assert sorted(entries(datastore)) == sorted([f".{IMAGE}.lock", destination.name])
