@@ -146,6 +146,8 @@ LOST_CONNECTION = [
     (libvirt.VIR_ERR_NO_CONNECT, NONE, "no connection driver available"),
     (libvirt.VIR_ERR_RPC, RPC, "RPC error"),
     (SYSTEM, NONE, "End of file while reading data: Input/output error"),
+    # the first call after the SSH session under the connection died (libssh transport)
+    (INTERNAL, NONE, "An error occurred, but the cause is unknown"),
     # the domain is busy with another job: the next attempt gets the lock
     (
         libvirt.VIR_ERR_OPERATION_TIMEOUT,

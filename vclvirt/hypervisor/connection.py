@@ -46,6 +46,9 @@ _TRANSIENT_TEXTS = (
     "end of file while reading data",
     "keepalive timeout",
     "client socket is closed",
+    # libvirt's words for a call that failed without a reason: the first call after the
+    # SSH session under a qemu+libssh connection died (before the event loop noticed)
+    "an error occurred, but the cause is unknown",
 )
 # Codes whose meaning only the call knows: libvirt's catch-alls.
 _CALL_JUDGED_CODES = {libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_SYSTEM_ERROR}
