@@ -1,15 +1,17 @@
 """A full filesystem on a host, met by each way vclvirt writes files there: an overlay
 made by libvirt's storage pool, an XML copy uploaded through libvirt, the same two by
-commands over SSH, a master copied from the repository by the copy script over SSH.
+commands over SSH, a master copied from the repository by the copy script over SSH, an
+internal snapshot taken by the provisioner (on a host that is this machine).
 
 Every one fails with HOST_DISK_FULL (permanent) naming the file and the free space of
 its filesystem, leaves nothing half-written, and works once space is freed. The
 filesystem is real: a small tmpfs mounted over the directory (tests/disk_full.py),
-reached through node-a's sshd and libvirtd over qemu+libssh.
+reached through node-a's sshd and libvirtd over qemu+libssh (the snapshot: directly).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 from pathlib import Path
@@ -18,13 +20,17 @@ from typing import Any
 import libvirt
 import pytest
 
+from tests.conftest import make_reservation
 from tests.disk_full import entries, fill, free_bytes, free_space, resize, small_filesystem
+from tests.local_host import local_host, local_provisioner
+from tests.local_host import repository_image as local_repository_image
 from vclvirt.errors import HostDiskFull
 from vclvirt.hypervisor.connection import connect
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.hypervisor.pools import DirectoryPools
 from vclvirt.images.files import CommandFiles, LibvirtFiles, OverlayFacts
 from vclvirt.images.master import ensure_master
+from vclvirt.models import parse_reservation
 from vclvirt.node.ssh import SSHTransport
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/@-]*$")
@@ -81,7 +87,7 @@ def master(tmp_path: Path) -> Path:
     return path
 
 
-def assert_disk_full(error: HostDiskFull, path: Path) -> None:
+def assert_disk_full(error: HostDiskFull, path: Path, host: str = "node-a") -> None:
     """Permanent, naming the file and its filesystem's free space (0: filled up)."""
     assert error.code == "HOST_DISK_FULL"
     assert not error.transient
@@ -91,7 +97,7 @@ def assert_disk_full(error: HostDiskFull, path: Path) -> None:
     assert str(path) in error.hint
     assert f"{error.free_bytes} bytes" in error.hint
     assert "vclvirt retry" in error.hint
-    assert error.host == "node-a"
+    assert error.host == host
 
 
 @pytest.mark.parametrize("way", ["libvirt", "commands"])
@@ -158,3 +164,38 @@ def test_a_master_copy_into_a_full_datastore(host, node, files, tmp_path):
         copied = ensure_master(node, driver, host, IMAGE, files=files)
         assert copied.copied and copied.path == str(destination)
         assert sorted(entries(datastore)) == sorted([f".{IMAGE}.lock", destination.name])
+
+
+def test_a_snapshot_into_a_full_vm_path(tmp_path):
+    """An internal snapshot is written into the overlay: with vm_path full, the
+    provisioner's snapshot_create fails with HOST_DISK_FULL naming the overlay; once
+    space is freed it is taken."""
+    host = local_host(tmp_path / "local")
+    image = "linux-TestsSnapshotFull-654-v0"
+    local_repository_image(host, image, data="1M")
+    provisioner = local_provisioner(host)
+    reservation = parse_reservation(
+        make_reservation(9654, "tests-snapfull", image, image_id=654, host=host.name)
+    )
+    names = provisioner.names(reservation)
+    vms = Path(host.vm_dir)
+    with small_filesystem(vms, size="2M"):
+        provisioner.pre_define(reservation)
+        provisioner.define(reservation, provisioner.generate_xml(reservation)["xml"])
+        conn = libvirt.open("qemu:///system")
+        try:
+            fill(vms)
+            with pytest.raises(HostDiskFull) as caught:
+                provisioner.snapshot_create(reservation, "s1")
+            assert_disk_full(caught.value, Path(names.overlay_path), host=host.name)
+
+            free_space(vms)
+            provisioner.snapshot_create(reservation, "s1")
+            domain = conn.lookupByName(names.domain)
+            assert [s.getName() for s in domain.listAllSnapshots(0)] == ["s1"]
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.lookupByName(names.domain).undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                )
+            conn.close()
