@@ -28,6 +28,7 @@ from vclvirt.errors import HostDiskFull
 from vclvirt.hypervisor.connection import connect
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.hypervisor.pools import DirectoryPools
+from vclvirt.images.capture import flatten_to_master, publish_to_repository
 from vclvirt.images.files import CommandFiles, LibvirtFiles, OverlayFacts
 from vclvirt.images.master import ensure_master
 from vclvirt.models import parse_reservation
@@ -199,3 +200,48 @@ def test_a_snapshot_into_a_full_vm_path(tmp_path):
                     libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                 )
             conn.close()
+
+
+def image_with_data(path: Path, data: str = "4M") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {data}", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def test_a_capture_into_a_full_datastore(host, node, tmp_path):
+    """Capture's flatten runs out of space in the datastore: HOST_DISK_FULL for the new
+    master, no .part left."""
+    disk = image_with_data(tmp_path / "vm" / "C_x.qcow2")
+    datastore = tmp_path / "ds"
+    master = datastore / f"{IMAGE}.qcow2"
+    with small_filesystem(datastore, size="2M"):
+        with pytest.raises(HostDiskFull) as caught:
+            flatten_to_master(node, KvmDriver(host, node), host, str(disk), IMAGE, "<domain/>")
+        assert_disk_full(caught.value, master)
+        assert not [name for name in entries(datastore) if name.endswith(".part")]
+        assert master.name not in entries(datastore)
+
+
+def test_a_capture_published_into_a_full_repository_on_the_worker(host, node, tmp_path):
+    """With the repository on the worker's machine, the master is fetched there by this
+    process: its own write meets ENOSPC (an OSError), reported as HOST_DISK_FULL for the
+    repository copy, with no scratch file left."""
+    master = image_with_data(tmp_path / "ds" / f"{IMAGE}.qcow2")
+    worker_host = host.model_copy(update={"repository_location": "worker"})
+    repository = tmp_path / "repo"
+    target = repository / IMAGE / f"{IMAGE}.qcow2"
+    with small_filesystem(repository, size="1M"):
+        with pytest.raises(HostDiskFull) as caught:
+            publish_to_repository(
+                node, KvmDriver(host, node), worker_host, str(master), IMAGE, "<domain/>"
+            )
+        assert_disk_full(caught.value, target)
+        assert sorted(p.name for p in (repository / IMAGE).iterdir()) == [
+            f".{IMAGE}.lock",
+            f"{IMAGE}.xml",  # written whole before the image
+        ]

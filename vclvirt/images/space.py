@@ -1,15 +1,16 @@
 """A full filesystem on a host, judged where the path being written is known.
 
-"No space left on device" reaches vclvirt as text in many shapes: a libvirt error
-(qemu-img run by a storage pool, a volume allocation), a command's error output
-(qemu-img convert, cat, mkdir, cp). Wherever a file is written, the writer wraps the
-write in `disk_full_judged(node, path)`: ENOSPC in any of those shapes comes out as
-HostDiskFull (permanent: retrying frees no space), naming the path and the space its
-filesystem has left, read on the host with `df`.
+"No space left on device" reaches vclvirt in many shapes: a libvirt error (qemu-img run
+by a storage pool, a volume allocation), a command's error output (qemu-img convert,
+cat, mkdir, cp), an OSError of this process's own writes. Wherever a file is written,
+the writer wraps the write in `disk_full_judged(node, path)`: ENOSPC in any of those
+shapes comes out as HostDiskFull (permanent: retrying frees no space), naming the path
+and the space its filesystem has left, read on the host with `df`.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,6 +42,15 @@ def disk_full_judged(node: Transport, path: str) -> Iterator[None]:
     """ENOSPC raised inside the block, in whatever shape, becomes HostDiskFull for path."""
     try:
         yield
+    except OSError as error:  # a write of this process (a repository on the worker's disk)
+        if error.errno != errno.ENOSPC:
+            raise
+        raise HostDiskFull(
+            f"writing {path}: {error}",
+            path=path,
+            free_bytes=free_bytes(node, path),
+            host=node.host_name,
+        ) from None
     except VclvirtError as error:
         if isinstance(error, HostDiskFull) and error.path is not None:
             raise  # judged already, by a writer closer to the file
