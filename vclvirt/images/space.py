@@ -40,26 +40,26 @@ def free_bytes(node: Transport, path: str) -> int | None:
 @contextmanager
 def disk_full_judged(node: Transport, path: str) -> Iterator[None]:
     """ENOSPC raised inside the block, in whatever shape, becomes HostDiskFull for path."""
+    host: str | None
+    reservation_id: int | None
     try:
         yield
     except OSError as error:  # a write of this process (a repository on the worker's disk)
         if error.errno != errno.ENOSPC:
             raise
-        raise HostDiskFull(
-            f"writing {path}: {error}",
-            path=path,
-            free_bytes=free_bytes(node, path),
-            host=node.host_name,
-        ) from None
+        message, host, reservation_id = f"writing {path}: {error}", None, None
     except VclvirtError as error:
         if isinstance(error, HostDiskFull) and error.path is not None:
             raise  # judged already, by a writer closer to the file
         if not isinstance(error, HostDiskFull) and not says_no_space(error.message):
             raise
-        raise HostDiskFull(
-            error.message,
-            path=path,
-            free_bytes=free_bytes(node, path),
-            host=error.host or node.host_name,
-            reservation_id=error.reservation_id,
-        ) from None
+        message, host, reservation_id = error.message, error.host, error.reservation_id
+    else:
+        return
+    raise HostDiskFull(
+        message,
+        path=path,
+        free_bytes=free_bytes(node, path),
+        host=host or node.host_name,
+        reservation_id=reservation_id,
+    )
