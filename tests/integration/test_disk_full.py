@@ -31,7 +31,9 @@ from vclvirt.hypervisor.pools import DirectoryPools
 from vclvirt.images.capture import flatten_to_master, publish_to_repository
 from vclvirt.images.files import CommandFiles, LibvirtFiles, OverlayFacts
 from vclvirt.images.master import ensure_master
+from vclvirt.images.space import disk_full_judged
 from vclvirt.models import parse_reservation
+from vclvirt.node.local import LocalTransport
 from vclvirt.node.ssh import SSHTransport
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/@-]*$")
@@ -229,8 +231,9 @@ def test_a_capture_into_a_full_datastore(host, node, tmp_path):
 
 def test_a_capture_published_into_a_full_repository_on_the_worker(host, node, tmp_path):
     """With the repository on the worker's machine, the master is fetched there by this
-    process: its own write meets ENOSPC (an OSError), reported as HOST_DISK_FULL for the
-    repository copy, with no scratch file left."""
+    process: its own write meets ENOSPC (inside the transport's output callback, or when
+    the file is closed), reported as HOST_DISK_FULL for the repository copy, with no
+    scratch file left."""
     master = image_with_data(tmp_path / "ds" / f"{IMAGE}.qcow2")
     worker_host = host.model_copy(update={"repository_location": "worker"})
     repository = tmp_path / "repo"
@@ -245,3 +248,16 @@ def test_a_capture_published_into_a_full_repository_on_the_worker(host, node, tm
             f".{IMAGE}.lock",
             f"{IMAGE}.xml",  # written whole before the image
         ]
+
+
+def test_a_write_of_this_process_into_a_full_filesystem(tmp_path):
+    """The worker's own write (an OSError, not a command's output) is judged the same."""
+    with small_filesystem(tmp_path / "fs") as directory:
+        fill(directory)
+        target = directory / "master.qcow2"
+        with (
+            pytest.raises(HostDiskFull) as caught,
+            disk_full_judged(LocalTransport("node-a"), str(target)),
+        ):
+            target.write_bytes(b"x" * 100000)
+        assert_disk_full(caught.value, target)
