@@ -225,6 +225,12 @@ REFUSED_WHATEVER_THE_CALL = [
         "(domain_definition):1: Couldn't find end of Start Tag domain line 1",
     ),
     (libvirt.VIR_ERR_OPERATION_FAILED, QEMU, "operation failed: domain is not running"),
+    # a transport's own domain, but not a broken connection
+    (
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_FROM_REMOTE,
+        "this function is not supported by the connection driver: virDomainFoo",
+    ),
 ]
 
 

@@ -25,8 +25,9 @@ from vclvirt.errors import (
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 # The connection itself broke (whatever the call): the client's RPC layer, the remote
-# driver and the SSH transports report it so, e.g. "client socket is closed", "End of
-# file while reading data", "connection closed due to keepalive timeout".
+# driver and the SSH transports report it as an internal or system error of theirs, e.g.
+# "client socket is closed", "End of file while reading data", "connection closed due
+# to keepalive timeout".
 _TRANSPORT_DOMAINS = {
     libvirt.VIR_FROM_RPC,
     libvirt.VIR_FROM_REMOTE,
@@ -36,7 +37,7 @@ _TRANSPORT_DOMAINS = {
 _TRANSIENT_CODES = {
     libvirt.VIR_ERR_NO_CONNECT,
     libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_OPERATION_TIMEOUT,  # "cannot acquire state change lock" (libvirt >= 1.x)
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,  # "Timed out ...: cannot acquire state change lock"
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
     libvirt.VIR_ERR_LIBSSH,  # transport broke (host key and auth problems are caught first)
     libvirt.VIR_ERR_SSH,
@@ -78,7 +79,7 @@ def classify(
         return HostDiskFull(message, host=host)
     if (
         code in _TRANSIENT_CODES
-        or error.get_error_domain() in _TRANSPORT_DOMAINS
+        or (code in _CALL_JUDGED_CODES and error.get_error_domain() in _TRANSPORT_DOMAINS)
         or any(phrase in text for phrase in _TRANSIENT_TEXTS)
     ):
         return HypervisorUnavailable(message, host=host)
