@@ -147,8 +147,64 @@ class CommandFailed(PermanentError):
     default_hint = "Read the command's error output above; fix the host, then retry"
 
 
+class HostDiskFull(PermanentError):
+    """A filesystem of the host is full ("No space left on device"): retrying does not
+    free space, so the step fails at once, naming the path and what is left there."""
+
+    code = "HOST_DISK_FULL"
+    default_hint = (
+        "Free space on the host's filesystem (stale overlays in vm_path, unused masters in "
+        "the datastore), then retry the reservation (vclvirt retry ID)"
+    )
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        free_bytes: int | None = None,
+        **context: Any,
+    ) -> None:
+        if path is not None and "hint" not in context:
+            context["hint"] = _disk_full_hint(path, free_bytes)
+        super().__init__(message, **context)
+        self.path = path
+        self.free_bytes = free_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "path": self.path, "free_bytes": self.free_bytes}
+
+
+NO_SPACE = "no space left on device"
+
+
+def says_no_space(text: str) -> bool:
+    """True when an error's text reports ENOSPC, whoever wrote it (qemu-img, libvirt, a
+    shell command): that is how it reaches us over every path."""
+    return NO_SPACE in text.lower()
+
+
+def _disk_full_hint(path: str, free_bytes: int | None) -> str:
+    free = "an unknown amount" if free_bytes is None else _bytes(free_bytes)
+    return (
+        f"The filesystem holding {path} ran out of space; {free} free there now. Free "
+        "space on it (stale overlays in vm_path, unused masters in the datastore), then "
+        "retry the reservation (vclvirt retry ID)"
+    )
+
+
+def _bytes(count: int) -> str:
+    """`0 bytes`, `812.0 KiB (831488 bytes)`: the exact figure, and one a person reads."""
+    if count < 1024:
+        return f"{count} bytes"
+    exponent = min((count.bit_length() - 1) // 10, 4)
+    unit = ("KiB", "MiB", "GiB", "TiB")[exponent - 1]
+    return f"{count / 1024**exponent:.1f} {unit} ({count} bytes)"
+
+
 class HypervisorError(PermanentError):
-    """libvirt refused an operation (invalid XML, unsupported configuration...)."""
+    """libvirt refused an operation (invalid XML, unsupported configuration, a disk QEMU
+    cannot open...)."""
 
     code = "LIBVIRT_ERROR"
     default_hint = "Read libvirt's message; fix the host or the image's reference XML"
@@ -210,7 +266,8 @@ class CommandTimeout(TransientError):
 
 
 class HypervisorUnavailable(TransientError):
-    """The libvirt connection failed or dropped."""
+    """The libvirt connection failed or dropped, or libvirtd was busy (a job held the
+    domain's state change lock)."""
 
     code = "LIBVIRT_UNAVAILABLE"
     default_hint = "Check that libvirtd runs on the host; the step is retried"

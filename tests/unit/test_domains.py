@@ -7,7 +7,7 @@ import time
 import libvirt
 import pytest
 
-from vclvirt.errors import HypervisorError
+from vclvirt.errors import HypervisorError, HypervisorUnavailable
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.domains import disk_files, mac_addresses
 
@@ -183,3 +183,24 @@ def test_a_paused_domain_is_destroyed_at_once_not_after_the_acpi_timeout(conn):
     assert domains.shut_down(domain, "h", timeout=600) == "destroy"
     assert time.monotonic() - started < 60  # never the 600 s of pressing
     assert domains.power_state(domain, "h") == "off"
+
+
+class UnkillableDomain:
+    """A domain whose QEMU does not die at once (libvirt's words when it is stuck in I/O)."""
+
+    def name(self) -> str:
+        return "vm1_A_1-v1"
+
+    def destroy(self) -> None:
+        error = libvirt.libvirtError("Failed to terminate process")
+        message = "Failed to terminate process 4242 with SIGKILL: Device or resource busy"
+        error.err = (libvirt.VIR_ERR_SYSTEM_ERROR, 0, message, 2, None, None, None, 0, 0)
+        raise error
+
+
+def test_a_qemu_that_does_not_die_at_once_is_retried_not_failed():
+    """destroy judges libvirt's system error "Failed to terminate process" transient: QEMU
+    is still flushing to a slow disk, and the next attempt finds it gone."""
+    with pytest.raises(HypervisorUnavailable) as caught:
+        domains.destroy(UnkillableDomain(), "kvm1")  # type: ignore[arg-type]
+    assert "Device or resource busy" in caught.value.message

@@ -13,10 +13,12 @@ import libvirt
 from vclvirt.config.inventory import HostConfig
 from vclvirt.errors import (
     AuthenticationFailed,
+    HostDiskFull,
     HostKeyRejected,
     HypervisorError,
     HypervisorUnavailable,
     VclvirtError,
+    says_no_space,
 )
 from vclvirt.hypervisor.tunnel import PROXY, LibvirtTunnel
 from vclvirt.node import fence
@@ -25,39 +27,80 @@ from vclvirt.node.transport import Transport
 # libvirt prints every error to stderr by default, which breaks JSON log streams.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
+# The connection itself broke (whatever the call): the client's RPC layer, the remote
+# driver and the SSH transports report it as an internal or system error of theirs, e.g.
+# "client socket is closed", "End of file while reading data", "connection closed due
+# to keepalive timeout".
+_TRANSPORT_DOMAINS = {
+    libvirt.VIR_FROM_RPC,
+    libvirt.VIR_FROM_REMOTE,
+    libvirt.VIR_FROM_LIBSSH,
+    libvirt.VIR_FROM_SSH,
+}
 _TRANSIENT_CODES = {
     libvirt.VIR_ERR_NO_CONNECT,
-    libvirt.VIR_ERR_SYSTEM_ERROR,
     libvirt.VIR_ERR_RPC,
-    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT,  # "Timed out ...: cannot acquire state change lock"
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
-    libvirt.VIR_ERR_INTERNAL_ERROR,  # includes "cannot acquire state change lock"
     libvirt.VIR_ERR_LIBSSH,  # transport broke (host key and auth problems are caught first)
     libvirt.VIR_ERR_SSH,
 }
+_TRANSIENT_TEXTS = (
+    "cannot acquire state change lock",  # older libvirt: an internal error
+    "end of file while reading data",
+    "keepalive timeout",
+    "client socket is closed",
+    # libvirt's words for a call that failed without a reason: the first call after the
+    # SSH session under a qemu+libssh connection died (before the event loop noticed)
+    "an error occurred, but the cause is unknown",
+)
+# Codes whose meaning only the call knows: libvirt's catch-alls.
+_CALL_JUDGED_CODES = {libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_SYSTEM_ERROR}
 
 
-def classify(error: libvirt.libvirtError, host: str, action: str) -> VclvirtError:
-    """Map a libvirt error onto our hierarchy; the message says what we were doing."""
-    message = f"{action}: {error.get_error_message() or error}"
+def classify(
+    error: libvirt.libvirtError,
+    host: str,
+    action: str,
+    *,
+    internal: type[VclvirtError] = HypervisorError,
+) -> VclvirtError:
+    """Map a libvirt error onto our hierarchy; the message says what we were doing.
+
+    A lost connection is transient and a full disk permanent whatever the call. libvirt's
+    catch-all internal and system errors mean what the call makes them mean (a domain
+    start that QEMU refuses, a volume qemu-img cannot create): `internal` is the caller's
+    judgement of them, permanent unless it says otherwise."""
+    message = f"{action}: {(error.get_error_message() or str(error)).strip()}"
     text = message.lower()
     code = error.get_error_code()
     if "host key" in text or "known_hosts" in text or "known hosts" in text:
         return HostKeyRejected(message, host=host)
     if code == libvirt.VIR_ERR_AUTH_FAILED or "authentication failed" in text:
         return AuthenticationFailed(message, host=host)
-    if code in _TRANSIENT_CODES:
+    if says_no_space(text):
+        return HostDiskFull(message, host=host)
+    if (
+        code in _TRANSIENT_CODES
+        or (code in _CALL_JUDGED_CODES and error.get_error_domain() in _TRANSPORT_DOMAINS)
+        or any(phrase in text for phrase in _TRANSIENT_TEXTS)
+    ):
         return HypervisorUnavailable(message, host=host)
+    if code in _CALL_JUDGED_CODES:
+        return internal(message, host=host)
     return HypervisorError(message, host=host)
 
 
 @contextmanager
-def libvirt_errors(host: str, action: str) -> Iterator[None]:
-    """Turn libvirt errors raised inside the block into vclvirt errors."""
+def libvirt_errors(
+    host: str, action: str, *, internal: type[VclvirtError] = HypervisorError
+) -> Iterator[None]:
+    """Turn libvirt errors raised inside the block into vclvirt errors (`internal`: see
+    classify)."""
     try:
         yield
     except libvirt.libvirtError as error:
-        raise classify(error, host, action) from None
+        raise classify(error, host, action, internal=internal) from None
 
 
 _connections: dict[tuple[int, str], libvirt.virConnect] = {}

@@ -12,7 +12,7 @@ import defusedxml.ElementTree as SafeET
 import libvirt
 
 from vclvirt import cancellation
-from vclvirt.errors import SnapshotMissing
+from vclvirt.errors import HypervisorError, HypervisorUnavailable, SnapshotMissing
 from vclvirt.hypervisor.connection import libvirt_errors
 from vclvirt.naming import belongs_to_computer
 
@@ -101,7 +101,9 @@ def destroy(domain: libvirt.virDomain, host: str) -> None:
     except libvirt.libvirtError as error:
         if error.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
             return  # not running
-        with libvirt_errors(host, f"destroying {domain.name()}"):
+        # "Failed to terminate process N with SIGKILL: Device or resource busy": QEMU is
+        # still flushing to a slow disk; the next attempt finds it gone.
+        with libvirt_errors(host, f"destroying {domain.name()}", internal=HypervisorUnavailable):
             raise
 
 
@@ -114,7 +116,7 @@ def shut_down(
     paused domain is destroyed at once: its guest runs no code to hear the button.
     """
     name = domain.name()
-    with libvirt_errors(host, f"shutting down {name}"):
+    with libvirt_errors(host, f"shutting down {name}", internal=HypervisorUnavailable):
         if not domain.isActive():
             return "already off"
         if domain.state()[0] in _CANNOT_HEAR_ACPI:
@@ -172,14 +174,16 @@ def undefine(domain: libvirt.virDomain, host: str) -> None:
 
 
 def define(conn: libvirt.virConnect, xml: str, host: str) -> libvirt.virDomain:
-    """Define (or redefine: same name and UUID updates it) the domain."""
-    with libvirt_errors(host, "defining the domain"):
+    """Define (or redefine: same name and UUID updates it) the domain. A definition
+    libvirt refuses, however it says so, stays refused."""
+    with libvirt_errors(host, "defining the domain", internal=HypervisorError):
         return conn.defineXML(xml)
 
 
 def start(domain: libvirt.virDomain, host: str) -> bool:
-    """Start unless running; returns True when this call started it."""
-    with libvirt_errors(host, f"starting {domain.name()}"):
+    """Start unless running; returns True when this call started it. QEMU refusing to
+    start (a disk it cannot open, "qemu unexpectedly closed the monitor") is permanent."""
+    with libvirt_errors(host, f"starting {domain.name()}", internal=HypervisorError):
         if domain.isActive():
             return False
         domain.create()

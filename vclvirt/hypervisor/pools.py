@@ -268,11 +268,14 @@ def overlay_xml(name: str, backing: str, backing_format: str) -> str:
 
 
 def file_xml(name: str, size: int) -> str:
-    """A plain file of `size` bytes, mode 0644."""
+    """A plain file of `size` bytes, mode 0644, allocated in full when created: libvirt
+    (9.0) reports no error when an upload runs out of space, and leaves zeros where the
+    data should be; an allocation that does not fit fails at once, "No space left on
+    device", and libvirt removes the file."""
     root = ET.Element("volume")
     ET.SubElement(root, "name").text = name
     ET.SubElement(root, "capacity", unit="bytes").text = str(size)
-    ET.SubElement(root, "allocation", unit="bytes").text = "0"
+    ET.SubElement(root, "allocation", unit="bytes").text = str(size)
     target = ET.SubElement(root, "target")
     ET.SubElement(target, "format", type="raw")
     ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0644"
@@ -280,7 +283,8 @@ def file_xml(name: str, size: int) -> str:
 
 
 def upload(pool: libvirt.virStoragePool, name: str, data: bytes) -> None:
-    """Write a file with this content (replacing one of that name)."""
+    """Write a file with this content (replacing one of that name); a failed upload
+    removes the file rather than leave part of it."""
     vol = create(pool, name, file_xml(name, len(data)))
     if not data:
         return
@@ -292,6 +296,8 @@ def upload(pool: libvirt.virStoragePool, name: str, data: bytes) -> None:
     except BaseException:
         with suppress(libvirt.libvirtError):
             stream.abort()
+        with suppress(libvirt.libvirtError):
+            vol.delete(0)
         raise
 
 

@@ -24,6 +24,7 @@ from vclvirt.images.master import (
     repository_node,
     write_verified_copy,
 )
+from vclvirt.images.space import disk_full_judged
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.transport import Transport, path_exists, write_file
 
@@ -43,10 +44,13 @@ def flatten_to_master(
     """`<datastore>/<image>.qcow2`: the disk (of `disk_format`, as the domain opens it) with
     its backing chain, as one standalone file."""
     master = posixpath.join(host.datastore_path, f"{image_name}.{MASTER_FORMAT}")
-    with host_lock(
-        node,
-        posixpath.join(host.datastore_path, f".{image_name}.lock"),
-        wait=driver_timeout(driver),
+    with (
+        disk_full_judged(node, master),
+        host_lock(
+            node,
+            posixpath.join(host.datastore_path, f".{image_name}.lock"),
+            wait=driver_timeout(driver),
+        ),
     ):
         # The reference XML first: whoever finds the master finds its XML too.
         write_file(
@@ -73,13 +77,16 @@ def publish_to_repository(
     directory = posixpath.join(host.repository_path, image_name)
     target = posixpath.join(directory, f"{image_name}.{MASTER_FORMAT}")
     where = repository_node(node, host)
-    where.run(["mkdir", "-p", "--", directory])
-    with host_lock(
-        where, posixpath.join(directory, f".{image_name}.lock"), wait=driver_timeout(driver)
-    ):
-        write_file(where, posixpath.join(directory, f"{image_name}.xml"), reference_xml.encode())
-        if where is node:
-            if path_exists(node, target):
+    with disk_full_judged(where, target):
+        where.run(["mkdir", "-p", "--", directory])
+        with host_lock(
+            where, posixpath.join(directory, f".{image_name}.lock"), wait=driver_timeout(driver)
+        ):
+            xml = reference_xml.encode()
+            write_file(where, posixpath.join(directory, f"{image_name}.xml"), xml)
+            if where is not node:
+                _fetch_into_repository(node, where, host, master, target, driver_timeout(driver))
+            elif path_exists(node, target):
                 driver.verify(target, MASTER_FORMAT)
             else:
                 write_verified_copy(
@@ -90,8 +97,6 @@ def publish_to_repository(
                     source_format=MASTER_FORMAT,
                     compat=REPOSITORY_COMPAT,
                 )
-        else:
-            _fetch_into_repository(node, where, host, master, target, driver_timeout(driver))
     return target
 
 

@@ -11,13 +11,16 @@ Two ways to reach them behind one interface:
   no files) and for a directory covered by a pool the operator keeps inactive.
 
 Both keep the same rules: a removal is `rm -f` of one regular file, an overlay is
-replaced as a whole, paths are absolute and validated before they get here.
+replaced as a whole, paths are absolute and validated before they get here. A write
+that fails leaves no part of its file behind, and one that fails for want of space
+raises HostDiskFull naming the file (images.space).
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Protocol, TypeVar
@@ -25,10 +28,11 @@ from typing import Protocol, TypeVar
 import libvirt
 import structlog
 
-from vclvirt.errors import CommandFailed, ImageInvalid
+from vclvirt.errors import CommandFailed, ImageInvalid, VclvirtError
 from vclvirt.hypervisor import pools
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.hypervisor.pools import DirectoryMissing, DirectoryPools, PoolUnavailable
+from vclvirt.images.space import disk_full_judged
 from vclvirt.node.transport import Transport, write_file
 
 log = structlog.get_logger(__name__)
@@ -104,7 +108,13 @@ class CommandFiles:
         )
 
     def create_overlay(self, master: str, master_format: str, overlay: str) -> None:
-        self.driver.create_overlay(master, master_format, overlay)
+        try:
+            with disk_full_judged(self.node, overlay):
+                self.driver.create_overlay(master, master_format, overlay)
+        except VclvirtError:
+            with suppress(VclvirtError):  # qemu-img leaves the header it could not finish
+                self.remove(overlay)
+            raise
 
     def remove(self, path: str) -> bool:
         return bool(self.node.run(["rm", "-f", "-v", "--", path]).stdout.strip())
@@ -120,7 +130,13 @@ class CommandFiles:
         return sorted(line for line in found.text.splitlines() if line)
 
     def write(self, path: str, data: bytes) -> None:
-        write_file(self.node, path, data)
+        try:
+            with disk_full_judged(self.node, path):
+                write_file(self.node, path, data)
+        except VclvirtError:
+            with suppress(VclvirtError):  # write_file writes <path>.part, then renames it
+                self.remove(f"{path}.part")
+            raise
 
     def read(self, path: str) -> bytes | None:
         result = self.node.run(["cat", "--", path], check=False)
@@ -209,14 +225,17 @@ class LibvirtFiles:
 
     def create_overlay(self, master: str, master_format: str, overlay: str) -> None:
         directory, name = posixpath.split(overlay)
-        self._use(
-            directory,
-            lambda pool: pools.create(pool, name, pools.overlay_xml(name, master, master_format)),
-            f"creating overlay {overlay}",
-            fallback=lambda: self.commands.create_overlay(master, master_format, overlay),
-            missing=None,
-            make_directory=True,
-        )
+        with disk_full_judged(self.commands.node, overlay):  # libvirt removes what it began
+            self._use(
+                directory,
+                lambda pool: pools.create(
+                    pool, name, pools.overlay_xml(name, master, master_format)
+                ),
+                f"creating overlay {overlay}",
+                fallback=lambda: self.commands.create_overlay(master, master_format, overlay),
+                missing=None,
+                make_directory=True,
+            )
 
     def remove(self, path: str) -> bool:
         directory, name = posixpath.split(path)
@@ -243,14 +262,15 @@ class LibvirtFiles:
 
     def write(self, path: str, data: bytes) -> None:
         directory, name = posixpath.split(path)
-        self._use(
-            directory,
-            lambda pool: pools.upload(pool, name, data),
-            f"writing {path}",
-            fallback=lambda: self.commands.write(path, data),
-            missing=None,
-            make_directory=True,
-        )
+        with disk_full_judged(self.commands.node, path):
+            self._use(
+                directory,
+                lambda pool: pools.upload(pool, name, data),
+                f"writing {path}",
+                fallback=lambda: self.commands.write(path, data),
+                missing=None,
+                make_directory=True,
+            )
 
     def read(self, path: str) -> bytes | None:
         directory, name = posixpath.split(path)

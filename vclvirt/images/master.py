@@ -22,6 +22,7 @@ from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.images.copy import FROM_STDIN, CopyOutcome, Progress, Recheck, verified_copy
 from vclvirt.images.files import HostFiles
 from vclvirt.images.repository import NOT_DISKS, RepositorySource, find_repository_image
+from vclvirt.images.space import disk_full_judged
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.local import LocalTransport
 from vclvirt.node.transport import Transport, write_file
@@ -123,17 +124,18 @@ def ensure_master(
     if host.repository_location == "worker":
         outcome = stream_from_worker(node, driver, host, source, destination, lock, progress)
     else:
-        outcome = verified_copy(
-            node,
-            source.path,
-            destination,
-            source_format=source.format_hint,
-            source_xml=posixpath.splitext(source.path)[0] + ".xml",
-            destination_xml=posixpath.splitext(destination)[0] + ".xml",
-            recheck=Recheck(lock, image_name, NOT_DISKS, wait=driver_timeout(driver)),
-            progress=progress,
-            timeout=driver_timeout(driver),
-        )
+        with disk_full_judged(node, destination):
+            outcome = verified_copy(
+                node,
+                source.path,
+                destination,
+                source_format=source.format_hint,
+                source_xml=posixpath.splitext(source.path)[0] + ".xml",
+                destination_xml=posixpath.splitext(destination)[0] + ".xml",
+                recheck=Recheck(lock, image_name, NOT_DISKS, wait=driver_timeout(driver)),
+                progress=progress,
+                timeout=driver_timeout(driver),
+            )
     if outcome.found:  # another load copied it while this one waited for the lock
         files_found = sorted(p for p in outcome.found if not p.lower().endswith(NOT_DISKS))
         chosen = _choose(files_found, destination, host.name, f"master of {image_name}")
@@ -163,15 +165,16 @@ def write_verified_copy(
 ) -> None:
     """Convert source to a standalone qcow2 at destination, visible only once verified
     (one command on the host, see images.copy)."""
-    verified_copy(
-        node,
-        source,
-        destination,
-        source_format=source_format,
-        compat=compat,
-        progress=progress,
-        timeout=driver_timeout(driver),
-    )
+    with disk_full_judged(node, destination):
+        verified_copy(
+            node,
+            source,
+            destination,
+            source_format=source_format,
+            compat=compat,
+            progress=progress,
+            timeout=driver_timeout(driver),
+        )
 
 
 def stream_from_worker(
@@ -196,23 +199,25 @@ def stream_from_worker(
         compact = os.path.join(scratch, "image.qcow2")
         local_driver.convert(source.path, compact, MASTER_FORMAT)
         total = os.path.getsize(compact)
-        node.run(["mkdir", "-p", "--", host.datastore_path])
-        with host_lock(node, lock, wait=driver_timeout(driver)):
-            found = _image_files(node, host.datastore_path, image_name, recursive=True)
-            if found:
-                return CopyOutcome(found=tuple(found))
-            reference = os.path.splitext(source.path)[0] + ".xml"
-            if os.path.exists(reference):
-                with open(reference, "rb") as xml:
-                    write_file(node, posixpath.splitext(destination)[0] + ".xml", xml.read())
-            with open(compact, "rb") as data:
-                return verified_copy(
-                    node,
-                    FROM_STDIN,
-                    destination,
-                    stdin=_CountingReader(data, total, progress),
-                    timeout=driver_timeout(driver),
-                )
+        with disk_full_judged(node, destination):  # the host's disk, not this machine's
+            node.run(["mkdir", "-p", "--", host.datastore_path])
+            with host_lock(node, lock, wait=driver_timeout(driver)):
+                found = _image_files(node, host.datastore_path, image_name, recursive=True)
+                if found:
+                    return CopyOutcome(found=tuple(found))
+                reference = os.path.splitext(source.path)[0] + ".xml"
+                if os.path.exists(reference):
+                    with open(reference, "rb") as xml:
+                        xml_path = posixpath.splitext(destination)[0] + ".xml"
+                        write_file(node, xml_path, xml.read())
+                with open(compact, "rb") as data:
+                    return verified_copy(
+                        node,
+                        FROM_STDIN,
+                        destination,
+                        stdin=_CountingReader(data, total, progress),
+                        timeout=driver_timeout(driver),
+                    )
 
 
 def driver_timeout(driver: HypervisorDriver) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vclvirt.hypervisor import domains
+from vclvirt.images.space import disk_full_judged
 from vclvirt.models import Reservation
 from vclvirt.provisioning.context import HostContext
 
@@ -18,7 +19,9 @@ class Snapshots:
     def create(self, reservation: Reservation, name: str) -> dict[str, Any]:
         domain = self.ctx.domain(reservation)
         description = f"reservation {reservation.reservation_id}, image {reservation.image.name}"
-        domains.create_snapshot(domain, name, description, self.ctx.host.name)
+        # An internal snapshot is written into the overlay: its filesystem may be full.
+        with disk_full_judged(self.ctx.node, self.ctx.names(reservation).overlay_path):
+            domains.create_snapshot(domain, name, description, self.ctx.host.name)
         return {"domain": domain.name(), "snapshot": name}
 
     def list(self, reservation: Reservation) -> dict[str, Any]:
