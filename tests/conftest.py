@@ -150,6 +150,24 @@ class Worker:
         os.killpg(self.process.pid, sig)
         self.process.wait(timeout=30)
 
+    def dump_stacks(self) -> None:
+        """Where every thread of every process of the worker is, into its log (py-spy):
+        what a failed test leaves to read when a step hung."""
+        found = subprocess.run(
+            ["pgrep", "-g", str(self.process.pid)], capture_output=True, text=True, check=False
+        )
+        with self.log_path.open("a") as log:
+            for pid in found.stdout.split():
+                log.write(f"\n=== py-spy dump --pid {pid}\n")
+                log.flush()
+                subprocess.run(
+                    [str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", pid],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                    timeout=30,
+                )
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -160,9 +178,17 @@ class Worker:
                 self.process.wait(timeout=10)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report on the test item, so fixtures can tell that the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
 def start_worker(
-    testbed: Path, tmp_path: Path, cleanup_computers: list[str]
+    request: pytest.FixtureRequest, testbed: Path, tmp_path: Path, cleanup_computers: list[str]
 ) -> Iterator[Callable[..., Worker]]:
     """Start real `vclvirt worker` processes (own process group each); stopped after the test,
     before its computers are cleaned up (so no worker makes them again)."""
@@ -210,7 +236,10 @@ def start_worker(
         return worker
 
     yield start
+    call = getattr(request.node, "report_call", None)
     for worker in started:
+        if call is not None and call.failed and worker.process.poll() is None:
+            worker.dump_stacks()
         worker.stop()
 
 

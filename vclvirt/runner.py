@@ -164,7 +164,7 @@ class OperationRun:
                 try:
                     with cancellation.scope(keeper.token):
                         if self.holdings.fence is not None:
-                            self._provisioner.node.run(["true"])  # fences older holders now
+                            self._provisioner.context.fence_host()  # older holders out now
                         return self._run_steps()
                 except Cancelled as cancelled:
                     return self._cancelled(cancelled.reason)

@@ -156,14 +156,15 @@ def connect(host: HostConfig, node: Transport | None = None) -> libvirt.virConne
 
 
 _fenced: dict[tuple[int, str, int], tuple[libvirt.virConnect, LibvirtTunnel]] = {}
+FENCED_OPEN_TIMEOUT = 30.0
 
 
 def _fenced_connection(
     host: HostConfig, node: Transport, held: fence.HostFence
 ) -> libvirt.virConnect:
-    """One connection per fencing token, through a tunnel the host's fence started. Not
-    reopened when it dies: a dead tunnel may mean the host killed it for a newer holder,
-    and the next open goes through the fence again (and is refused there if so)."""
+    """One connection per fencing token, through a tunnel the host's fence started. A dead
+    one (the host may have killed it for a newer holder) is opened again only through the
+    fence, which refuses it if so."""
     key = (os.getpid(), host.name, held.token)
     with _lock:
         _ensure_event_loop()
@@ -175,6 +176,10 @@ def _fenced_connection(
             _close_fenced(key)
         proxy = held.wrap(PROXY)  # wrapped here: the tunnel's thread holds no fence
         tunnel = LibvirtTunnel(lambda: node.open_stream(proxy), host.name)
+        # libvirt's open has no deadline of its own: a tunnel that does not answer in time
+        # is closed under it, which fails the open.
+        deadline = threading.Timer(FENCED_OPEN_TIMEOUT, tunnel.close)
+        deadline.start()
         try:
             with libvirt_errors(host.name, f"cannot connect to libvirt on {host.address}"):
                 conn = libvirt.open(tunnel.uri)
@@ -182,6 +187,8 @@ def _fenced_connection(
             tunnel.close()
             node.run(["true"])  # a refused fence says so here (Cancelled(Fenced))
             raise
+        finally:
+            deadline.cancel()
         with suppress(libvirt.libvirtError):
             conn.setKeepAlive(5, 3)
         _fenced[key] = (conn, tunnel)

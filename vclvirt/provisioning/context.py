@@ -57,6 +57,15 @@ class HostContext:
             xml_dir=self.host.xml_dir,
         )
 
+    def fence_host(self) -> None:
+        """Under a fence: the host records our token now, ending an older holder's
+        processes, by opening the run's libvirt connection through the fence (one host
+        command either way)."""
+        if self.host.libvirt_through_fence:
+            self.connect()
+        else:
+            self.node.run(["true"])
+
     def guest_target(self, reservation: Reservation) -> GuestTarget:
         """How to log in to the reservation's guest; through a relay on the host when the
         host is configured so, behind the run's fence (node/fence.py)."""
