@@ -122,6 +122,7 @@ class OperationRun:
         self.current: str | None = None
         self.keeper: LeaseKeeper
         self.holdings: RunHoldings
+        self.host_fenced = False
 
     def execute(self) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(
@@ -163,8 +164,6 @@ class OperationRun:
             with self.holdings.behind_the_fence(), writing_as(self.writes):
                 try:
                     with cancellation.scope(keeper.token):
-                        if self.holdings.fence is not None:
-                            self._provisioner.context.fence_host()  # older holders out now
                         return self._run_steps()
                 except Cancelled as cancelled:
                     return self._cancelled(cancelled.reason)
@@ -222,6 +221,11 @@ class OperationRun:
         log.info("step_started", attempt=entry.data["attempt"])
         testhooks.hold(self.rid, name)
         try:
+            if self.holdings.fence is not None and not self.host_fenced:
+                # The host records our token before the first step acts, ending an older
+                # holder's processes there; an unreachable host is this step's error.
+                self._provisioner.context.fence_host()
+                self.host_fenced = True
             result = self.operation.bodies[name](self._context(entry))
         except TransientError as error:
             return self._transient(name, entry, error)
