@@ -9,11 +9,11 @@ error into an answer, as node_status does) never swallow it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 
 from vclvirt.errors import VclvirtError
+from vclvirt.scoped import bound
 
 
 class Cancelled(BaseException):
@@ -46,14 +46,9 @@ class CancelToken:
 _current: ContextVar[CancelToken | None] = ContextVar("vclvirt_cancel_token", default=None)
 
 
-@contextmanager
-def scope(token: CancelToken) -> Iterator[CancelToken]:
+def scope(token: CancelToken) -> AbstractContextManager[CancelToken]:
     """Make `token` the one `check()` consults in this thread."""
-    reset = _current.set(token)
-    try:
-        yield token
-    finally:
-        _current.reset(reset)
+    return bound(_current, token)
 
 
 def check() -> None:

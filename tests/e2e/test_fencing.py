@@ -18,7 +18,6 @@ import hashlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +42,6 @@ pytestmark = pytest.mark.slow
 
 LEASE = Settings().lease_ttl  # the deployed default, not shortened here
 COPIED = "linux-E2eFenceCopy-631-v0"
-
-
-@pytest.fixture
-def holds(tmp_path: Path) -> Iterator[tuple[dict[str, str], Callable[[int, str, bool], None]]]:
-    directory = tmp_path / "holds"
-    directory.mkdir()
-
-    def hold(rid: int, step: str, on: bool = True) -> None:
-        marker = directory / f"{rid}.{step}"
-        if on:
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
-
-    yield {"VCLVIRT_TEST_HOLD_DIR": str(directory)}, hold
 
 
 @pytest.fixture

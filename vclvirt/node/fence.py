@@ -22,14 +22,15 @@ before the takeover may still complete; nothing starts after it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from vclvirt.cancellation import Cancelled
 from vclvirt.errors import Fenced
 from vclvirt.node.transport import CommandResult
+from vclvirt.scoped import bound
 
 REFUSED = 75  # EX_TEMPFAIL: the wrapper's exit status for a stale token
 MARKER = "vclvirt-fence: refused"
@@ -107,14 +108,9 @@ class HostFence:
 _current: ContextVar[HostFence | None] = ContextVar("vclvirt_host_fence", default=None)
 
 
-@contextmanager
-def holding(fence: HostFence) -> Iterator[HostFence]:
+def holding(fence: HostFence) -> AbstractContextManager[HostFence]:
     """Every command on `fence.host` in this thread runs behind `fence`."""
-    reset = _current.set(fence)
-    try:
-        yield fence
-    finally:
-        _current.reset(reset)
+    return bound(_current, fence)
 
 
 def current(host: str) -> HostFence | None:

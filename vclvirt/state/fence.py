@@ -14,8 +14,8 @@ Recovery writes as "nobody" (holder ""): only while no lease is held at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ import redis
 
 from vclvirt.cancellation import Cancelled
 from vclvirt.errors import Fenced
+from vclvirt.scoped import bound
 from vclvirt.state import keys
 from vclvirt.state.computers import NO_IMAGE
 from vclvirt.state.records import now
@@ -198,14 +199,9 @@ class FencedRecord:
 _current: ContextVar[FencedRecord | None] = ContextVar("vclvirt_record_fence", default=None)
 
 
-@contextmanager
-def writing_as(record: FencedRecord) -> Iterator[FencedRecord]:
+def writing_as(record: FencedRecord) -> AbstractContextManager[FencedRecord]:
     """Writes deep inside a step (a guest's pinned host key) go through `record`."""
-    reset = _current.set(record)
-    try:
-        yield record
-    finally:
-        _current.reset(reset)
+    return bound(_current, record)
 
 
 def current() -> FencedRecord | None:
