@@ -133,6 +133,20 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
         files.create_overlay(str(MASTER), "qcow2", overlay)
         files.remove(overlay)
 
+    host = provisioner.context.host
+    fences = iter(range(10**15, 10**16))  # a new, larger token each time: a new holder
+
+    def fenced(call: Any) -> Any:
+        from vclvirt.hypervisor.connection import release_fenced
+        from vclvirt.node import fence
+
+        held = fence.HostFence(host.name, f"{host.fence_dir}/bench-cost", next(fences), 1)
+        try:
+            with fence.holding(held):
+                return call()
+        finally:
+            release_fenced(host.name)
+
     local = libvirt.open("qemu:///system")
     try:
         rows = [
@@ -157,6 +171,14 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
             [
                 "overlay through the storage pool (qemu+libssh), created and removed",
                 timed(overlay_cycle),
+            ],
+            [
+                "`true` behind the host's fence, a new token (a run's first host act)",
+                timed(lambda: fenced(lambda: provisioner.node.run(["true"]))),
+            ],
+            [
+                "a run's libvirt tunnel through the fence: opened, listAllDomains, closed",
+                timed(lambda: fenced(lambda: provisioner.conn.listAllDomains(0))),
             ],
         ]
     finally:
