@@ -1,0 +1,192 @@
+"""The fleet is real: each host's libvirtd, disk and link are its own (scripts/fleet), and a
+real worker on the management side loads a reservation onto one through its address."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from tests.conftest import make_reservation, wait_for
+from tests.fleet.conftest import fleet_link, fleet_ssh
+from vclvirt import dispatch
+from vclvirt.naming import belongs_to_computer, file_base_name
+
+# A TCG domain with no disk: QEMU starts and stays in its firmware.
+PROBE_XML = """<domain type='qemu'>
+  <name>{name}</name><uuid>{uuid}</uuid>
+  <memory unit='MiB'>32</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
+</domain>"""
+
+
+def _library(fleet: Any, testbed: Path) -> Any:
+    """The library server, as a host entry with the fleet's key, known_hosts and its address."""
+    env = (testbed / "fleet" / "env").read_text()
+    (address,) = [
+        line.split("=", 1)[1] for line in env.splitlines() if "VCLVIRT_FLEET_LIBRARY=" in line
+    ]
+    return fleet.host("fleet-1").model_copy(update={"address": address})
+
+
+def _library_image(fleet: Any, testbed: Path, name: str, data: str = "") -> None:
+    """A qcow2 image in the library server's repository, made there over SSH."""
+    library = _library(fleet, testbed)
+    directory = f"{fleet.host('fleet-1').repository_path}/{name}"
+    path = f"{directory}/{name}.qcow2"
+    fleet_ssh(library, "rm", "-rf", directory)
+    fleet_ssh(library, "mkdir", "-p", directory)
+    fleet_ssh(library, "qemu-img", "create", "-q", "-f", "qcow2", path, "128M")
+    if data:
+        fleet_ssh(library, "qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {data}", path)
+
+
+def _remove_computer(host: Any, computer: str) -> None:
+    """The computer's domains on the host's own libvirtd, and its files on the host's disk."""
+    conn = libvirt.open(host.effective_libvirt_uri)
+    try:
+        for domain in conn.listAllDomains(0):
+            if belongs_to_computer(domain.name(), computer):
+                with contextlib.suppress(libvirt.libvirtError):
+                    if domain.isActive():
+                        domain.destroy()
+                    domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    finally:
+        conn.close()
+    fleet_ssh(host, "find", host.vm_path, host.xml_dir, "-name", f"{computer}_*", "-delete")
+
+
+def test_a_fleet_hosts_domain_is_not_seen_by_the_root_libvirtd(fleet):
+    """A TCG domain defined and started in fleet-1's libvirtd exists there only: neither the
+    management machine's libvirtd nor fleet-2's knows its name or UUID."""
+    one, two = fleet.host("fleet-1"), fleet.host("fleet-2")
+    name, ident = f"fleet-probe-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    conn = libvirt.open(one.effective_libvirt_uri)
+    try:
+        domain = conn.defineXML(PROBE_XML.format(name=name, uuid=ident))
+        try:
+            domain.create()
+            assert domain.isActive()
+            for uri in ("qemu:///system", two.effective_libvirt_uri):
+                other = libvirt.open(uri)
+                try:
+                    assert name not in [d.name() for d in other.listAllDomains(0)], uri
+                    assert ident not in [d.UUIDString() for d in other.listAllDomains(0)], uri
+                finally:
+                    other.close()
+            # its QEMU runs in fleet-1's own mount namespace: its pid file is not here
+            assert not Path(f"/run/libvirt/qemu/{name}.pid").exists()
+            assert fleet_ssh(one, "test", "-s", f"/run/libvirt/qemu/{name}.pid", check=False)
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):
+                domain.destroy()
+            domain.undefine()
+    finally:
+        conn.close()
+
+
+def test_fleet_hosts_paths_do_not_exist_in_the_management_namespace(fleet):
+    """Every directory a host entry names exists on the host and not here; a file made on a
+    host's datastore is seen by that host only."""
+    marker = f"fleet-marker-{uuid.uuid4().hex[:8]}"
+    one, two = fleet.host("fleet-1"), fleet.host("fleet-2")
+    try:
+        fleet_ssh(one, "touch", f"{one.datastore_path}/{marker}")
+        for host in (one, two):
+            for path in (
+                host.datastore_path,
+                host.vm_path,
+                host.xml_dir,
+                host.fence_dir,
+                host.repository_path,
+            ):
+                assert fleet_ssh(host, "test", "-d", path, check=False).returncode == 0, path
+                assert not os.path.lexists(path), f"{path} exists on the management side"
+        assert not os.path.lexists(f"{one.datastore_path}/{marker}")
+        elsewhere = fleet_ssh(two, "test", "-e", f"{two.datastore_path}/{marker}", check=False)
+        assert elsewhere.returncode == 1
+    finally:
+        fleet_ssh(one, "rm", "-f", f"{one.datastore_path}/{marker}")
+
+
+@pytest.mark.slow
+def test_worker_loads_a_reservation_onto_a_fleet_host(fleet_env, testbed, start_worker):
+    """A worker in the root namespace loads onto fleet-1 through its address only: the
+    master comes from the library server (sshfs on the host) to the host's own datastore,
+    and the domain runs in the host's own libvirtd."""
+    fleet = fleet_env
+    host = fleet.host("fleet-1")
+    image, computer = "linux-FleetLoad-611-v0", "fleet-load1"
+    _library_image(fleet, testbed, image)
+    fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{image}.qcow2")
+    start_worker("fleet-1")
+    reservation = make_reservation(7611, computer, image, image_id=611, host="fleet-1")
+    try:
+        final = dispatch.load(reservation).wait(timeout=240)
+
+        assert final.state == "succeeded", final.to_dict()
+        conn = libvirt.open(host.effective_libvirt_uri)
+        try:
+            (domain,) = [
+                d for d in conn.listAllDomains(0) if belongs_to_computer(d.name(), computer)
+            ]
+            assert domain.isActive()
+        finally:
+            conn.close()
+        overlay = f"{host.vm_path}/{file_base_name(computer, 611, 0)}.qcow2"
+        assert fleet_ssh(host, "test", "-s", overlay, check=False).returncode == 0
+        assert fleet_ssh(host, "test", "-s", f"{host.datastore_path}/{image}.qcow2").returncode == 0
+        assert not os.path.lexists(overlay)
+        status = dispatch.run(reservation, "node_status").wait(60)
+        assert status.step_records["node_status"]["result"]["status"] == "READY"
+    finally:
+        _remove_computer(host, computer)
+
+
+@pytest.mark.slow
+def test_load_survives_a_link_cut_for_a_few_seconds(fleet_env, testbed, start_worker):
+    """fleet-1's link goes down (ip link set ... down) for 5 s while its load copies the
+    master from the library (its .part file is there): the load still ends succeeded, with
+    the whole master, once the link is back."""
+    fleet = fleet_env
+    host = fleet.host("fleet-1")
+    image, computer = "linux-FleetLinkCut-612-v0", "fleet-cut1"
+    _library_image(fleet, testbed, image, data="48M")
+    fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{image}.qcow2")
+    start_worker("fleet-1")
+    reservation = make_reservation(7612, computer, image, image_id=612, host="fleet-1")
+    fleet_link("fleet-1", "rate", "100mbit")
+    try:
+        handle = dispatch.load(reservation)
+        part = f"{host.datastore_path}/{image}.qcow2.part"
+        wait_for(
+            lambda: fleet_ssh(host, "test", "-e", part, check=False).returncode == 0,
+            120,
+            f"the master copy to begin ({part} on fleet-1)",
+        )
+        fleet_link("fleet-1", "down")
+        time.sleep(5)
+        fleet_link("fleet-1", "up")
+        final = handle.wait(timeout=300)
+        assert final.state == "succeeded", final.to_dict()
+        compare = fleet_ssh(
+            host,
+            "qemu-img",
+            "compare",
+            "-q",
+            f"{host.repository_path}/{image}/{image}.qcow2",
+            f"{host.datastore_path}/{image}.qcow2",
+            check=False,
+        )
+        assert compare.returncode == 0, compare.stderr
+    finally:
+        fleet_link("fleet-1", "up")
+        fleet_link("fleet-1", "rate", "1gbit")
+        _remove_computer(host, computer)
