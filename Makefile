@@ -5,7 +5,7 @@ PY := .venv/bin/python
 TESTBED ?= /var/lib/vclvirt-testbed
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap testbed guest test test-fast demo lint stop bench
+.PHONY: bootstrap testbed fleet guest test test-fast demo lint stop bench
 
 bootstrap:
 	scripts/bootstrap
@@ -13,13 +13,18 @@ bootstrap:
 testbed: bootstrap
 	scripts/testbed start
 
+# The fleet (scripts/fleet): FLEET hosts that are namespaces of their own, and a library server.
+FLEET ?= 4
+fleet: testbed
+	scripts/testbed fleet up $(FLEET)
+
 guest: bootstrap
 	scripts/build-test-guest
 
-test: bootstrap testbed guest
+test: bootstrap testbed fleet guest
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: bootstrap testbed
+test-fast: bootstrap testbed fleet
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: bootstrap testbed guest
