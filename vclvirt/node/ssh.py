@@ -32,6 +32,7 @@ from vclvirt.node import fence
 from vclvirt.node.transport import CommandResult, Readable, command_line
 
 _READ_SIZE = 65536
+_SEND_BURST = 4 << 20  # stdin bytes sent between two looks at output and the deadline
 
 
 class SSHTarget(Protocol):
@@ -246,10 +247,14 @@ class SSHTransport:
             # neither side can fill its window and wait for the other, and the deadline
             # holds throughout.
             while True:
-                if sending and channel.send_ready():
+                # Send while the peer's window is open (a burst at most, then read output
+                # and check the deadline); a wait per packet would cap stdin at ~2 MiB/s.
+                burst = _SEND_BURST
+                while sending and burst > 0 and channel.send_ready():
                     pending = pending or source.read(_READ_SIZE)  # type: ignore[union-attr]
                     if pending:
-                        pending = pending[channel.send(pending) :]
+                        sent = channel.send(pending)
+                        pending, burst = pending[sent:], burst - sent
                     else:
                         sending = False
                         channel.shutdown_write()
@@ -273,7 +278,10 @@ class SSHTransport:
                     raise CommandTimeout(
                         f"{shown} did not finish in {timeout:g}s", host=self.host_name
                     )
-                select.select([channel], [], [], min(remaining, 0.01 if sending else 0.5))
+                if sending and channel.send_ready():
+                    continue  # the window is open: no wait
+                # A window adjust does not wake select: while the window is full, poll often.
+                select.select([channel], [], [], min(remaining, 0.001 if sending else 0.5))
             status = channel.recv_exit_status()
             if status == -1:  # paramiko's word for "the connection closed, no exit status"
                 raise NodeUnreachable(
