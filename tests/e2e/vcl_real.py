@@ -11,12 +11,13 @@ the rows of its own computers, images and requests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ VCL_LIB = VCL_SOURCE / "managementnode" / "lib"
 VCLD = VCL_SOURCE / "managementnode" / "bin" / "vcld"
 MODULE_DIR = ROOT / "contrib" / "vcl"
 CALLS = ROOT / "tests" / "e2e" / "vcl_calls.pl"
+TEST_OS_DIR = ROOT / "tests" / "e2e" / "vcl_os"
 DATABASE = "vcl_e2e"
 MANAGEMENT_NODE = "localhost"  # VCL resolves it for its own private IP
 
@@ -56,6 +58,7 @@ STATE = {
     "reinstall": 27,
 }
 OS_LINUX = 36
+TEST_OS = 200  # the test guest's OS: VCL's base OS module plus tests/e2e/vcl_os (it says why)
 QCOW2 = 7
 PROVISIONING_ID = 20  # the rows contrib/vcl/README.md tells a site to insert
 VMHOST_COMPUTER_ID = 100
@@ -94,6 +97,27 @@ INSERT INTO computer (id, stateid, ownerid, platformid, currentimageid, nextimag
 VALUES ({VMHOST_COMPUTER_ID}, {STATE["vmhostinuse"]}, {ADMIN}, 1, 1, 1, 1, 65536, 8, 2000,
         1000, 'node-a.vcl.test', '127.0.0.1', 'blade', 10, 0, '2020-01-01 00:00:00');
 INSERT INTO vmhost (id, computerid, vmprofileid) VALUES ({VMHOST_ID}, {VMHOST_COMPUTER_ID}, 10);
+""")
+TEST_ROWS = _statements(f"""
+INSERT INTO module (id, name, prettyname, description, perlpackage)
+VALUES (101, 'os_vclvirt_test_guest', 'vclvirt test guest OS (test only)', '',
+        'VCL::Module::OS::VclvirtTestGuest');
+INSERT INTO OS (id, name, prettyname, type, installtype, minram, moduleid)
+VALUES ({TEST_OS}, 'vclvirttestguest', 'vclvirt test guest', 'linux', 'vmware', 64, 101);
+CREATE TABLE test_loadlog (id int unsigned PRIMARY KEY, reservationid int unsigned,
+                           loadstateid smallint unsigned, additionalinfo text);
+CREATE TRIGGER test_loadlog AFTER INSERT ON computerloadlog FOR EACH ROW
+INSERT INTO test_loadlog VALUES (NEW.id, NEW.reservationid, NEW.loadstateid, NEW.additionalinfo);
+CREATE TABLE test_statelog (id int unsigned AUTO_INCREMENT PRIMARY KEY, requestid int unsigned,
+                            computerid smallint unsigned, stateid smallint unsigned,
+                            laststateid smallint unsigned);
+CREATE TRIGGER test_requeststate AFTER UPDATE ON request FOR EACH ROW
+INSERT INTO test_statelog (requestid, stateid, laststateid)
+SELECT NEW.id, NEW.stateid, NEW.laststateid FROM DUAL
+WHERE NEW.stateid <> OLD.stateid OR NEW.laststateid <> OLD.laststateid;
+CREATE TRIGGER test_computerstate AFTER UPDATE ON computer FOR EACH ROW
+INSERT INTO test_statelog (computerid, stateid)
+SELECT NEW.id, NEW.stateid FROM DUAL WHERE NEW.stateid <> OLD.stateid;
 """)
 
 
@@ -137,7 +161,7 @@ def create_database() -> None:
             capture_output=True,
         )
     with connect() as db, db.cursor() as cursor:
-        for statement in SITE_ROWS:
+        for statement in SITE_ROWS + TEST_ROWS:
             cursor.execute(statement)
 
 
@@ -151,52 +175,94 @@ class Computer:
     vmhost: bool = True
 
 
-def add_computer(db: pymysql.Connection[Any], computer: Computer, state: str = "available") -> None:
-    """A virtual machine on the VM host node-a, provisioned by vclvirt."""
+def _upsert(db: pymysql.Connection[Any], table: str, row: dict[str, Any]) -> None:
+    """Insert the row, or update the one with its key (other rows may refer to it)."""
+    columns = ", ".join(f"`{c}`" for c in row)
+    updates = ", ".join(f"`{c}` = VALUES(`{c}`)" for c in row)
     with db.cursor() as cursor:
-        cursor.execute("DELETE FROM computer WHERE id = %s", (computer.id,))
         cursor.execute(
-            "INSERT INTO computer (id, stateid, ownerid, platformid, vmhostid, currentimageid,"
-            " nextimageid, imagerevisionid, RAM, procnumber, procspeed, network, hostname,"
-            " IPaddress, privateIPaddress, eth0macaddress, eth1macaddress, type,"
-            " provisioningid, deleted, datedeleted, predictivemoduleid)"
-            " VALUES (%s, %s, 1, 1, %s, 1, 1, 1, 2048, 2, 2000, 1000, %s, '', %s, %s, %s,"
-            " 'virtualmachine', %s, 0, '2020-01-01 00:00:00', 8)",
-            (
-                computer.id,
-                STATE[state],
-                VMHOST_ID if computer.vmhost else None,
-                computer.hostname,
-                computer.private_ip,
-                computer.eth0_mac,
-                computer.eth1_mac,
-                PROVISIONING_ID,
-            ),
+            f"INSERT INTO `{table}` ({columns}) VALUES ({', '.join(['%s'] * len(row))})"
+            f" ON DUPLICATE KEY UPDATE {updates}",
+            tuple(row.values()),
         )
+
+
+def add_computer(db: pymysql.Connection[Any], computer: Computer, state: str = "available") -> None:
+    """A virtual machine on the VM host node-a, provisioned by vclvirt, with no image."""
+    with db.cursor() as cursor:
+        cursor.execute("DELETE FROM test_statelog WHERE computerid = %s", (computer.id,))
+    _upsert(
+        db,
+        "computer",
+        {
+            "id": computer.id,
+            "stateid": STATE[state],
+            "vmhostid": VMHOST_ID if computer.vmhost else None,
+            "currentimageid": 1,
+            "nextimageid": 1,
+            "imagerevisionid": 1,
+            "RAM": 2048,
+            "procnumber": 2,
+            "procspeed": 2000,
+            "network": 1000,
+            "hostname": computer.hostname,
+            "IPaddress": "",
+            "privateIPaddress": computer.private_ip,
+            "eth0macaddress": computer.eth0_mac,
+            "eth1macaddress": computer.eth1_mac,
+            "type": "virtualmachine",
+            "provisioningid": PROVISIONING_ID,
+            "deleted": 0,
+            "datedeleted": "2020-01-01 00:00:00",
+            "predictivemoduleid": 8,
+        },
+    )
 
 
 def add_image(
-    db: pymysql.Connection[Any], image_id: int, name: str, pretty: str, revisions: dict[int, str]
+    db: pymysql.Connection[Any],
+    image_id: int,
+    name: str,
+    pretty: str,
+    revisions: dict[int, str],
+    os_id: int = OS_LINUX,
 ) -> dict[int, int]:
     """An image with its revisions {revision: imagerevision.imagename}; returns their ids."""
+    _upsert(
+        db,
+        "image",
+        {
+            "id": image_id,
+            "name": name,
+            "prettyname": pretty,
+            "imagetypeid": QCOW2,
+            "platformid": 1,
+            "OSid": os_id,
+            "minram": 64,
+            "minprocnumber": 1,
+            "reloadtime": 5,
+            "deleted": 0,
+            "project": "vcl",
+            "size": 100,
+            "architecture": "x86_64",
+        },
+    )
     ids = {revision: image_id * 100 + revision for revision in revisions}
-    with db.cursor() as cursor:
-        cursor.execute("DELETE FROM imagerevision WHERE imageid = %s", (image_id,))
-        cursor.execute("DELETE FROM image WHERE id = %s", (image_id,))
-        cursor.execute(
-            "INSERT INTO image (id, name, prettyname, ownerid, imagetypeid, platformid, OSid,"
-            " minram, minprocnumber, minprocspeed, minnetwork, reloadtime, deleted, test,"
-            " forcheckout, project, size, architecture)"
-            " VALUES (%s, %s, %s, 1, %s, 1, %s, 64, 1, 0, 0, 5, 0, 0, 1, 'vcl', 100, 'x86_64')",
-            (image_id, name, pretty, QCOW2, OS_LINUX),
+    for revision, imagename in revisions.items():
+        _upsert(
+            db,
+            "imagerevision",
+            {
+                "id": ids[revision],
+                "imageid": image_id,
+                "revision": revision,
+                "userid": ADMIN,
+                "datecreated": "2026-01-01 00:00:00",
+                "deleted": 0,
+                "production": 1,
+                "imagename": imagename,
+            },
         )
-        for revision, imagename in revisions.items():
-            cursor.execute(
-                "INSERT INTO imagerevision (id, imageid, revision, userid, datecreated,"
-                " deleted, production, imagename, autocaptured)"
-                " VALUES (%s, %s, %s, 1, NOW(), 0, 1, %s, 0)",
-                (ids[revision], image_id, revision, imagename),
-            )
     return ids
 
 
@@ -214,7 +280,9 @@ def add_request(
 ) -> None:
     """A request with one reservation, starting now, for management node 1."""
     with db.cursor() as cursor:
-        cursor.execute("DELETE FROM computerloadlog WHERE reservationid = %s", (reservation_id,))
+        for table in ("computerloadlog", "test_loadlog"):
+            cursor.execute(f"DELETE FROM {table} WHERE reservationid = %s", (reservation_id,))
+        cursor.execute("DELETE FROM test_statelog WHERE requestid = %s", (request_id,))
         cursor.execute("DELETE FROM reservation WHERE id = %s", (reservation_id,))
         cursor.execute("DELETE FROM request WHERE id = %s", (request_id,))
         cursor.execute(
@@ -232,11 +300,13 @@ def add_request(
 
 
 def loadlog(db: pymysql.Connection[Any], reservation_id: int) -> list[dict[str, Any]]:
-    """The reservation's computerloadlog rows (what VCL's dashboard shows), in order."""
+    """The reservation's computerloadlog rows (what VCL's dashboard shows) in order, as vcld
+    wrote them: a trigger keeps a copy in test_loadlog, since vcld deletes them when it ends
+    the request."""
     with db.cursor() as cursor:
         cursor.execute(
-            "SELECT s.loadstatename AS name, l.additionalinfo AS info FROM computerloadlog l"
-            " JOIN computerloadstate s ON s.id = l.loadstateid"
+            "SELECT l.id, s.loadstatename AS name, l.additionalinfo AS info"
+            " FROM test_loadlog l JOIN computerloadstate s ON s.id = l.loadstateid"
             " WHERE l.reservationid = %s ORDER BY l.id",
             (reservation_id,),
         )
@@ -296,7 +366,7 @@ class VclSite:
         config.chmod(0o600)
 
     def env(self, perl5lib: list[Path] | None = None) -> dict[str, str]:
-        lib = [*(perl5lib or []), MODULE_DIR, VCL_LIB, VCL_SOURCE / "shims"]
+        lib = [*(perl5lib or []), MODULE_DIR, VCL_LIB, VCL_SOURCE / "shims", TEST_OS_DIR]
         return {
             **os.environ,
             "PERL5LIB": ":".join(str(p) for p in lib),
@@ -377,27 +447,96 @@ class CallRun:
         return self.output + "\n".join(self.log)
 
 
-@contextmanager
-def running_vcld(site: VclSite) -> Iterator[subprocess.Popen[bytes]]:
-    """`bin/vcld -nodaemon` as its own process group; stopped (TERM, then KILL) afterwards."""
-    process = subprocess.Popen(
-        ["perl", str(VCLD), f"-config={site.vcld_conf}", "-nodaemon"],
-        stdout=(site.directory / "vcld.out").open("ab"),
-        stderr=subprocess.STDOUT,
-        env=site.env(),
-        cwd=site.directory,
-        start_new_session=True,
+def state_changes(
+    db: pymysql.Connection[Any], *, request_id: int = 0, computer_id: int = 0
+) -> list[str]:
+    """Every state vcld set on the request ("state/laststate") or the computer, in order (a
+    trigger records them: vcld deletes a request soon after it completes it)."""
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT s.name AS state, l.name AS laststate FROM test_statelog t"
+            " JOIN state s ON s.id = t.stateid LEFT JOIN state l ON l.id = t.laststateid"
+            " WHERE t.requestid = %s OR t.computerid = %s ORDER BY t.id",
+            (request_id, computer_id),
+        )
+        return [
+            f"{row['state']}/{row['laststate']}" if row["laststate"] else row["state"]
+            for row in cursor.fetchall()
+        ]
+
+
+@dataclass
+class Watched:
+    """What VCL's database showed while vcld worked on one request."""
+
+    final: dict[str, Any]  # states() once vcld was done
+    loadlog: list[dict[str, Any]]  # the reservation's computerloadlog rows, as written
+    request_states: list[str]  # "state/laststate" as vcld set them
+    computer_states: list[str]
+
+    def names(self) -> list[str]:
+        return [row["name"] for row in self.loadlog]
+
+
+def watch(
+    db: pymysql.Connection[Any],
+    request_id: int,
+    reservation_id: int,
+    computer_id: int,
+    until: Callable[[dict[str, Any]], bool],
+    timeout: float,
+) -> Watched:
+    """Wait until `until(states)` holds; what vcld wrote on the way."""
+    earlier = len(state_changes(db, computer_id=computer_id))
+    deadline = time.monotonic() + timeout
+    while not until(now := states(db, request_id, computer_id)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"vcld did not get there in {timeout} s: {now}")
+        time.sleep(0.5)
+    return Watched(
+        now,
+        loadlog(db, reservation_id),
+        state_changes(db, request_id=request_id),
+        state_changes(db, computer_id=computer_id)[earlier:],
     )
+
+
+def _session(leader: int) -> list[int]:
+    """The processes of the session `leader` started: vcld forks each reservation's state
+    process into a process group of its own (setpgrp), in vcld's session."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if fields[0] != "Z" and int(fields[3]) == leader:  # state, session id (proc(5))
+            members.append(int(stat.parent.name))
+    return members
+
+
+@contextmanager
+def running_vcld(site: VclSite, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`bin/vcld -nodaemon` in a session of its own; it and the state processes it forked
+    are stopped (TERM, then KILL) afterwards."""
+    with (site.directory / "vcld.out").open("ab") as out:
+        process = subprocess.Popen(
+            ["perl", str(VCLD), f"-config={site.vcld_conf}", "-nodaemon"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**site.env(), **env},
+            cwd=site.directory,
+            start_new_session=True,
+        )
     try:
         yield process
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and process.poll() is None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _session(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while _session(process.pid) and time.monotonic() < deadline:
+                process.poll()
                 time.sleep(0.2)
-            if process.poll() is not None:
-                break
+        process.wait(15)

@@ -1,0 +1,238 @@
+"""Apache VCL 2.5.1's own `bin/vcld -nodaemon` (tests/e2e/vcl_real.py) processing requests
+for computers provisioned by contrib/vcl's module, against VCL's schema in MariaDB, a real
+`vclvirt api`, real workers, libvirt and the booting test guest. vcld forks its own state
+modules (new.pm for new, reload and tomaintenance; image.pm for image); the states checked
+are the ones vcld itself writes. The images' OS module is VCL's base OS module with only
+the calls that need the guest's port 22 replaced (tests/e2e/vcl_os says why).
+
+Each test prints the load-log rows and the request/computer states it saw (pytest -s).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import computer_domains, make_reservation, wait_for
+from tests.e2e import vcl_real
+from tests.e2e.vcl_helpers import ApiServer, api_server, free_port
+from tests.e2e.vcl_real import Computer, VclSite, Watched
+from vclvirt import dispatch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vcl_database(testbed: Path) -> None:
+    vcl_real.create_database()
+
+
+@pytest.fixture
+def db(vcl_database: None) -> Iterator[Any]:
+    connection = vcl_real.connect()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def api(testbed: Path, tmp_path: Path) -> Iterator[ApiServer]:
+    with api_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def site(api: ApiServer, tmp_path: Path, db: Any) -> VclSite:
+    made = VclSite(tmp_path / "vcl", api.url, api.token)
+    made.write()
+    return made
+
+
+@pytest.fixture
+def vcld(site: VclSite) -> Iterator[Callable[..., None]]:
+    """Start vcld (at most once per test); stopped with the state processes it forked."""
+    running: list[Any] = []
+
+    def start(**env: str) -> None:
+        context = vcl_real.running_vcld(site, **env)
+        context.__enter__()
+        running.append(context)
+
+    yield start
+    for context in running:
+        context.__exit__(None, None, None)
+
+
+def request(
+    db: Any,
+    request_id: int,
+    computer: Computer,
+    image_id: int,
+    image: str,
+    state: str,
+    *,
+    computer_state: str = "available",
+    forimaging: bool = False,
+) -> int:
+    """The computer (its row made anew), the image (test guest OS) and a request; returns the
+    reservation id."""
+    if computer_state:
+        vcl_real.add_computer(db, computer, computer_state)
+    revisions = vcl_real.add_image(
+        db, image_id, image, f"Vcld {image}", {0: image}, os_id=vcl_real.TEST_OS
+    )
+    reservation_id = request_id + 1000
+    vcl_real.add_request(
+        db,
+        request_id,
+        reservation_id,
+        computer_id=computer.id,
+        image_id=image_id,
+        imagerevision_id=revisions[0],
+        state=state,
+        forimaging=forimaging,
+    )
+    return reservation_id
+
+
+def show(what: str, watched: Watched) -> None:
+    print(f"\n== {what}")
+    for row in watched.loadlog:
+        print(f"  loadlog {row['name']:<18} {row['info']}")
+    print(f"  request states  {' -> '.join(watched.request_states)}")
+    print(f"  computer states {' -> '.join(watched.computer_states)}")
+    print(f"  at the end      {watched.final}")
+
+
+def ended(seen: dict[str, Any]) -> bool:
+    """vcld deletes a request it completed (complete → row gone); or it left it failed,
+    reserved or in maintenance."""
+    return seen["state"] in (None, "failed", "reserved", "maintenance")
+
+
+def test_vcld_reload_then_ready_then_tomaintenance(
+    db, site, vcld, guest_image, start_worker, cleanup_computers
+):
+    """A computer with eth1 MAC and private IP NULL: a reload request loads the guest (load
+    log startload, transfervm, vmsetupconfig, startvm as vclvirt's steps end; vcld adds
+    loadimagecomplete), request complete, computer available with the image; a second
+    reload finds it READY and does not load; tomaintenance puts the computer in maintenance,
+    off its VM host, its domain gone."""
+    cleanup_computers.append("vcl-vcld-a")
+    start_worker("node-a")
+    computer = Computer(131, "vcl-vcld-a.lab.test", "52:54:00:aa:83:01", None)
+    reservation_id = request(db, 5131, computer, 900, guest_image, "reload")
+    vcld()
+
+    loaded = vcl_real.watch(db, 5131, reservation_id, 131, ended, 300)
+    show("reload", loaded)
+    names = loaded.names()
+    assert names[:3] == ["begin", "statuscheck", "loadimageblade"], names
+    steps = [n for n in names if n in ("startload", "transfervm", "vmsetupconfig", "startvm")]
+    assert steps == ["startload", "transfervm", "vmsetupconfig", "startvm"], names
+    assert names.index("startvm") < names.index("loadimagecomplete"), names
+    assert loaded.request_states == ["pending/reload", "complete/reload"]
+    assert loaded.computer_states == ["reloading", "available"]
+    assert loaded.final["state"] is None  # vcld deletes the request it completed
+    assert loaded.final["computer"] == "available"
+    assert loaded.final["current_image"] == guest_image
+    assert _module_warnings(site) == []
+
+    reservation_id = request(db, 5132, computer, 900, guest_image, "reload", computer_state="")
+    ready = vcl_real.watch(db, 5132, reservation_id, 131, ended, 120)
+    show("reload of a computer that is READY", ready)
+    assert "startload" not in ready.names() and "loadimageblade" not in ready.names()
+    assert ready.request_states == ["pending/reload", "complete/reload"]
+    assert ready.final["computer"] == "available"
+    assert len(computer_domains("vcl-vcld-a")) == 1
+
+    reservation_id = request(
+        db, 5133, computer, 900, guest_image, "tomaintenance", computer_state=""
+    )
+    maintenance = vcl_real.watch(db, 5133, reservation_id, 131, ended, 120)
+    show("tomaintenance", maintenance)
+    assert maintenance.request_states == ["pending/tomaintenance", "complete/tomaintenance"]
+    assert maintenance.computer_states == ["maintenance"]
+    assert maintenance.final["computer"] == "maintenance"
+    assert maintenance.final["vmhostid"] is None
+    assert maintenance.final["current_image"] == "noimage"
+    assert computer_domains("vcl-vcld-a") == []
+    assert _module_warnings(site) == []
+
+
+def _module_warnings(site: VclSite) -> list[str]:
+    """vcld.log's warnings from the module, or about data it asked for."""
+    return [
+        w
+        for w in vcl_real.warnings(site.log_lines())
+        if "vclvirt" in w or "private IP" in w or "corresponding data" in w
+    ]
+
+
+def test_vcld_new_request_ends_reserved(
+    db, site, vcld, guest_image, start_worker, cleanup_computers
+):
+    """new: loaded through the module, reserved by the OS module; vcld sets request and
+    computer 'reserved'."""
+    cleanup_computers.append("vcl-vcld-new")
+    start_worker("node-a")
+    computer = Computer(132, "vcl-vcld-new.lab.test", "52:54:00:aa:84:01", "52:54:00:bb:84:01")
+    reservation_id = request(db, 5134, computer, 900, guest_image, "new")
+    vcld()
+
+    done = vcl_real.watch(db, 5134, reservation_id, 132, ended, 300)
+    show("new", done)
+    assert done.final["state"] == "reserved" and done.final["laststate"] == "new", done.states
+    assert done.final["computer"] == "reserved"
+    assert done.final["current_image"] == guest_image
+    names = done.names()
+    assert "startvm" in names and "loadimagecomplete" in names, names
+    assert dispatch.status(reservation_id).reservation["computer"]["eth1_mac"] == (
+        "52:54:00:bb:84:01"
+    )
+
+
+def test_vcld_failures_end_in_the_states_vcld_sets(db, site, vcld, start_worker, tmp_path):
+    """An image that exists nowhere, an API that does not answer, and an operation already
+    running for the reservation: each request ends as vcld ends a failed load."""
+    start_worker("node-a")
+    missing = Computer(134, "vcl-vcld-missing.lab.test", "52:54:00:aa:86:01", None)
+    missing_id = request(db, 5136, missing, 836, "linux-VclVcldMissing-836-v0", "reload")
+    vcld()
+    failed = vcl_real.watch(db, 5136, missing_id, 134, ended, 180)
+    show("reload of an image that exists nowhere", failed)
+    print(failed.final)
+    assert "startload" not in failed.names()
+
+
+def test_vcld_post_load_failure(db, site, vcld, guest_image, start_worker, cleanup_computers):
+    """The OS module's post_load fails after vclvirt's load succeeded: load() is false."""
+    cleanup_computers.append("vcl-vcld-pl")
+    start_worker("node-a")
+    computer = Computer(135, "vcl-vcld-pl.lab.test", "52:54:00:aa:87:01", None)
+    reservation_id = request(db, 5137, computer, 900, guest_image, "reload")
+    vcld(VCLVIRT_TEST_POST_LOAD="fail")
+    done = vcl_real.watch(db, 5137, reservation_id, 135, ended, 300)
+    show("reload whose OS post_load fails", done)
+    print(done.final)
+    assert "loadimagefailed" in done.names()
+
+
+def test_vcld_api_unreachable_and_operation_running(db, site, vcld, start_worker):
+    """The API does not answer; then an earlier operation of the reservation is running."""
+    site.write(
+        api_url=f"http://127.0.0.1:{free_port()}",
+        operation_timeout=3,
+        image_query_timeout=3,
+        load_timeout=3,
+    )
+    computer = Computer(138, "vcl-vcld-down.lab.test", "52:54:00:aa:8a:01", None)
+    reservation_id = request(db, 5140, computer, 900, "linux-VclVcldDown-900-v0", "reload")
+    vcld()
+    down = vcl_real.watch(db, 5140, reservation_id, 138, ended, 180)
+    show("reload with the API down", down)
+    print(down.final)
+    _ = (make_reservation, wait_for, os)
