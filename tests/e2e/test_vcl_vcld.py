@@ -10,7 +10,7 @@ Each test prints the load-log rows and the request/computer states it saw (pytes
 
 from __future__ import annotations
 
-import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -175,54 +175,74 @@ def _module_warnings(site: VclSite) -> list[str]:
 def test_vcld_new_request_ends_reserved(
     db, site, vcld, guest_image, start_worker, cleanup_computers
 ):
-    """new: loaded through the module, reserved by the OS module; vcld sets request and
-    computer 'reserved'."""
+    """new: loaded through the module, then reserved (the OS module adds the user); vcld
+    sets the request 'reserved', and its reserved.pm the computer."""
     cleanup_computers.append("vcl-vcld-new")
     start_worker("node-a")
     computer = Computer(132, "vcl-vcld-new.lab.test", "52:54:00:aa:84:01", "52:54:00:bb:84:01")
     reservation_id = request(db, 5134, computer, 900, guest_image, "new")
     vcld()
 
-    done = vcl_real.watch(db, 5134, reservation_id, 132, ended, 300)
+    done = vcl_real.watch(
+        db, 5134, reservation_id, 132, lambda now: now["computer"] == "reserved", 300
+    )
     show("new", done)
-    assert done.final["state"] == "reserved" and done.final["laststate"] == "new", done.states
-    assert done.final["computer"] == "reserved"
-    assert done.final["current_image"] == guest_image
     names = done.names()
-    assert "startvm" in names and "loadimagecomplete" in names, names
-    assert dispatch.status(reservation_id).reservation["computer"]["eth1_mac"] == (
-        "52:54:00:bb:84:01"
+    steps = [n for n in names if n in ("startload", "transfervm", "vmsetupconfig", "startvm")]
+    assert steps == ["startload", "transfervm", "vmsetupconfig", "startvm"], names
+    assert names.index("startvm") < names.index("loadimagecomplete") < names.index("addinguser")
+    # then vcld's reserved.pm waits for the user to acknowledge
+    assert done.request_states == ["pending/new", "reserved/new", "pending/reserved"]
+    assert done.computer_states == ["reloading", "reserved"]
+    assert done.final["current_image"] == guest_image
+    sent = dispatch.status(reservation_id).reservation
+    assert sent["computer"]["eth1_mac"] == "52:54:00:bb:84:01"
+    assert _module_warnings(site) == []
+
+
+def test_vcld_load_of_an_image_that_exists_nowhere(db, site, vcld, start_worker):
+    """does_image_exist 0 and retrieve_image 0: vcld fails the request, the computer stays
+    available, no load is started."""
+    start_worker("node-a")
+    computer = Computer(134, "vcl-vcld-missing.lab.test", "52:54:00:aa:86:01", None)
+    image = "linux-VclVcldMissing-836-v0"
+    reservation_id = request(db, 5136, computer, 836, image, "reload")
+    vcld()
+
+    failed = vcl_real.watch(db, 5136, reservation_id, 134, ended, 180)
+    show("reload of an image that exists nowhere", failed)
+    assert failed.request_states == ["pending/reload", "failed/reload"]
+    assert failed.computer_states == ["reloading", "available"]
+    assert "startload" not in failed.names() and "failed" in failed.names()
+    assert any(
+        f"{image} is not on VM host node-a nor in its repository" in w
+        for w in vcl_real.warnings(site.log_lines())
     )
 
 
-def test_vcld_failures_end_in_the_states_vcld_sets(db, site, vcld, start_worker, tmp_path):
-    """An image that exists nowhere, an API that does not answer, and an operation already
-    running for the reservation: each request ends as vcld ends a failed load."""
-    start_worker("node-a")
-    missing = Computer(134, "vcl-vcld-missing.lab.test", "52:54:00:aa:86:01", None)
-    missing_id = request(db, 5136, missing, 836, "linux-VclVcldMissing-836-v0", "reload")
-    vcld()
-    failed = vcl_real.watch(db, 5136, missing_id, 134, ended, 180)
-    show("reload of an image that exists nowhere", failed)
-    print(failed.final)
-    assert "startload" not in failed.names()
-
-
-def test_vcld_post_load_failure(db, site, vcld, guest_image, start_worker, cleanup_computers):
-    """The OS module's post_load fails after vclvirt's load succeeded: load() is false."""
+def test_vcld_load_whose_os_post_load_fails(
+    db, site, vcld, guest_image, start_worker, cleanup_computers
+):
+    """vclvirt's load succeeds, the OS module's post_load fails: load() is false, vcld writes
+    loadimagefailed and sets request and computer 'failed'."""
     cleanup_computers.append("vcl-vcld-pl")
     start_worker("node-a")
     computer = Computer(135, "vcl-vcld-pl.lab.test", "52:54:00:aa:87:01", None)
     reservation_id = request(db, 5137, computer, 900, guest_image, "reload")
     vcld(VCLVIRT_TEST_POST_LOAD="fail")
+
     done = vcl_real.watch(db, 5137, reservation_id, 135, ended, 300)
     show("reload whose OS post_load fails", done)
-    print(done.final)
-    assert "loadimagefailed" in done.names()
+    names = done.names()
+    assert names.index("startvm") < names.index("loadimagefailed"), names
+    assert done.request_states == ["pending/reload", "failed/reload"]
+    assert done.computer_states == ["reloading", "failed"]
+    assert any("the OS module's post_load failed" in w for w in vcl_real.warnings(site.log_lines()))
 
 
-def test_vcld_api_unreachable_and_operation_running(db, site, vcld, start_worker):
-    """The API does not answer; then an earlier operation of the reservation is running."""
+def test_vcld_with_the_api_unreachable(db, site, vcld):
+    """Nothing answers at api_url: the calls fail when their deadlines pass, naming the API;
+    vcld fails the request as for a missing image, the computer stays available."""
     site.write(
         api_url=f"http://127.0.0.1:{free_port()}",
         operation_timeout=3,
@@ -232,7 +252,112 @@ def test_vcld_api_unreachable_and_operation_running(db, site, vcld, start_worker
     computer = Computer(138, "vcl-vcld-down.lab.test", "52:54:00:aa:8a:01", None)
     reservation_id = request(db, 5140, computer, 900, "linux-VclVcldDown-900-v0", "reload")
     vcld()
+
     down = vcl_real.watch(db, 5140, reservation_id, 138, ended, 180)
     show("reload with the API down", down)
-    print(down.final)
-    _ = (make_reservation, wait_for, os)
+    assert down.request_states == ["pending/reload", "failed/reload"]
+    assert down.computer_states == ["reloading", "available"]
+    assert "startload" not in down.names()
+    warned = vcl_real.warnings(site.log_lines())
+    assert any("node_status" in w and "cannot reach vclvirt's API" in w for w in warned)
+    assert any("cannot query image" in w and "cannot reach vclvirt's API" in w for w in warned)
+
+
+def test_vcld_while_an_operation_of_the_reservation_is_running(
+    db, site, vcld, guest_image, start_worker
+):
+    """An earlier load of the same reservation is still queued (no worker for its host):
+    node_status and load wait for it until their deadlines, then fail; vcld writes
+    loadimagefailed and sets request and computer 'failed'. The earlier load (of an image
+    that exists nowhere) ends once a worker comes."""
+    site.write(operation_timeout=3, load_timeout=3)
+    start_worker("node-a")
+    computer = Computer(139, "vcl-vcld-busy.lab.test", "52:54:00:aa:8b:01", None)
+    reservation_id = request(db, 5141, computer, 900, guest_image, "reload")
+    earlier = make_reservation(
+        reservation_id, "vcl-vcld-busy", "linux-VclVcldBusy-839-v0", host="node-b"
+    )
+    dispatch.load(earlier)
+    vcld()
+
+    busy = vcl_real.watch(db, 5141, reservation_id, 139, ended, 180)
+    show("reload while an earlier operation runs", busy)
+    log = vcl_real.warnings(site.log_lines())
+    assert any("node_status" in w and "an earlier operation of reservation" in w for w in log)
+    assert any("failed to load" in w and "an earlier operation of reservation" in w for w in log)
+    assert "loadimagefailed" in busy.names() and "transfervm" not in busy.names()
+    assert busy.request_states == ["pending/reload", "failed/reload"]
+    assert busy.computer_states == ["reloading", "failed"]
+
+    start_worker("node-b")
+    wait_for(
+        lambda: (r := dispatch.status(reservation_id)) is not None and r.state == "failed",
+        120,
+        "the earlier load to end on node-b",
+    )
+
+
+def test_vcld_image_request_captures_under_vcls_own_name(
+    db, site, vcld, guest_image, testbed, start_worker, cleanup_computers
+):
+    """image.pm captures a loaded computer into a new image named as VCL's web front end
+    names it (`<os>-<PrettyName><id>-v0`, no dash before the id): vclvirt writes that very
+    name, image.name and imagerevision.imagename are left as VCL set them (type qcow2), the
+    request completes, and the reload request image.pm inserts loads the captured image."""
+    cleanup_computers.append("vcl-vcld-cap")
+    captured = "vclvirttestguest-VcldCapture936-v0"
+    _remove_image(testbed, captured)
+    start_worker("node-a")
+    computer = Computer(136, "vcl-vcld-cap.lab.test", "52:54:00:aa:88:01", None)
+    reservation_id = request(db, 5150, computer, 900, guest_image, "reload")
+    vcld()
+    loaded = vcl_real.watch(db, 5150, reservation_id, 136, ended, 300)
+    assert loaded.request_states == ["pending/reload", "complete/reload"], loaded
+
+    try:
+        vcl_real.add_image(db, 936, captured, "Vcld Capture", {0: captured}, vcl_real.TEST_OS)
+        with db.cursor() as cursor:  # the web front end's new image: type as the base's
+            cursor.execute("UPDATE image SET imagetypeid = 6 WHERE id = 936")
+        reservation_id = 6151
+        vcl_real.add_request(
+            db,
+            5151,
+            reservation_id,
+            computer_id=136,
+            image_id=936,
+            imagerevision_id=93600,
+            state="image",
+            forimaging=True,
+        )
+        image = vcl_real.watch(db, 5151, reservation_id, 136, ended, 600)
+        show("image", image)
+        assert image.request_states == ["pending/image", "complete/image"], image
+        with db.cursor() as cursor:
+            cursor.execute(
+                "SELECT i.name, r.imagename, t.name AS type FROM image i"
+                " JOIN imagerevision r ON r.imageid = i.id JOIN imagetype t"
+                " ON t.id = i.imagetypeid WHERE i.id = 936"
+            )
+            assert cursor.fetchone() == {"name": captured, "imagename": captured, "type": "qcow2"}
+        assert dispatch.status(reservation_id).outcome["new_image"] == captured
+        assert (testbed / "repository" / captured / f"{captured}.qcow2").exists()
+
+        with db.cursor() as cursor:  # the reload image.pm inserted for the computer
+            cursor.execute(
+                "SELECT requestid, id FROM reservation WHERE computerid = 136 AND id <> %s",
+                (reservation_id,),
+            )
+            (reload,) = cursor.fetchall()
+        again = vcl_real.watch(db, reload["requestid"], reload["id"], 136, ended, 300)
+        show("the reload image.pm inserted", again)
+        assert again.request_states == ["pending/reload", "complete/reload"], again
+        assert again.final["current_image"] == captured
+        assert "startvm" in again.names()
+        assert _module_warnings(site) == []
+    finally:
+        _remove_image(testbed, captured)
+
+
+def _remove_image(testbed: Path, name: str) -> None:
+    for path in [*testbed.glob(f"hosts/*/images/{name}.*"), testbed / "repository" / name]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)
