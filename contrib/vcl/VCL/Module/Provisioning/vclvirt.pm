@@ -29,7 +29,7 @@ Configuration: /etc/vcl/vclvirt.conf (owned by the user vcld runs as, mode 0600)
 Optional: load_timeout (3600 s), capture_timeout (7200), operation_timeout (900),
 image_query_timeout (300), poll_seconds (30, at most 60), verify_tls (1), ca_file.
 
-Core Perl modules only: HTTP::Tiny, JSON::PP, Time::HiRes, List::Util
+Core Perl modules only, from Perl 5.16 (HTTP::Tiny 0.017) on: HTTP::Tiny, JSON::PP, Time::HiRes, List::Util
 (https needs IO::Socket::SSL and Net::SSLeay, which vcld itself already uses).
 
 =cut
@@ -260,7 +260,7 @@ sub capture {
 	# Never rename: image.pm writes the name it held before capture() back to image.name, and
 	# loads use imagerevision.imagename, so the capture must carry VCL's own name.
 	if ($new_name ne $old_name) {
-		notify($ERRORS{'WARNING'}, 0, "vclvirt: captured $what as $new_name, but VCL names this revision $old_name; vclvirt keeps a name ending in -v<revision> as it is: give the revision such a name, or rename $new_name to $old_name in vclvirt's repository");
+		notify($ERRORS{'WARNING'}, 0, "vclvirt: captured $what as $new_name, but VCL names this revision $old_name and loads it by that name (the module renames nothing: image.pm writes its own name back); vclvirt keeps a name that ends in -v<revision>: name the revision so and capture again");
 		return;
 	}
 	my $image_id = $self->_get('image_id');
