@@ -164,12 +164,7 @@ def test_vcld_reload_then_ready_then_tomaintenance(
 
 
 def _module_warnings(site: VclSite) -> list[str]:
-    """vcld.log's warnings from the module, or about data it asked for."""
-    return [
-        w
-        for w in vcl_real.warnings(site.log_lines())
-        if "vclvirt" in w or "private IP" in w or "corresponding data" in w
-    ]
+    return vcl_real.module_warnings(site.log_lines())
 
 
 def test_vcld_new_request_ends_reserved(
@@ -197,6 +192,45 @@ def test_vcld_new_request_ends_reserved(
     assert done.final["current_image"] == guest_image
     sent = dispatch.status(reservation_id).reservation
     assert sent["computer"]["eth1_mac"] == "52:54:00:bb:84:01"
+    assert _module_warnings(site) == []
+
+
+def test_vcld_reinstall_reloads_a_computer_that_is_ready(
+    db, site, vcld, guest_image, start_worker, cleanup_computers
+):
+    """reinstall: vcld does not ask node_status and the module asks vclvirt for a full
+    reload although the guest runs the image; then reserved as for new."""
+    cleanup_computers.append("vcl-vcld-re")
+    start_worker("node-a")
+    computer = Computer(133, "vcl-vcld-re.lab.test", "52:54:00:aa:85:01", None)
+    reservation_id = request(db, 5135, computer, 900, guest_image, "reload")
+    vcld()
+    loaded = vcl_real.watch(db, 5135, reservation_id, 133, ended, 300)
+    assert loaded.request_states == ["pending/reload", "complete/reload"], loaded
+    first = computer_domains("vcl-vcld-re")
+
+    reservation_id = 6142
+    vcl_real.add_request(
+        db,
+        5142,
+        reservation_id,
+        computer_id=133,
+        image_id=900,
+        imagerevision_id=90000,
+        state="reinstall",
+        laststate="inuse",
+    )
+    again = vcl_real.watch(
+        db, 5142, reservation_id, 133, lambda now: now["computer"] == "reserved", 300
+    )
+    show("reinstall", again)
+    names = again.names()
+    steps = [n for n in names if n in ("startload", "transfervm", "vmsetupconfig", "startvm")]
+    assert steps == ["startload", "transfervm", "vmsetupconfig", "startvm"], names
+    assert again.request_states[:2] == ["pending/reinstall", "reserved/reinstall"]
+    assert again.computer_states == ["reloading", "reserved"]
+    assert dispatch.status(reservation_id).reservation["state"] == "reinstall"
+    assert computer_domains("vcl-vcld-re") == first
     assert _module_warnings(site) == []
 
 

@@ -415,14 +415,31 @@ class VclSite:
         return CallRun(events, self.log_lines(since), done.stdout + done.stderr, done.returncode)
 
 
+def warning_blocks(log: list[str]) -> list[list[str]]:
+    """vcld.log's WARNING blocks (VCL's notify): after a "---- WARNING ----" line, the
+    message (`|pid|...|file:sub|line| time|pid|...|line|message`), then the caller trace
+    (`( 0) file, sub (line: n)`), each line with the same `|pid|...|` prefix."""
+    blocks = []
+    for i, line in enumerate(log):
+        if line.endswith("---- WARNING ---- ") and i + 1 < len(log):
+            prefix = line[: line.index(" ---- WARNING")]
+            block = [log[i + 1].split("|", 14)[-1]]
+            for rest in log[i + 2 :]:
+                if not rest.startswith(prefix):
+                    break
+                block.append(rest[len(prefix) :].strip())
+            blocks.append(block)
+    return blocks
+
+
 def warnings(log: list[str]) -> list[str]:
-    """The messages of vcld.log's WARNING blocks (VCL's notify: a "---- WARNING ----" line,
-    then `|pid|...|file:sub|line| time|pid|...|line|message`)."""
-    return [
-        log[i + 1].split("|", 14)[-1]
-        for i, line in enumerate(log[:-1])
-        if line.endswith("---- WARNING ---- ")
-    ]
+    """The messages of vcld.log's WARNING blocks."""
+    return [block[0] for block in warning_blocks(log)]
+
+
+def module_warnings(log: list[str]) -> list[str]:
+    """The warnings the module wrote, or that VCL wrote for a call the module made."""
+    return [block[0] for block in warning_blocks(log) if any("vclvirt" in x for x in block)]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT
-from vclvirt.models import IMAGE_NAME_PATTERN, Image
+from vclvirt.models import IMAGE_NAME_PATTERN, Image, check_image_name
 from vclvirt.naming import (
     MAX_DOMAIN_NAME,
     LoadNames,
@@ -175,11 +175,14 @@ def _image(name: str, revision: int) -> Image:
         "linux-CentOS7Base881-v2",  # VCL's web front end: no dash before the id
         "linux-CentOS7Base-881-v2",  # a revision of a name libvirt gave
         "centos7-lab-v2",  # any name VCL's web derived a revision from
+        "esxi4.1-ESXi41Host881-v2",  # OS names may hold dots
     ],
 )
 def test_a_capture_keeps_the_name_vcl_gave_the_revision(name):
-    """VCL's image.pm writes its own name back after capture(): never rename."""
+    """VCL's image.pm writes its own name back after capture(): never rename; and the
+    name is one vclvirt accepts everywhere (models, CLI, API)."""
     assert captured_image_name(_image(name, 2)) == name
+    assert check_image_name(name) == name
 
 
 def test_a_capture_of_a_reservation_naming_an_earlier_revision_gets_the_reference_name():
