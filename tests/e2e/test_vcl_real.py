@@ -200,3 +200,72 @@ def test_https_on_the_http_tiny_of_perl_5_16(site, db, tls_api, start_worker):
     site.write(api_url=url, verify_tls=0, operation_timeout=60)
     unchecked = site.call(4113, reservation_id, [["node_status"]], perl5lib=[OLD_PERL])
     assert unchecked.result("node_status") == "RELOAD", unchecked
+
+
+@pytest.mark.slow  # boots the test guest
+def test_every_entry_point_through_vcls_objects(
+    site, db, testbed, guest_image, start_worker, cleanup_computers
+):
+    """load, node_status, the power calls, unload, the image queries and retrieve_image on
+    VCL's DataStructure for a computer with NULL eth1 MAC and private IP: what vcld
+    expects of each, and the load log written in VCL's computerloadlog."""
+    cleanup_computers.append("vcl-real-all")
+    start_worker("node-a")
+    computer = Computer(114, "vcl-real-all.lab.test", "52:54:00:aa:72:01", None)
+    vcl_real.add_computer(db, computer)
+    revisions = vcl_real.add_image(db, 900, guest_image, "Real Guest", {0: guest_image})
+    vcl_real.add_request(
+        db,
+        4114,
+        5114,
+        computer_id=114,
+        image_id=900,
+        imagerevision_id=revisions[0],
+        state="reload",
+    )
+
+    loaded = site.call(4114, 5114, [["load"]])
+    assert loaded.result("load") == 1, loaded
+    names = [row["name"] for row in vcl_real.loadlog(db, 5114)]
+    assert names == ["startload", "transfervm", "vmsetupconfig", "startvm"], names
+
+    master = testbed / f"hosts/node-a/images/{guest_image}.qcow2"
+    run = site.call(
+        4114,
+        5114,
+        [
+            ["node_status"],
+            ["power_status"],
+            ["power_off"],
+            ["power_status"],
+            ["power_on"],
+            ["power_reset"],
+            ["does_image_exist", guest_image],
+            ["does_image_exist", "linux-VclRealNowhere-714-v0"],
+            ["get_image_size_bytes", guest_image],
+            ["get_image_size", guest_image],
+            ["retrieve_image", guest_image],
+            ["unload"],
+            ["power_status"],
+        ],
+    )
+    values = [(e["call"], e["value"]) for e in run.events if "call" in e]
+    assert values == [
+        ("node_status", "READY"),
+        ("power_status", "on"),
+        ("power_off", 1),
+        ("power_status", "off"),
+        ("power_on", 1),
+        ("power_reset", 1),
+        ("does_image_exist", 1),
+        ("does_image_exist", 0),
+        ("get_image_size_bytes", master.stat().st_blocks * 512),
+        ("get_image_size", master.stat().st_blocks * 512 // 2**20),
+        ("retrieve_image", 0),
+        ("unload", 1),
+        ("power_status", None),
+    ], run
+    assert vcl_real.module_warnings(run.log) == [
+        f"vclvirt: {guest_image} is not on VM host node-a nor in its repository; vclvirt does"
+        " not copy images from other management nodes: put it in the repository"
+    ]

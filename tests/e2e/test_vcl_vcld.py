@@ -23,8 +23,6 @@ from tests.e2e.vcl_helpers import ApiServer, api_server, free_port
 from tests.e2e.vcl_real import Computer, VclSite, Watched
 from vclvirt import dispatch
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def vcl_database(testbed: Path) -> None:
@@ -113,6 +111,7 @@ def ended(seen: dict[str, Any]) -> bool:
     return seen["state"] in (None, "failed", "reserved", "maintenance")
 
 
+@pytest.mark.slow  # boots the test guest
 def test_vcld_reload_then_ready_then_tomaintenance(
     db, site, vcld, guest_image, start_worker, cleanup_computers
 ):
@@ -167,6 +166,7 @@ def _module_warnings(site: VclSite) -> list[str]:
     return vcl_real.module_warnings(site.log_lines())
 
 
+@pytest.mark.slow  # boots the test guest
 def test_vcld_new_request_ends_reserved(
     db, site, vcld, guest_image, start_worker, cleanup_computers
 ):
@@ -195,6 +195,7 @@ def test_vcld_new_request_ends_reserved(
     assert _module_warnings(site) == []
 
 
+@pytest.mark.slow  # boots the test guest
 def test_vcld_reinstall_reloads_a_computer_that_is_ready(
     db, site, vcld, guest_image, start_worker, cleanup_computers
 ):
@@ -254,6 +255,7 @@ def test_vcld_load_of_an_image_that_exists_nowhere(db, site, vcld, start_worker)
     )
 
 
+@pytest.mark.slow  # boots the test guest
 def test_vcld_load_whose_os_post_load_fails(
     db, site, vcld, guest_image, start_worker, cleanup_computers
 ):
@@ -331,6 +333,7 @@ def test_vcld_while_an_operation_of_the_reservation_is_running(
     )
 
 
+@pytest.mark.slow  # boots the test guest
 def test_vcld_image_request_captures_under_vcls_own_name(
     db, site, vcld, guest_image, testbed, start_worker, cleanup_computers
 ):
