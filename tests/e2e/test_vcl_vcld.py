@@ -297,6 +297,11 @@ def test_vcld_with_the_api_unreachable(db, site, vcld):
     warned = vcl_real.warnings(site.log_lines())
     assert any("node_status" in w and "cannot reach vclvirt's API" in w for w in warned)
     assert any("cannot query image" in w and "cannot reach vclvirt's API" in w for w in warned)
+    # retrieve_image, which vcld calls next, does not claim that the image is missing
+    assert any(
+        "not loading linux-VclVcldDown-900-v0: vclvirt could not say whether" in w for w in warned
+    )
+    assert not [w for w in warned if "nor in its repository; vclvirt does not copy" in w]
 
 
 def test_vcld_while_an_operation_of_the_reservation_is_running(

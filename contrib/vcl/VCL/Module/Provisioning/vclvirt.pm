@@ -334,10 +334,16 @@ sub get_image_size {
 }
 
 # Images come from vclvirt's repository, never from partner management nodes.
+# vcld calls it when does_image_exist was false, or undef because vclvirt could not be asked.
 sub retrieve_image {
 	my $self = shift;
 	my $image_name = shift || $self->_get('image_name');
-	notify($ERRORS{'WARNING'}, 0, "vclvirt: $image_name is not on VM host " . ($self->_get('vmhost_short_name', 0) || '?') . " nor in its repository; vclvirt does not copy images from other management nodes: put it in the repository");
+	my $host = $self->_get('vmhost_short_name', 0) || '?';
+	if (my $error = $self->{vclvirt_unasked}{$image_name}) {
+		notify($ERRORS{'WARNING'}, 0, "vclvirt: not loading $image_name: vclvirt could not say whether it is on VM host $host or in its repository ($error)");
+		return 0;
+	}
+	notify($ERRORS{'WARNING'}, 0, "vclvirt: $image_name is not on VM host $host nor in its repository; vclvirt does not copy images from other management nodes: put it in the repository");
 	return 0;
 }
 
@@ -487,8 +493,10 @@ sub _image_info {
 	my $answer = $self->_request('GET', '/v1/hosts/' . _escape($host) . '/images/' . _escape($image_name), undef, $deadline);
 	if ($answer->{status} != 200) {
 		notify($ERRORS{'WARNING'}, 0, "vclvirt: cannot query image $image_name on $host: $answer->{error}");
+		$self->{vclvirt_unasked}{$image_name} = $answer->{error};
 		return;
 	}
+	delete $self->{vclvirt_unasked}{$image_name};
 	return $answer->{data};
 }
 
