@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from posixpath import join
 
-from vclvirt.models import Reservation
+from vclvirt.models import Image, Reservation
 
 MAX_DOMAIN_NAME = 48
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
@@ -76,6 +76,17 @@ def new_image_name(os_name: str, pretty_name: str, image_id: int, revision: int)
     pretty = _NOT_WORD_OR_UNDERSCORE.sub("", pretty_name)
     # The reference would start the name with '-' when nothing of the OS name is left.
     return "-".join(part for part in (os_part, pretty, f"{image_id}-v{revision}") if part)
+
+
+def captured_image_name(image: Image) -> str:
+    """Name of the image a capture writes. VCL names the revision being captured itself, and
+    its image.pm writes its own name back to image.name after the capture, so that name is
+    kept as it is when the reservation carries it: it ends in `-v<revision>` (the web front
+    end's `<os>-<Pretty><id>-v<rev>`, without a dash before the id, or a later revision of
+    any name). A reservation naming an earlier revision gets the reference's name instead."""
+    if image.name.endswith(f"-v{image.revision}"):
+        return image.name
+    return new_image_name(image.os_name, image.pretty_name, image.id, image.revision)
 
 
 def domain_uuid(host: str, domain: str) -> str:

@@ -1,9 +1,9 @@
 #!/usr/bin/perl
 # TEST-ONLY stand-in for the parts of Apache VCL's vcld that
-# VCL::Module::Provisioning::vclvirt (contrib/vcl) uses. vcld itself cannot be
-# installed in this test bed (it needs VCL's database, web front end and a
-# management node), so this file gives the module exactly the framework it calls
-# and nothing else:
+# VCL::Module::Provisioning::vclvirt (contrib/vcl) uses, for the tests of
+# tests/e2e/test_vcl_module.py that need what VCL's own code does not show (each call
+# with its sub-second time); the module inside the real vcld: test_vcl_vcld.py. This
+# file gives the module exactly the framework it calls and nothing else:
 #   - VCL::utils: %ERRORS, notify, insertloadlog, and the four database updates
 #     the module makes (update_image_name, update_image_type,
 #     update_computer_imagename, switch_vmhost_id), which here only record the call;

@@ -11,11 +11,12 @@ import uuid
 import pytest
 
 from tests.conftest import ROOT
-from vclvirt.models import IMAGE_NAME_PATTERN
+from vclvirt.models import IMAGE_NAME_PATTERN, Image, check_image_name
 from vclvirt.naming import (
     MAX_DOMAIN_NAME,
     LoadNames,
     belongs_to_computer,
+    captured_image_name,
     domain_name,
     domain_uuid,
     file_base_name,
@@ -151,6 +152,45 @@ def test_new_image_name_is_a_valid_image_name(os_name):
     """
     name = new_image_name(os_name, "Foo", 1, 1)
     assert re.match(IMAGE_NAME_PATTERN, name), f"new_image_name gave invalid image name {name!r}"
+
+
+def _image(name: str, revision: int) -> Image:
+    return Image(
+        id=881,
+        name=name,
+        revision=revision,
+        revision_id=88100 + revision,
+        pretty_name="CentOS 7 Base",
+        os_type="linux",
+        os_name="vmwarelinux",
+        min_ram_mb=512,
+        vcpus=1,
+        project="vcl",
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "linux-CentOS7Base881-v2",  # VCL's web front end: no dash before the id
+        "linux-CentOS7Base-881-v2",  # a revision of a name libvirt gave
+        "centos7-lab-v2",  # any name VCL's web derived a revision from
+        "esxi4.1-ESXi41Host881-v2",  # OS names may hold dots
+    ],
+)
+def test_a_capture_keeps_the_name_vcl_gave_the_revision(name):
+    """VCL's image.pm writes its own name back after capture(): never rename; and the
+    name is one vclvirt accepts everywhere (models, CLI, API)."""
+    assert captured_image_name(_image(name, 2)) == name
+    assert check_image_name(name) == name
+
+
+def test_a_capture_of_a_reservation_naming_an_earlier_revision_gets_the_reference_name():
+    """The name of the image loaded (revision 1) is not the captured revision's (2)."""
+    assert captured_image_name(_image("linux-CentOS7Base881-v1", 2)) == ("linux-CentOS7Base-881-v2")
+    assert captured_image_name(_image("linux-CentOS7Base881-v21", 2)) == (
+        "linux-CentOS7Base-881-v2"
+    )
 
 
 def test_domain_uuid_is_the_same_in_every_process_and_release():

@@ -25,7 +25,7 @@ from vclvirt.hypervisor import domains
 from vclvirt.images.capture import flatten_to_master, publish_to_repository
 from vclvirt.images.master import find_in_repository, find_master
 from vclvirt.models import IMAGE_NAME_PATTERN, Reservation
-from vclvirt.naming import new_image_name
+from vclvirt.naming import captured_image_name
 from vclvirt.provisioning.cleanup import Cleanup
 from vclvirt.provisioning.context import HostContext
 
@@ -43,12 +43,7 @@ class Capture:
         A VM that is off is powered on first so its guest can prepare (VCL-179); a crashed
         or paused one is refused (DomainUnusable): its disk may be half-written."""
         ctx, host = self.ctx, self.ctx.host.name
-        new_image = new_image_name(
-            reservation.image.os_name,
-            reservation.image.pretty_name,
-            reservation.image.id,
-            reservation.image.revision,
-        )
+        new_image = captured_image_name(reservation.image)
         if not re.fullmatch(IMAGE_NAME_PATTERN, new_image):
             raise InvalidInput(
                 f"the captured image would be named {new_image!r}, which is not a valid image name",

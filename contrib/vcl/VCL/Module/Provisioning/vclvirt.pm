@@ -29,7 +29,7 @@ Configuration: /etc/vcl/vclvirt.conf (owned by the user vcld runs as, mode 0600)
 Optional: load_timeout (3600 s), capture_timeout (7200), operation_timeout (900),
 image_query_timeout (300), poll_seconds (30, at most 60), verify_tls (1), ca_file.
 
-Core Perl modules only: HTTP::Tiny, JSON::PP, Time::HiRes, List::Util
+Core Perl modules only, from Perl 5.16 (HTTP::Tiny 0.017) on: HTTP::Tiny, JSON::PP, Time::HiRes, List::Util
 (https needs IO::Socket::SSL and Net::SSLeay, which vcld itself already uses).
 
 =cut
@@ -89,7 +89,7 @@ sub initialize {
 	my $path = $ENV{VCLVIRT_VCL_CONFIG} || $CONFIG_FILE;
 	my $config = _read_config($path) or return;
 	if ($config->{api_url} =~ /^https:/i) {
-		my ($ok, $why) = HTTP::Tiny->can_ssl();
+		my ($ok, $why) = _can_ssl($config);
 		if (!$ok) {
 			notify($ERRORS{'CRITICAL'}, 0, "vclvirt: $path: api_url is https but TLS is not available: $why (install IO::Socket::SSL and Net::SSLeay)");
 			return;
@@ -103,6 +103,26 @@ sub initialize {
 		verify_SSL => $config->{verify_tls} ? 1 : 0,
 		%tls,
 	);
+	return 1;
+}
+
+# HTTP::Tiny has can_ssl since 0.055 and verify_SSL/SSL_options since 0.025; Perl 5.16
+# (CentOS/RHEL 7, where released VCL 2.5.1 runs) ships 0.017, which checks the certificate's
+# host name itself and leaves the rest to IO::Socket::SSL's defaults: there, the certificate
+# check (verify_tls, ca_file) is set as this vcld process's IO::Socket::SSL defaults.
+sub _can_ssl {
+	my $config = shift;
+	return HTTP::Tiny->can_ssl() if HTTP::Tiny->can('can_ssl');
+	if (!eval { require IO::Socket::SSL; require Net::SSLeay; 1 }) {
+		(my $why = $@) =~ s/\s+$//;
+		return (0, "HTTP::Tiny $HTTP::Tiny::VERSION needs IO::Socket::SSL and Net::SSLeay: $why");
+	}
+	if (!eval { HTTP::Tiny->VERSION('0.025'); 1 }) {
+		IO::Socket::SSL::set_ctx_defaults(
+			SSL_verify_mode => $config->{verify_tls} ? 0x01 : 0x00,    # SSL_VERIFY_PEER / NONE
+			$config->{ca_file} ? (SSL_ca_file => $config->{ca_file}) : (),
+		);
+	}
 	return 1;
 }
 
@@ -237,17 +257,14 @@ sub capture {
 		notify($ERRORS{'WARNING'}, 0, "vclvirt: the capture of $what succeeded but named no new image");
 		return;
 	}
-	my $image_id = $self->data->get_image_id();
-	my $imagerevision_id = $self->data->get_imagerevision_id();
+	# Never rename: image.pm writes the name it held before capture() back to image.name, and
+	# loads use imagerevision.imagename, so the capture must carry VCL's own name.
 	if ($new_name ne $old_name) {
-		if (!update_image_name($image_id, $imagerevision_id, $new_name)) {
-			notify($ERRORS{'WARNING'}, 0, "vclvirt: captured $new_name but could not rename image $image_id in the database");
-			return;
-		}
-		$self->data->set_image_name($new_name);
-		$self->{vclvirt_renamed}{$old_name} = $new_name;    # image.pm asks the size by the old name
+		notify($ERRORS{'WARNING'}, 0, "vclvirt: captured $what as $new_name, but VCL names this revision $old_name and loads it by that name (the module renames nothing: image.pm writes its own name back); vclvirt keeps a name that ends in -v<revision>: name the revision so and capture again");
+		return;
 	}
-	my $type = $self->data->get_imagetype_name(0) || '';
+	my $image_id = $self->_get('image_id');
+	my $type = $self->_get('imagetype_name', 0) || '';
 	if ($type ne 'qcow2' && !update_image_type($image_id, 'qcow2')) {
 		notify($ERRORS{'WARNING'}, 0, "vclvirt: captured $new_name but could not set the type of image $image_id to qcow2");
 		return;
@@ -279,7 +296,7 @@ sub unload      { return shift->_operation('unload')      ? 1 : undef }
 sub post_maintenance_action {
 	my $self = shift;
 	$self->_operation('post_maintenance_action') or return;
-	my $computer_id = $self->data->get_computer_id();
+	my $computer_id = $self->_get('computer_id');
 	if (!update_computer_imagename($computer_id, 'noimage')) {
 		notify($ERRORS{'WARNING'}, 0, "vclvirt: failed to set the current image of computer $computer_id to 'noimage'");
 	}
@@ -317,10 +334,16 @@ sub get_image_size {
 }
 
 # Images come from vclvirt's repository, never from partner management nodes.
+# vcld calls it when does_image_exist was false, or undef because vclvirt could not be asked.
 sub retrieve_image {
 	my $self = shift;
-	my $image_name = shift || $self->data->get_image_name();
-	notify($ERRORS{'WARNING'}, 0, "vclvirt: $image_name is not on VM host " . $self->data->get_vmhost_short_name() . " nor in its repository; vclvirt does not copy images from other management nodes: put it in the repository");
+	my $image_name = shift || $self->_get('image_name');
+	my $host = $self->_get('vmhost_short_name', 0) || '?';
+	if (my $error = $self->{vclvirt_unasked}{$image_name}) {
+		notify($ERRORS{'WARNING'}, 0, "vclvirt: not loading $image_name: vclvirt could not say whether it is on VM host $host or in its repository ($error)");
+		return 0;
+	}
+	notify($ERRORS{'WARNING'}, 0, "vclvirt: $image_name is not on VM host $host nor in its repository; vclvirt does not copy images from other management nodes: put it in the repository");
 	return 0;
 }
 
@@ -329,32 +352,32 @@ sub retrieve_image {
 
 sub _reservation {
 	my ($self, $forced_state) = @_;
-	my $data = $self->data;
-	my $state = $forced_state || $data->get_request_state_name(0) || '';
-	my $private_ip = $data->get_computer_private_ip_address(0);
+	my $state = $forced_state || $self->_get('request_state_name', 0) || '';
+	# The argument of this one getter means "no warning": most VMs have no private IP in VCL.
+	my $private_ip = $self->_get('computer_private_ip_address', 1);
 	my $reservation = {
-		reservation_id => _number($data->get_reservation_id()),
-		request_id     => _number($data->get_request_id()),
+		reservation_id => _number($self->_get('reservation_id')),
+		request_id     => _number($self->_get('request_id')),
 		state          => $VCLVIRT_STATES{$state} ? $state : 'new',
-		host           => $data->get_vmhost_short_name(),
+		host           => $self->_get('vmhost_short_name', 0),
 		computer       => {
-			id         => _number($data->get_computer_id()),
-			hostname   => $data->get_computer_hostname(),
+			id         => _number($self->_get('computer_id')),
+			hostname   => $self->_get('computer_hostname'),
 			eth0_mac   => $self->_mac_address('eth0'),
 			eth1_mac   => $self->_mac_address('eth1'),
 			private_ip => (defined($private_ip) && $private_ip =~ /^\d{1,3}(\.\d{1,3}){3}$/) ? $private_ip : undef,
 		},
 		image => {
-			id          => _number($data->get_image_id()),
-			name        => $data->get_image_name(),    # imagerevision.imagename: the file name
-			revision    => _number($data->get_imagerevision_revision()),
-			revision_id => _number($data->get_imagerevision_id()),
-			pretty_name => $data->get_image_prettyname(),
-			os_type     => $data->get_image_os_type(),
-			os_name     => $data->get_image_os_name(),
-			min_ram_mb  => _number($data->get_image_minram()),    # larger of image and OS minram
-			vcpus       => max(1, _number($data->get_image_minprocnumber(0)) || 0),
-			project     => $data->get_image_project(0) || 'vcl',
+			id          => _number($self->_get('image_id')),
+			name        => $self->_get('image_name'),    # imagerevision.imagename: the file name
+			revision    => _number($self->_get('imagerevision_revision')),
+			revision_id => _number($self->_get('imagerevision_id')),
+			pretty_name => $self->_get('image_prettyname'),
+			os_type     => $self->_get('image_os_type'),
+			os_name     => $self->_get('image_os_name'),
+			min_ram_mb  => _number($self->_get('image_minram')),    # larger of image and OS minram
+			vcpus       => max(1, _number($self->_get('image_minprocnumber', 0)) || 0),
+			project     => $self->_get('image_project', 0) || 'vcl',
 		},
 	};
 	if (!defined($reservation->{reservation_id}) || !defined($reservation->{host})) {
@@ -364,22 +387,33 @@ sub _reservation {
 	return $reservation;
 }
 
-# A random MAC (QEMU's 52:54 prefix) when the VM profile says the NIC's MAC is generated,
-# the same one for the life of this object, else the computer's MAC from the database.
+# vcld's DataStructure getters return an empty list, not undef, for a missing or NULL value:
+# in list context (a hash constructor, an argument list) that shifts every later value.
+# Every getter here is called through this, in scalar context.
+sub _get {
+	my ($self, $name, @args) = @_;
+	my $getter = "get_$name";
+	my $value = $self->data->$getter(@args);
+	return $value;
+}
+
+# A random MAC (QEMU's 52:54 prefix) when the VM profile says the NIC's MAC is generated or
+# the computer has none (NULL), the same for the life of this object and set in the data as
+# libvirt does; else the computer's MAC from the database.
 sub _mac_address {
 	my ($self, $nic) = @_;
-	my $generated = "get_vmhost_profile_${nic}generated";
-	if ($self->data->$generated(0)) {
-		if (!$self->{vclvirt_mac}{$nic}) {
-			my $mac = join(':', '52', '54', map { sprintf('%02x', int(rand(256))) } 1 .. 4);
-			$self->{vclvirt_mac}{$nic} = $mac;
-			my $setter = "set_computer_${nic}_mac_address";
-			$self->data->$setter($mac);
-		}
-		return $self->{vclvirt_mac}{$nic};
+	return $self->{vclvirt_mac}{$nic} if $self->{vclvirt_mac}{$nic};
+	my $mac = $self->_get("computer_${nic}_mac_address", 0);
+	my $generated = $self->_get("vmhost_profile_${nic}generated", 0);
+	return $mac if !$generated && defined($mac) && $mac ne '';
+	$mac = join(':', '52', '54', map { sprintf('%02x', int(rand(256))) } 1 .. 4);
+	if (!$generated) {
+		notify($ERRORS{'OK'}, 0, "vclvirt: computer " . $self->_get('computer_hostname') . " has no $nic MAC address in VCL's database; its $nic gets the generated $mac");
 	}
-	my $getter = "get_computer_${nic}_mac_address";
-	return $self->data->$getter();
+	$self->{vclvirt_mac}{$nic} = $mac;
+	my $setter = "set_computer_${nic}_mac_address";
+	$self->data->$setter($mac);
+	return $mac;
 }
 
 sub _number {
@@ -453,15 +487,16 @@ sub _operation {
 
 sub _image_info {
 	my ($self, $image_name) = @_;
-	$image_name ||= $self->data->get_image_name();
-	$image_name = $self->{vclvirt_renamed}{$image_name} || $image_name;
-	my $host = $self->data->get_vmhost_short_name();
+	$image_name ||= $self->_get('image_name');
+	my $host = $self->_get('vmhost_short_name');
 	my $deadline = time() + $self->{vclvirt}{image_query_timeout};
 	my $answer = $self->_request('GET', '/v1/hosts/' . _escape($host) . '/images/' . _escape($image_name), undef, $deadline);
 	if ($answer->{status} != 200) {
 		notify($ERRORS{'WARNING'}, 0, "vclvirt: cannot query image $image_name on $host: $answer->{error}");
+		$self->{vclvirt_unasked}{$image_name} = $answer->{error};
 		return;
 	}
+	delete $self->{vclvirt_unasked}{$image_name};
 	return $answer->{data};
 }
 
