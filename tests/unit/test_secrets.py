@@ -123,3 +123,57 @@ def test_console_rendering_redacts_as_well(monkeypatch):
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
     assert "token=***" in stream.getvalue() and TOKEN not in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "shown"),
+    [
+        ("redis://:p@ss@127.0.0.1:6379/0", "p@ss", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://:pa:ss@127.0.0.1:6379/0", "pa:ss", "redis://:***@127.0.0.1:6379/0"),
+        ("redis://ops:a@b:c@redis/2", "a@b:c", "redis://ops:***@redis/2"),
+        ("redis://:@:xy@[::1]:1/0", "@:xy", "redis://:***@[::1]:1/0"),
+    ],
+)
+def test_passwords_holding_at_or_colon_are_masked_whole(url, password, shown):
+    """A password written with raw @ or : is found whole and masked, never half shown."""
+    assert url_password(url) == password
+    assert masked_url(url) == shown
+    assert password in known_secrets(Settings(broker_url=url), {})
+
+
+def test_flower_password_holding_a_colon_is_known_whole():
+    """FLOWER_BASIC_AUTH user:pass splits at the first colon: the rest is the password."""
+    secrets = known_secrets(Settings(), {"FLOWER_BASIC_AUTH": "ops:pa:ss@1,ro:x:y:z"})
+    assert {"pa:ss@1", "x:y:z"} <= set(secrets)
+
+
+@pytest.mark.parametrize(("password", "known"), [("abc", False), ("abcd", True)])
+def test_secrets_shorter_than_four_characters_are_not_redacted_by_value(password, known):
+    """A 4-character password is redacted by value; a 3-character one would hit ordinary text."""
+    secrets = known_secrets(Settings(broker_url=f"redis://:{password}@h:1/0"), {})
+    assert (password in secrets) is known
+
+
+def test_cli_never_shows_a_broker_password_holding_at_or_colon(tmp_path):
+    """`vclvirt status` with the broker away says where, with the password (raw @ and :)
+    masked, and exits 5."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "VCLVIRT_BROKER_URL": "redis://:s3cr@t:pw@127.0.0.1:1/0",
+        "VCLVIRT_INVENTORY": str(tmp_path / "none.toml"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "vclvirt", "status", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert "redis://:***@127.0.0.1:1/0" in proc.stderr
+    assert "s3cr" not in proc.stdout + proc.stderr
