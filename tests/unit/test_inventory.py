@@ -231,3 +231,100 @@ def test_host_config_is_immutable(write):
     host = load_inventory(write(MINIMAL)).host("kvm1")
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         host.port = 23  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("line", "accepted"),
+    [
+        ("port = 1", True),
+        ("port = 65535", True),
+        ("port = 0", False),
+        ("port = 65536", False),
+        ("max_concurrent_loads = 1", True),
+        ("max_concurrent_loads = 64", True),
+        ("max_concurrent_loads = 0", False),
+        ("max_concurrent_loads = 65", False),
+        ("guest_ssh_ports = [1024, 65535]", True),
+        ("guest_ssh_ports = [1023, 2000]", False),
+        ("guest_ssh_ports = [2000, 65536]", False),
+        ("guest_ssh_ports = [3000, 3000]", True),
+        ("guest_ssh_ports = [3001, 3000]", False),
+        (f'user = "{"u" * 32}"', True),
+        (f'user = "{"u" * 33}"', False),
+        (f'private_switch = "{"b" * 63}"', True),
+        (f'private_switch = "{"b" * 64}"', False),
+    ],
+)
+def test_inventory_limits_at_and_past_their_boundary(write, line, accepted):
+    """Each inventory range takes its boundary value and refuses one past it, naming it."""
+    field = line.split(" ")[0]
+    if accepted:
+        assert host_with(write, line + "\n") is not None
+    else:
+        message = rejection(write, MINIMAL + line + "\n")
+        assert "host 'kvm1'" in message
+        assert field in message or "guest_ssh_ports" in message
+
+
+@pytest.mark.parametrize("name", ["h" * 63, "h" * 64])
+def test_inventory_host_name_up_to_63_characters(write, name):
+    """A host table's name is at most 63 characters (a queue and a directory name)."""
+    text = MINIMAL.replace("[hosts.kvm1]", f"[hosts.{name}]")
+    if len(name) <= 63:
+        assert load_inventory(write(text)).host(name).queue == f"host.{name}"
+    else:
+        assert f"host '{name}'" in rejection(write, text)
+
+
+@pytest.mark.parametrize(
+    ("computer_id", "port"), [(0, 22000), (999, 22999), (1000, 22000), (1001, 22001)]
+)
+def test_forwarded_ssh_port_wraps_within_the_range(write, computer_id, port):
+    """A guest's forwarded port is low + id modulo the size of [low, high], both ends used."""
+    assert host_with(write, "").forwarded_ssh_port(computer_id) == port
+
+
+@pytest.mark.parametrize(
+    ("extra", "through_host"),
+    [
+        ("", False),
+        ('guest_network = "user"\n', True),
+        ('guest_network = "user"\nguest_via_host = false\n', False),
+        ("guest_via_host = true\n", True),
+    ],
+)
+def test_guests_are_reached_through_the_host_by_default_only_on_user_networking(
+    write, extra, through_host
+):
+    """guest_via_host defaults to true for "user" networking, false for "switches"."""
+    assert host_with(write, extra).guests_through_host is through_host
+
+
+@pytest.mark.parametrize(
+    ("extra", "fenced", "uri"),
+    [
+        ("", True, None),
+        ('transport = "local"\n', True, "qemu:///system"),
+        ('transport = "local"\nlibvirt_uri = "qemu:///system"\n', True, "qemu:///system"),
+        ('transport = "local"\nlibvirt_uri = "test:///default"\n', False, "test:///default"),
+        ('libvirt_uri = "qemu:///system"\n', False, "qemu:///system"),
+    ],
+)
+def test_libvirt_goes_through_the_fence_unless_a_uri_is_configured(write, extra, fenced, uri):
+    """The derived URI and the local system daemon are fenced; another configured URI is not."""
+    host = host_with(write, extra)
+    assert host.libvirt_through_fence is fenced
+    if uri is not None:
+        assert host.effective_libvirt_uri == uri
+
+
+def test_ssh_transport_needs_key_and_known_hosts(write):
+    """An SSH host without known_hosts is refused with the reason."""
+    text = MINIMAL.replace('known_hosts = "/etc/vclvirt/known_hosts"\n', "")
+    assert "key_file and known_hosts are required with transport ssh" in rejection(write, text)
+
+
+def test_local_host_needs_no_keys(write):
+    """A local host (the worker runs on it) needs neither key_file nor known_hosts."""
+    text = '[hosts.kvm1]\ntransport = "local"\ndatastore_path = "/srv/images"\naddress = "h"\n'
+    assert load_inventory(write(text)).host("kvm1").vm_dir == "/srv/images"

@@ -447,3 +447,48 @@ def test_snapshot_name_on_the_cli(monkeypatch, tmp_path, name, accepted):
     result = CliRunner().invoke(cli.app, ["snapshot", "create", str(path), "--name", name])
     assert result.exit_code == (0 if accepted else 2), result.output
     assert len(ran) == (1 if accepted else 0)
+
+
+# -- image names given alone: CLI argument and URL, up to 128 characters ------------------------
+
+
+class _Provisioner:
+    def does_image_exist(self, image: str) -> bool:
+        return True
+
+    def get_image_size(self, image: str) -> int:
+        return 1
+
+    def get_image_size_bytes(self, image: str) -> int:
+        return 2**20
+
+
+@pytest.fixture
+def provisioners(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hosts a provisioner was made for (made: the host would have been contacted)."""
+    made: list[str] = []
+
+    def provisioner_for(host: str) -> _Provisioner:
+        made.append(host)
+        return _Provisioner()
+
+    monkeypatch.setattr("vclvirt.workers.context.provisioner_for", provisioner_for)
+    return made
+
+
+@pytest.mark.parametrize(("length", "exit_code"), [(128, 0), (129, 2)])
+def test_cli_image_name_up_to_128_characters(provisioners, length, exit_code):
+    """`vclvirt images size` takes a 128-character image name; 129 exits 2, no host contacted."""
+    result = CliRunner().invoke(cli.app, ["images", "size", "i" * length, "--host", "kvmhost1"])
+    assert result.exit_code == exit_code, result.output
+    assert provisioners == (["kvmhost1"] if exit_code == 0 else [])
+
+
+@pytest.mark.parametrize(("length", "status"), [(128, 200), (129, 422)])
+def test_http_image_name_up_to_128_characters(client, provisioners, length, status):
+    """GET /v1/hosts/{host}/images/{image} takes 128 characters; 129 is 422 naming image."""
+    answer = client.get(f"/v1/hosts/kvmhost1/images/{'i' * length}", headers=AUTH)
+    assert answer.status_code == status, answer.text
+    if status == 422:
+        assert answer.json()["error"]["field"] == "image"
+        assert provisioners == []

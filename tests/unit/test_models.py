@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vclvirt.errors import InvalidInput
-from vclvirt.models import Reservation, parse_reservation
+from vclvirt.models import Reservation, check_image_name, json_type, parse_reservation
 
 
 def rejected(data) -> str:
@@ -523,3 +523,90 @@ def test_hostile_field_names_are_quoted_back_escaped(document):
     message = rejected(document({"\u0441omputer\x1b[2J" + "x" * 200: 1}))
     assert "\x1b" not in message and "\u0441" not in message
     assert "\\u0441omputer" in message and len(message) < 300
+
+
+def refused_document(data) -> InvalidInput:
+    with pytest.raises(InvalidInput) as caught:
+        load_json_document(data)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "hint"),
+    [
+        (
+            b'\xef\xbb\xbf{"a": 1}',
+            "the document starts with a UTF-8 byte order mark",
+            "Save the file as UTF-8 without BOM",
+        ),
+        # UTF-16 text of CJK letters holds no NUL byte: only its BOM tells what it is
+        (
+            b"\xff\xfe\x4e\x4e",
+            "the document starts with a UTF-16 or UTF-32 byte order mark, not UTF-8 text",
+            "Convert it to UTF-8",
+        ),
+        (
+            b"\xfe\xff\x4e\x4e",
+            "the document starts with a UTF-16 or UTF-32 byte order mark, not UTF-8 text",
+            "Convert it to UTF-8",
+        ),
+        (
+            b"{}\x00",
+            "the document holds NUL bytes (the first at byte 2): it is binary, "
+            "UTF-16 or UTF-32, not UTF-8 JSON text",
+            "Send JSON text encoded as UTF-8",
+        ),
+        (
+            b'{"a": "\xc3"}',
+            "the document is not valid UTF-8 (byte 7: invalid continuation byte)",
+            "Send JSON text encoded as UTF-8",
+        ),
+    ],
+)
+def test_undecodable_documents_get_their_exact_message_and_hint(data, message, hint):
+    """Each encoding refusal says exactly what the bytes are and what to send instead."""
+    error = refused_document(data)
+    assert (error.message, error.hint) == (message, hint)
+
+
+def test_a_value_error_reads_without_pydantic_prefix(document):
+    """A field's own check reads as its message, without pydantic's 'Value error, '."""
+    assert rejected(document({"eth0_mac": "01:00:5e:00:00:01"})) == (
+        "invalid reservation: computer.eth0_mac: must be a unicast MAC address, "
+        "not a multicast address"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ({}, "an object"),
+        ([], "an array"),
+        ("", "a string"),
+        (True, "a boolean"),
+        (None, "null"),
+        (1, "a number"),
+        (1.5, "a number"),
+    ],
+)
+def test_json_type_names_each_decoded_type(value, name):
+    """Messages name a decoded JSON value's type the way JSON does."""
+    assert json_type(value) == name
+
+
+@pytest.mark.parametrize("name", ["i" * 128, "a", "centos7-Base_64bit.VM+x-3081-v5"])
+def test_image_name_on_its_own_up_to_128_characters_is_returned(name):
+    """check_image_name (a CLI argument) takes the image-name rule's names, up to 128."""
+    assert check_image_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["i" * 129, "-x", ".x", "a/b", "a b", "img\n", "*", ""])
+def test_image_name_on_its_own_is_refused_naming_image(name):
+    """A bad image name given alone is refused naming IMAGE, with the rule as the hint."""
+    with pytest.raises(InvalidInput) as caught:
+        check_image_name(name)
+    assert caught.value.field == "IMAGE"
+    assert caught.value.message.startswith("invalid image name: IMAGE: ")
+    assert caught.value.hint == (
+        "Image names are letters, digits and ._+- (no leading . or -), at most 128 characters"
+    )
