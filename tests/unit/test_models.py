@@ -610,3 +610,61 @@ def test_image_name_on_its_own_is_refused_naming_image(name):
     assert caught.value.hint == (
         "Image names are letters, digits and ._+- (no leading . or -), at most 128 characters"
     )
+
+
+@pytest.mark.parametrize(
+    ("ip", "kind"),
+    [
+        ("127.0.0.1", "a loopback"),
+        ("::ffff:127.0.0.1", "a loopback"),
+        ("0.0.0.0", "an unspecified"),
+        ("0.1.2.3", "an unspecified"),
+        ("::", "an unspecified"),
+        ("224.0.0.1", "a multicast"),
+        ("ff02::1", "a multicast"),
+        ("169.254.1.1", "a link-local"),
+        ("fe80::1", "a link-local"),
+        ("255.255.255.255", "the broadcast"),
+        ("240.0.0.1", "a reserved"),
+    ],
+)
+def test_private_ip_refusal_says_which_kind_of_address(document, ip, kind):
+    """The refusal names the kind of address a guest cannot have."""
+    assert rejected(document({"private_ip": ip})) == (
+        f"invalid reservation: computer.private_ip: {ip} is {kind} address, "
+        "not one a guest can have"
+    )
+
+
+@pytest.mark.parametrize("ip", ["2001:db8::1%eth0", "2001:db8::1%25", "10.0.0.1%x"])
+def test_private_ip_with_any_scope_is_refused(document, ip):
+    """A scoped address (even a global IPv6 one Python would accept) is refused as such."""
+    assert rejected(document({"private_ip": ip})) == (
+        "invalid reservation: computer.private_ip: must be an IPv4 or IPv6 address without a scope"
+    )
+
+
+def test_several_problems_are_joined_by_semicolons(document):
+    """Every field's problem is listed, `; ` between them, the first field named."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_reservation(document({"id": 0}, {"vcpus": 0}))
+    assert caught.value.field == "computer.id"
+    assert caught.value.message == (
+        "invalid reservation: computer.id: Input should be greater than or equal to 1; "
+        "image.vcpus: Input should be greater than or equal to 1"
+    )
+
+
+def test_a_document_level_problem_is_named_document():
+    """A problem of the whole document (no field) is shown as (document) and names no field."""
+    from pydantic import ValidationError
+
+    from vclvirt.models import Reservation as Model
+    from vclvirt.models import describe_errors
+
+    with pytest.raises(ValidationError) as caught:
+        Model.model_validate([])
+    field, message = describe_errors(caught.value)
+    assert field is None
+    assert message.startswith("(document): Input should be")
+    assert describe_errors(caught.value, prefix="params")[0] == "params"

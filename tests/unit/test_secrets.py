@@ -177,3 +177,48 @@ def test_cli_never_shows_a_broker_password_holding_at_or_colon(tmp_path):
     assert proc.returncode == 5, proc.stderr
     assert "redis://:***@127.0.0.1:1/0" in proc.stderr
     assert "s3cr" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("url", [None, "", "redis://h:1/0", "redis://user@h/0", "redis://:pw@[bad"])
+def test_url_without_a_readable_password_has_none(url):
+    """No URL, no password in it, or a URL that cannot be parsed: no password."""
+    assert url_password(url) is None
+
+
+def test_url_password_is_given_as_written():
+    """The password is returned percent-encoded, as it stands in the URL."""
+    assert url_password("redis://:p%40ss@h:1/0") == "p%40ss"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw1234@h/0", "redis://:***@h/0"),
+        ("redis://u:pw1234@[fe80::1]/0", "redis://u:***@[fe80::1]/0"),
+        ("redis://u:pw1234@H.Example:7/0?x=1", "redis://u:***@h.example:7/0?x=1"),
+    ],
+)
+def test_masked_url_keeps_user_host_and_port_only_when_given(url, shown):
+    """No port stays no port; an IPv6 host keeps its brackets; path and query stay."""
+    assert masked_url(url) == shown
+
+
+def test_known_secrets_hold_each_form_longest_first():
+    """A secret is known as written, percent-decoded and JSON-escaped, the longest first."""
+    settings = Settings(
+        api_token="  " + "k" * 40 + "  ",
+        broker_url="redis://:a%22b%5Cc@h:1/0",
+        result_backend="redis://:backend-pw@h:1/2",
+    )
+    secrets = known_secrets(settings, {"FLOWER_PASSWORD": "fl\\pw"})
+    assert {"k" * 40, "a%22b%5Cc", 'a"b\\c', 'a\\"b\\\\c', "backend-pw", "fl\\pw", "fl\\\\pw"} <= (
+        set(secrets)
+    )
+    assert "  " + "k" * 40 + "  " not in secrets
+    assert [len(s) for s in secrets] == sorted((len(s) for s in secrets), reverse=True)
+
+
+def test_blank_token_and_empty_flower_settings_are_no_secrets():
+    """A blank token, an empty FLOWER_BASIC_AUTH entry or FLOWER_PASSWORD add nothing."""
+    settings = Settings(api_token="   ", broker_url="redis://h:1/0", result_backend=None)
+    assert known_secrets(settings, {"FLOWER_BASIC_AUTH": ",,", "FLOWER_PASSWORD": ""}) == []
