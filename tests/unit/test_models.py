@@ -668,3 +668,26 @@ def test_a_document_level_problem_is_named_document():
     assert field is None
     assert message.startswith("(document): Input should be")
     assert describe_errors(caught.value, prefix="params")[0] == "params"
+
+
+@pytest.mark.parametrize(
+    ("mac", "kind"),
+    [
+        ("ff:ff:ff:ff:ff:ff", "the broadcast address"),
+        ("FF:FF:FF:FF:FF:FF", "the broadcast address"),
+        ("ff:ff:ff:ff:ff:fe", "a multicast address"),
+        ("33:33:00:00:00:01", "a multicast address"),
+    ],
+)
+def test_mac_refusal_says_broadcast_or_multicast(document, mac, kind):
+    """A group address is refused as the broadcast address or as a multicast address."""
+    assert rejected(document({"eth1_mac": mac})) == (
+        f"invalid reservation: computer.eth1_mac: must be a unicast MAC address, not {kind}"
+    )
+
+
+def test_all_zero_mac_refusal_says_so(document):
+    """00:00:00:00:00:00 is refused as the all-zero address."""
+    assert rejected(document({"eth0_mac": "00:00:00:00:00:00"})) == (
+        "invalid reservation: computer.eth0_mac: must not be the all-zero MAC address"
+    )
