@@ -492,3 +492,37 @@ def test_http_image_name_up_to_128_characters(client, provisioners, length, stat
     if status == 422:
         assert answer.json()["error"]["field"] == "image"
         assert provisioners == []
+
+
+# -- GET /v1/failed?limit=1..1000 and retry's from_step (a word of at most 64 characters) ------
+
+
+@pytest.mark.parametrize(("limit", "status"), [(1, 200), (1000, 200), (0, 422), (1001, 422)])
+def test_failed_list_limit_is_1_to_1000(client, monkeypatch, limit, status):
+    """GET /v1/failed?limit= takes 1 .. 1000; 0 and 1001 are 422 naming limit."""
+    asked: list[int] = []
+    monkeypatch.setattr(dispatch, "failed", lambda n: asked.append(n) or [])
+    answer = client.get(f"/v1/failed?limit={limit}", headers=AUTH)
+    assert answer.status_code == status, answer.text
+    assert asked == ([limit] if status == 200 else [])
+    if status == 422:
+        assert answer.json()["error"]["field"] == "limit"
+
+
+@pytest.mark.parametrize(
+    ("step", "status"), [("s" * 64, 202), ("s" * 65, 422), ("copy-image", 422), ("", 422)]
+)
+def test_retry_from_step_is_a_word_of_at_most_64_characters(client, monkeypatch, step, status):
+    """POST .../retry {"from_step"} takes a word of up to 64 characters; else 422 from_step."""
+    asked: list[Any] = []
+
+    def retry(reservation_id: int, from_step: str | None) -> dispatch.Handle:
+        asked.append((reservation_id, from_step))
+        return dispatch.Handle(reservation_id, "t")
+
+    monkeypatch.setattr(dispatch, "retry", retry)
+    answer = client.post("/v1/reservations/7/retry", json={"from_step": step}, headers=AUTH)
+    assert answer.status_code == status, answer.text
+    assert asked == ([(7, step)] if status == 202 else [])
+    if status == 422:
+        assert answer.json()["error"]["field"] == "from_step"
