@@ -691,3 +691,42 @@ def test_all_zero_mac_refusal_says_so(document):
     assert rejected(document({"eth0_mac": "00:00:00:00:00:00"})) == (
         "invalid reservation: computer.eth0_mac: must not be the all-zero MAC address"
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "hint"),
+    [
+        ("\ufeff{}", "the document starts with a byte order mark (U+FEFF)", None),
+        (
+            '{"a": }',
+            "invalid JSON at line 1, column 7 (character 6): Expecting value",
+            "Fix the JSON syntax at that position",
+        ),
+        ("[" * 60_000, "invalid JSON: nested too deeply", None),
+        (
+            '{"a": {"b": 1, "b": 2}}',
+            "duplicate key a.b: a JSON object must name each key once",
+            "Remove the repeated key; other parsers would read a different value",
+        ),
+    ],
+)
+def test_document_refusals_have_their_exact_message_and_hint(data, message, hint):
+    """BOM text, syntax errors, deep nesting and repeated keys: what is wrong and what to do."""
+    error = refused_document(data)
+    assert error.message == message
+    assert error.hint == (hint or InvalidInput.default_hint)
+
+
+def test_python_dict_holding_nan_is_refused_before_json(document):
+    """A dict holding NaN is refused as not JSON compliant, not turned into a NaN token."""
+    assert rejected(document({}, {"min_ram_mb": float("nan")})) == (
+        "invalid reservation: Out of range float values are not JSON compliant"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"), [("[]", "an array"), ("3", "a number"), ("null", "null"), ('"x"', "a string")]
+)
+def test_document_that_is_not_an_object_says_what_it_is(text, kind):
+    """A reservation document must be an object; the refusal names what it was instead."""
+    assert rejected(text) == f"invalid reservation: the document must be a JSON object, not {kind}"
