@@ -328,3 +328,73 @@ def test_local_host_needs_no_keys(write):
     """A local host (the worker runs on it) needs neither key_file nor known_hosts."""
     text = '[hosts.kvm1]\ntransport = "local"\ndatastore_path = "/srv/images"\naddress = "h"\n'
     assert load_inventory(write(text)).host("kvm1").vm_dir == "/srv/images"
+
+
+def test_several_bad_fields_are_all_named_with_dotted_paths(write):
+    """Every bad field of a host is named (nested ones with dots), `; ` between them."""
+    message = rejection(write, MINIMAL + 'port = 0\nguest_ssh_ports = [1, "x"]\n')
+    assert "port: Input should be greater than or equal to 1; " in message
+    assert "guest_ssh_ports.1: Input should be a valid integer" in message
+
+
+def test_unsafe_host_path_message_names_the_value(write):
+    """A host path with a shell character is refused, quoting it and the allowed characters."""
+    message = rejection(write, MINIMAL + 'xml_dir = "/tmp/a b"\n')
+    assert "must be an absolute path of letters, digits and ._+-@/, got '/tmp/a b'" in message
+
+
+def test_hosts_that_is_not_a_table_is_named(write, tmp_path):
+    """`hosts = 3` is refused saying hosts must be a table of [hosts.<name>] tables."""
+    path = write("hosts = 3\n")
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(path)
+    assert caught.value.message == (
+        f"inventory {path}: 'hosts' must be a table of [hosts.<name>] tables"
+    )
+    path = write("[hosts]\nkvm1 = 3\n")
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(path)
+    assert caught.value.message == f"inventory {path}: hosts.kvm1 must be a table"
+
+
+def test_missing_inventory_hint_says_how_to_name_one(tmp_path):
+    """A missing inventory file hints at VCLVIRT_INVENTORY and --inventory."""
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(tmp_path / "nope.toml")
+    assert caught.value.hint == "Set VCLVIRT_INVENTORY or pass --inventory"
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """get_inventory with nothing read yet in this process, and fresh settings."""
+    from vclvirt.config import inventory as module
+    from vclvirt.config.settings import get_settings
+
+    monkeypatch.setattr(module, "_loaded", {})
+    get_settings.cache_clear()
+    yield module.get_inventory
+    get_settings.cache_clear()
+
+
+def test_get_inventory_reads_the_named_file_once(fresh, write):
+    """The inventory is read once per process: a later change of the file is not seen."""
+    path = write(MINIMAL)
+    first = fresh(path)
+    path.write_text("")
+    assert fresh(path) is first
+    assert first.host("kvm1").address == "10.0.0.5"
+
+
+def test_get_inventory_defaults_to_vclvirt_inventory(fresh, write, monkeypatch):
+    """Without an argument the inventory is the file VCLVIRT_INVENTORY names."""
+    monkeypatch.setenv("VCLVIRT_INVENTORY", str(write(MINIMAL)))
+    assert list(fresh().hosts) == ["kvm1"]
+
+
+def test_get_inventory_without_any_inventory_says_how_to_configure_one(fresh, monkeypatch):
+    """No argument and no VCLVIRT_INVENTORY: InvalidInput saying so, with the hint."""
+    monkeypatch.delenv("VCLVIRT_INVENTORY", raising=False)
+    with pytest.raises(InvalidInput) as caught:
+        fresh()
+    assert caught.value.message == "no inventory configured"
+    assert caught.value.hint == "Set VCLVIRT_INVENTORY or pass --inventory"

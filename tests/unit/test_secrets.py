@@ -222,3 +222,20 @@ def test_blank_token_and_empty_flower_settings_are_no_secrets():
     """A blank token, an empty FLOWER_BASIC_AUTH entry or FLOWER_PASSWORD add nothing."""
     settings = Settings(api_token="   ", broker_url="redis://h:1/0", result_backend=None)
     assert known_secrets(settings, {"FLOWER_BASIC_AUTH": ",,", "FLOWER_PASSWORD": ""}) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw1234@/0", "redis://:***@/0"),
+        ("redis://u:pw1234@:6379/0", "redis://u:***@:6379/0"),
+    ],
+)
+def test_masked_url_without_a_host_stays_without_one(url, shown):
+    """A URL with a password but no host name is masked without inventing a host."""
+    assert masked_url(url) == shown
+
+
+def test_no_flower_settings_add_no_secret():
+    """Without FLOWER_BASIC_AUTH or FLOWER_PASSWORD in the environment nothing is added."""
+    assert known_secrets(Settings(api_token=None, broker_url="redis://h:1/0"), {}) == []
