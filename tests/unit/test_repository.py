@@ -155,3 +155,24 @@ def test_no_virtual_size_in_the_answer_is_invalid(answer):
         virtual_size_bytes(_Answering(answer), source)  # type: ignore[arg-type]
     assert caught.value.message == "qemu-img info /r/i.qcow2 reports no virtual size"
     assert caught.value.host == "kvm9"
+
+
+class _Failing:
+    """A host whose qemu-img fails with the given error output."""
+
+    host_name = "kvm9"
+
+    def __init__(self, stderr: bytes) -> None:
+        self.stderr = stderr
+
+    def run(self, argv, **kwargs) -> CommandResult:
+        return CommandResult(tuple(argv), 1, b"", self.stderr)
+
+
+def test_qemu_img_error_is_shown_decoded_and_cut_to_its_last_500_characters():
+    """Undecodable bytes become U+FFFD; only the last 500 characters of the error are kept."""
+    source = RepositorySource("/r/i.qcow2", "qcow2", ("/r/i.qcow2",))
+    stderr = b"x" * 600 + b"\xff" + b"y" * 498 + b"\n"
+    with pytest.raises(ImageInvalid) as caught:
+        virtual_size_bytes(_Failing(stderr), source)  # type: ignore[arg-type]
+    assert caught.value.message == "qemu-img info /r/i.qcow2 failed: x\ufffd" + "y" * 498
