@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -312,3 +313,37 @@ def test_short_token_message_and_hint():
         api_token(Settings(api_token="abc"))
     assert caught.value.message == "VCLVIRT_API_TOKEN has 3 characters; at least 32 are required"
     assert caught.value.hint == "Generate one with: openssl rand -hex 32"
+
+
+def test_prompt_body_under_a_sub_second_timeout_is_let_through():
+    """A body that arrives at once is read even when body_timeout is below one second."""
+    app = App()
+    status, _, _ = call(guard_of(app, timeout=0.5), chunks=body_chunks(b"{}"))
+    assert status == 200
+    assert app.bodies[0] == b"{}"
+
+
+def test_body_trickling_past_the_deadline_is_408(monkeypatch):
+    """Chunks that each arrive but together take longer than body_timeout are 408 too."""
+    app = App()
+    wait_for = asyncio.wait_for
+
+    async def slow_wait_for(awaitable: Any, timeout: float) -> Any:
+        result = await wait_for(awaitable, timeout)
+        time.sleep(0.15)  # each chunk took its time: the deadline passes between chunks
+        return result
+
+    monkeypatch.setattr("vclvirt.api_guard.asyncio.wait_for", slow_wait_for)
+    chunks = [{"type": "http.request", "body": b"{", "more_body": True}] * 3
+    status, _, body = call(guard_of(app, timeout=0.2), chunks=chunks)
+    assert status == 408
+    assert body["error"]["code"] == "BODY_TIMEOUT"
+    assert app.scopes == []
+
+
+def test_request_message_without_a_body_key_is_an_empty_body():
+    """An http.request message may leave out `body` (ASGI): the app gets an empty body."""
+    app = App()
+    status, _, _ = call(guard_of(app), chunks=[{"type": "http.request"}])
+    assert status == 200
+    assert app.bodies[0] == b""
