@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -347,3 +348,58 @@ def test_request_message_without_a_body_key_is_an_empty_body():
     status, _, _ = call(guard_of(app), chunks=[{"type": "http.request"}])
     assert status == 200
     assert app.bodies[0] == b""
+
+
+def test_lifespan_messages_pass_both_ways():
+    """A lifespan scope gets the server's own receive and send: startup goes through."""
+    received: list[Any] = []
+
+    async def lifespan_app(scope: Any, receive: Any, send: Any) -> None:
+        received.append(await receive())
+        await send({"type": "lifespan.startup.complete"})
+
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    guard = RequestGuard(lifespan_app, token=TOKEN, body_timeout=1, logger=Log())
+    asyncio.run(guard({"type": "lifespan"}, receive, send))
+    assert received == [{"type": "lifespan.startup"}]
+    assert sent == [{"type": "lifespan.startup.complete"}]
+
+
+def test_log_line_without_a_client_address(monkeypatch):
+    """A request with no client address (a Unix socket) is logged with client null."""
+    log = Log()
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": [], "client": None}
+    asyncio.run(guard_of(log=log)(scope, receive, send))
+    assert log.lines[0][1]["client"] is None
+    assert log.lines[0][1]["status"] == 200
+
+
+def test_log_line_gives_the_duration_in_milliseconds_to_a_tenth(monkeypatch):
+    """duration_ms is the request's time in milliseconds, rounded to one decimal."""
+    clock = [500.0]
+    # the guard's own clock only (asyncio keeps the real one)
+    monkeypatch.setattr("vclvirt.api_guard.time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    class TimedApp(App):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            clock[0] += 0.01234
+            await super().__call__(scope, receive, send)
+
+    log = Log()
+    call(guard_of(TimedApp(), log=log))
+    assert log.lines[0][1]["duration_ms"] == 12.3
