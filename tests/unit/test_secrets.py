@@ -239,3 +239,24 @@ def test_masked_url_without_a_host_stays_without_one(url, shown):
 def test_no_flower_settings_add_no_secret():
     """Without FLOWER_BASIC_AUTH or FLOWER_PASSWORD in the environment nothing is added."""
     assert known_secrets(Settings(api_token=None, broker_url="redis://h:1/0"), {}) == []
+
+
+def test_api_never_shows_a_broker_password_holding_at_or_colon(monkeypatch):
+    """The API's 503 when the broker is away names it with the password (raw @ and :) masked."""
+    from fastapi.testclient import TestClient
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from vclvirt import dispatch
+    from vclvirt.api import create_api
+
+    def away(reservation_id: int) -> None:
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(dispatch, "status", away)
+    settings = Settings(broker_url="redis://:s3cr@t:pw@127.0.0.1:1/0", api_token=None)
+    answer = TestClient(create_api(settings)).get("/v1/reservations/1")
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "BROKER_UNREACHABLE"
+    assert "redis://:***@127.0.0.1:1/0" in error["message"]
+    assert "s3cr" not in answer.text
