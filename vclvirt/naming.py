@@ -34,8 +34,6 @@ def domain_name(
     suffix = f"{image_id}-v{revision}"
     if len(prefix) + len(suffix) > max_length:
         return computer
-    if len(prefix) + len(suffix) == max_length:
-        return prefix + suffix
     max_middle = max_length - len(prefix) - len(suffix) - 1
     if max_middle < 5:
         return prefix + suffix

@@ -483,3 +483,68 @@ def test_golden_xml_defines_and_runs_on_test_driver(test_driver, name):
         domain.undefine()
     with pytest.raises(libvirt.libvirtError):
         test_driver.lookupByName(root.findtext("name"))
+
+
+# --- found by mutation testing (#23) --------------------------------------------------
+
+
+def test_disk_without_a_device_attribute_is_a_disk():
+    """libvirt's `device` defaults to disk: a reference disk without it gives its bus."""
+    text = (
+        "<domain><devices><disk type='file'><target dev='vda' bus='virtio'/></disk>"
+        "<interface type='network'><model type='e1000'/></interface></devices></domain>"
+    )
+    assert reference_hardware(text) == ("virtio", "e1000")
+
+
+def test_interface_without_a_model_is_skipped():
+    """The first interface that names a model gives the NIC model; one without is skipped."""
+    text = (
+        "<domain><devices><interface type='network'/><interface type='bridge'>"
+        "<model/></interface><interface type='bridge'><model type='e1000e'/></interface>"
+        "</devices></domain>"
+    )
+    assert reference_hardware(text) == (None, "e1000e")
+
+
+def test_usb_disk_is_an_sd_device():
+    """A USB disk bus gets an sd* target like sata and scsi."""
+    assert render_domain_xml_for_bus("usb").count('<target dev="sda" bus="usb" />') == 1
+
+
+def render_domain_xml_for_bus(bus: str) -> str:
+    from tests.unit.conftest import reservation_document
+    from vclvirt.models import parse_reservation
+
+    return render_domain_xml(
+        spec_for(parse_reservation(reservation_document()), facts(disk_bus=bus))
+    )
+
+
+def test_zero_vcpus_refusal_says_why():
+    """cpu_topology refuses fewer than one vCPU with the reason."""
+    with pytest.raises(ValueError, match=r"^vcpus must be at least 1$"):
+        cpu_topology(0)
+
+
+def test_user_network_replaces_every_planned_nic(reservation):
+    """With user-mode networking the planned switch NICs are dropped: one NIC only."""
+    host = HostConfig(
+        name="h", address="h", transport="local", datastore_path="/d", guest_network="user"
+    )
+    planned = spec_for(reservation(), facts())
+    assert planned.nics
+    user = with_user_network(planned, reservation(), host)
+    assert user.nics == ()
+    assert "<interface" not in render_domain_xml(user)
+
+
+def test_switch_names_in_other_case_are_not_added_again_as_project_networks(reservation):
+    """A project network equal to a switch name in another case is that switch, not a new NIC."""
+    nics = plan_nics(
+        reservation(image={"project": "hpc"}),
+        "HPC-Private",
+        None,
+        facts(networks=frozenset({"hpc-private", "hpc-lab"})),
+    )
+    assert [n.source for n in nics] == ["HPC-Private", "hpc-lab"]

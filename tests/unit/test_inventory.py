@@ -231,3 +231,170 @@ def test_host_config_is_immutable(write):
     host = load_inventory(write(MINIMAL)).host("kvm1")
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         host.port = 23  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("line", "accepted"),
+    [
+        ("port = 1", True),
+        ("port = 65535", True),
+        ("port = 0", False),
+        ("port = 65536", False),
+        ("max_concurrent_loads = 1", True),
+        ("max_concurrent_loads = 64", True),
+        ("max_concurrent_loads = 0", False),
+        ("max_concurrent_loads = 65", False),
+        ("guest_ssh_ports = [1024, 65535]", True),
+        ("guest_ssh_ports = [1023, 2000]", False),
+        ("guest_ssh_ports = [2000, 65536]", False),
+        ("guest_ssh_ports = [3000, 3000]", True),
+        ("guest_ssh_ports = [3001, 3000]", False),
+        (f'user = "{"u" * 32}"', True),
+        (f'user = "{"u" * 33}"', False),
+        (f'private_switch = "{"b" * 63}"', True),
+        (f'private_switch = "{"b" * 64}"', False),
+    ],
+)
+def test_inventory_limits_at_and_past_their_boundary(write, line, accepted):
+    """Each inventory range takes its boundary value and refuses one past it, naming it."""
+    field = line.split(" ")[0]
+    if accepted:
+        assert host_with(write, line + "\n") is not None
+    else:
+        message = rejection(write, MINIMAL + line + "\n")
+        assert "host 'kvm1'" in message
+        assert field in message or "guest_ssh_ports" in message
+
+
+@pytest.mark.parametrize("name", ["h" * 63, "h" * 64])
+def test_inventory_host_name_up_to_63_characters(write, name):
+    """A host table's name is at most 63 characters (a queue and a directory name)."""
+    text = MINIMAL.replace("[hosts.kvm1]", f"[hosts.{name}]")
+    if len(name) <= 63:
+        assert load_inventory(write(text)).host(name).queue == f"host.{name}"
+    else:
+        assert f"host '{name}'" in rejection(write, text)
+
+
+@pytest.mark.parametrize(
+    ("computer_id", "port"), [(0, 22000), (999, 22999), (1000, 22000), (1001, 22001)]
+)
+def test_forwarded_ssh_port_wraps_within_the_range(write, computer_id, port):
+    """A guest's forwarded port is low + id modulo the size of [low, high], both ends used."""
+    assert host_with(write, "").forwarded_ssh_port(computer_id) == port
+
+
+@pytest.mark.parametrize(
+    ("extra", "through_host"),
+    [
+        ("", False),
+        ('guest_network = "user"\n', True),
+        ('guest_network = "user"\nguest_via_host = false\n', False),
+        ("guest_via_host = true\n", True),
+    ],
+)
+def test_guests_are_reached_through_the_host_by_default_only_on_user_networking(
+    write, extra, through_host
+):
+    """guest_via_host defaults to true for "user" networking, false for "switches"."""
+    assert host_with(write, extra).guests_through_host is through_host
+
+
+@pytest.mark.parametrize(
+    ("extra", "fenced", "uri"),
+    [
+        ("", True, None),
+        ('transport = "local"\n', True, "qemu:///system"),
+        ('transport = "local"\nlibvirt_uri = "qemu:///system"\n', True, "qemu:///system"),
+        ('transport = "local"\nlibvirt_uri = "test:///default"\n', False, "test:///default"),
+        ('libvirt_uri = "qemu:///system"\n', False, "qemu:///system"),
+    ],
+)
+def test_libvirt_goes_through_the_fence_unless_a_uri_is_configured(write, extra, fenced, uri):
+    """The derived URI and the local system daemon are fenced; another configured URI is not."""
+    host = host_with(write, extra)
+    assert host.libvirt_through_fence is fenced
+    if uri is not None:
+        assert host.effective_libvirt_uri == uri
+
+
+def test_ssh_transport_needs_key_and_known_hosts(write):
+    """An SSH host without known_hosts is refused with the reason."""
+    text = MINIMAL.replace('known_hosts = "/etc/vclvirt/known_hosts"\n', "")
+    assert "key_file and known_hosts are required with transport ssh" in rejection(write, text)
+
+
+def test_local_host_needs_no_keys(write):
+    """A local host (the worker runs on it) needs neither key_file nor known_hosts."""
+    text = '[hosts.kvm1]\ntransport = "local"\ndatastore_path = "/srv/images"\naddress = "h"\n'
+    assert load_inventory(write(text)).host("kvm1").vm_dir == "/srv/images"
+
+
+def test_several_bad_fields_are_all_named_with_dotted_paths(write):
+    """Every bad field of a host is named (nested ones with dots), `; ` between them."""
+    message = rejection(write, MINIMAL + 'port = 0\nguest_ssh_ports = [1, "x"]\n')
+    assert "port: Input should be greater than or equal to 1; " in message
+    assert "guest_ssh_ports.1: Input should be a valid integer" in message
+
+
+def test_unsafe_host_path_message_names_the_value(write):
+    """A host path with a shell character is refused, quoting it and the allowed characters."""
+    message = rejection(write, MINIMAL + 'xml_dir = "/tmp/a b"\n')
+    assert "must be an absolute path of letters, digits and ._+-@/, got '/tmp/a b'" in message
+
+
+def test_hosts_that_is_not_a_table_is_named(write, tmp_path):
+    """`hosts = 3` is refused saying hosts must be a table of [hosts.<name>] tables."""
+    path = write("hosts = 3\n")
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(path)
+    assert caught.value.message == (
+        f"inventory {path}: 'hosts' must be a table of [hosts.<name>] tables"
+    )
+    path = write("[hosts]\nkvm1 = 3\n")
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(path)
+    assert caught.value.message == f"inventory {path}: hosts.kvm1 must be a table"
+
+
+def test_missing_inventory_hint_says_how_to_name_one(tmp_path):
+    """A missing inventory file hints at VCLVIRT_INVENTORY and --inventory."""
+    with pytest.raises(InvalidInput) as caught:
+        load_inventory(tmp_path / "nope.toml")
+    assert caught.value.hint == "Set VCLVIRT_INVENTORY or pass --inventory"
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """get_inventory with nothing read yet in this process, and fresh settings."""
+    from vclvirt.config import inventory as module
+    from vclvirt.config.settings import get_settings
+
+    monkeypatch.setattr(module, "_loaded", {})
+    get_settings.cache_clear()
+    yield module.get_inventory
+    get_settings.cache_clear()
+
+
+def test_get_inventory_reads_the_named_file_once(fresh, write):
+    """The inventory is read once per process: a later change of the file is not seen."""
+    path = write(MINIMAL)
+    first = fresh(path)
+    path.write_text("")
+    assert fresh(path) is first
+    assert first.host("kvm1").address == "10.0.0.5"
+
+
+def test_get_inventory_defaults_to_vclvirt_inventory(fresh, write, monkeypatch):
+    """Without an argument the inventory is the file VCLVIRT_INVENTORY names."""
+    monkeypatch.setenv("VCLVIRT_INVENTORY", str(write(MINIMAL)))
+    assert list(fresh().hosts) == ["kvm1"]
+
+
+def test_get_inventory_without_any_inventory_says_how_to_configure_one(fresh, monkeypatch):
+    """No argument and no VCLVIRT_INVENTORY: InvalidInput saying so, with the hint."""
+    monkeypatch.delenv("VCLVIRT_INVENTORY", raising=False)
+    with pytest.raises(InvalidInput) as caught:
+        fresh()
+    assert caught.value.message == "no inventory configured"
+    assert caught.value.hint == "Set VCLVIRT_INVENTORY or pass --inventory"

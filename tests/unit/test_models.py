@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vclvirt.errors import InvalidInput
-from vclvirt.models import Reservation, parse_reservation
+from vclvirt.models import Reservation, check_image_name, json_type, parse_reservation
 
 
 def rejected(data) -> str:
@@ -523,3 +523,210 @@ def test_hostile_field_names_are_quoted_back_escaped(document):
     message = rejected(document({"\u0441omputer\x1b[2J" + "x" * 200: 1}))
     assert "\x1b" not in message and "\u0441" not in message
     assert "\\u0441omputer" in message and len(message) < 300
+
+
+def refused_document(data) -> InvalidInput:
+    with pytest.raises(InvalidInput) as caught:
+        load_json_document(data)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "hint"),
+    [
+        (
+            b'\xef\xbb\xbf{"a": 1}',
+            "the document starts with a UTF-8 byte order mark",
+            "Save the file as UTF-8 without BOM",
+        ),
+        # UTF-16 text of CJK letters holds no NUL byte: only its BOM tells what it is
+        (
+            b"\xff\xfe\x4e\x4e",
+            "the document starts with a UTF-16 or UTF-32 byte order mark, not UTF-8 text",
+            "Convert it to UTF-8",
+        ),
+        (
+            b"\xfe\xff\x4e\x4e",
+            "the document starts with a UTF-16 or UTF-32 byte order mark, not UTF-8 text",
+            "Convert it to UTF-8",
+        ),
+        (
+            b"{}\x00",
+            "the document holds NUL bytes (the first at byte 2): it is binary, "
+            "UTF-16 or UTF-32, not UTF-8 JSON text",
+            "Send JSON text encoded as UTF-8",
+        ),
+        (
+            b'{"a": "\xc3"}',
+            "the document is not valid UTF-8 (byte 7: invalid continuation byte)",
+            "Send JSON text encoded as UTF-8",
+        ),
+    ],
+)
+def test_undecodable_documents_get_their_exact_message_and_hint(data, message, hint):
+    """Each encoding refusal says exactly what the bytes are and what to send instead."""
+    error = refused_document(data)
+    assert (error.message, error.hint) == (message, hint)
+
+
+def test_a_value_error_reads_without_pydantic_prefix(document):
+    """A field's own check reads as its message, without pydantic's 'Value error, '."""
+    assert rejected(document({"eth0_mac": "01:00:5e:00:00:01"})) == (
+        "invalid reservation: computer.eth0_mac: must be a unicast MAC address, "
+        "not a multicast address"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ({}, "an object"),
+        ([], "an array"),
+        ("", "a string"),
+        (True, "a boolean"),
+        (None, "null"),
+        (1, "a number"),
+        (1.5, "a number"),
+    ],
+)
+def test_json_type_names_each_decoded_type(value, name):
+    """Messages name a decoded JSON value's type the way JSON does."""
+    assert json_type(value) == name
+
+
+@pytest.mark.parametrize("name", ["i" * 128, "a", "centos7-Base_64bit.VM+x-3081-v5"])
+def test_image_name_on_its_own_up_to_128_characters_is_returned(name):
+    """check_image_name (a CLI argument) takes the image-name rule's names, up to 128."""
+    assert check_image_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["i" * 129, "-x", ".x", "a/b", "a b", "img\n", "*", ""])
+def test_image_name_on_its_own_is_refused_naming_image(name):
+    """A bad image name given alone is refused naming IMAGE, with the rule as the hint."""
+    with pytest.raises(InvalidInput) as caught:
+        check_image_name(name)
+    assert caught.value.field == "IMAGE"
+    assert caught.value.message.startswith("invalid image name: IMAGE: ")
+    assert caught.value.hint == (
+        "Image names are letters, digits and ._+- (no leading . or -), at most 128 characters"
+    )
+
+
+@pytest.mark.parametrize(
+    ("ip", "kind"),
+    [
+        ("127.0.0.1", "a loopback"),
+        ("::ffff:127.0.0.1", "a loopback"),
+        ("0.0.0.0", "an unspecified"),
+        ("0.1.2.3", "an unspecified"),
+        ("::", "an unspecified"),
+        ("224.0.0.1", "a multicast"),
+        ("ff02::1", "a multicast"),
+        ("169.254.1.1", "a link-local"),
+        ("fe80::1", "a link-local"),
+        ("255.255.255.255", "the broadcast"),
+        ("240.0.0.1", "a reserved"),
+    ],
+)
+def test_private_ip_refusal_says_which_kind_of_address(document, ip, kind):
+    """The refusal names the kind of address a guest cannot have."""
+    assert rejected(document({"private_ip": ip})) == (
+        f"invalid reservation: computer.private_ip: {ip} is {kind} address, "
+        "not one a guest can have"
+    )
+
+
+@pytest.mark.parametrize("ip", ["2001:db8::1%eth0", "2001:db8::1%25", "10.0.0.1%x"])
+def test_private_ip_with_any_scope_is_refused(document, ip):
+    """A scoped address (even a global IPv6 one Python would accept) is refused as such."""
+    assert rejected(document({"private_ip": ip})) == (
+        "invalid reservation: computer.private_ip: must be an IPv4 or IPv6 address without a scope"
+    )
+
+
+def test_several_problems_are_joined_by_semicolons(document):
+    """Every field's problem is listed, `; ` between them, the first field named."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_reservation(document({"id": 0}, {"vcpus": 0}))
+    assert caught.value.field == "computer.id"
+    assert caught.value.message == (
+        "invalid reservation: computer.id: Input should be greater than or equal to 1; "
+        "image.vcpus: Input should be greater than or equal to 1"
+    )
+
+
+def test_a_document_level_problem_is_named_document():
+    """A problem of the whole document (no field) is shown as (document) and names no field."""
+    from pydantic import ValidationError
+
+    from vclvirt.models import Reservation as Model
+    from vclvirt.models import describe_errors
+
+    with pytest.raises(ValidationError) as caught:
+        Model.model_validate([])
+    field, message = describe_errors(caught.value)
+    assert field is None
+    assert message.startswith("(document): Input should be")
+    assert describe_errors(caught.value, prefix="params")[0] == "params"
+
+
+@pytest.mark.parametrize(
+    ("mac", "kind"),
+    [
+        ("ff:ff:ff:ff:ff:ff", "the broadcast address"),
+        ("FF:FF:FF:FF:FF:FF", "the broadcast address"),
+        ("ff:ff:ff:ff:ff:fe", "a multicast address"),
+        ("33:33:00:00:00:01", "a multicast address"),
+    ],
+)
+def test_mac_refusal_says_broadcast_or_multicast(document, mac, kind):
+    """A group address is refused as the broadcast address or as a multicast address."""
+    assert rejected(document({"eth1_mac": mac})) == (
+        f"invalid reservation: computer.eth1_mac: must be a unicast MAC address, not {kind}"
+    )
+
+
+def test_all_zero_mac_refusal_says_so(document):
+    """00:00:00:00:00:00 is refused as the all-zero address."""
+    assert rejected(document({"eth0_mac": "00:00:00:00:00:00"})) == (
+        "invalid reservation: computer.eth0_mac: must not be the all-zero MAC address"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "hint"),
+    [
+        ("\ufeff{}", "the document starts with a byte order mark (U+FEFF)", None),
+        (
+            '{"a": }',
+            "invalid JSON at line 1, column 7 (character 6): Expecting value",
+            "Fix the JSON syntax at that position",
+        ),
+        ("[" * 60_000, "invalid JSON: nested too deeply", None),
+        (
+            '{"a": {"b": 1, "b": 2}}',
+            "duplicate key a.b: a JSON object must name each key once",
+            "Remove the repeated key; other parsers would read a different value",
+        ),
+    ],
+)
+def test_document_refusals_have_their_exact_message_and_hint(data, message, hint):
+    """BOM text, syntax errors, deep nesting and repeated keys: what is wrong and what to do."""
+    error = refused_document(data)
+    assert error.message == message
+    assert error.hint == (hint or InvalidInput.default_hint)
+
+
+def test_python_dict_holding_nan_is_refused_before_json(document):
+    """A dict holding NaN is refused as not JSON compliant, not turned into a NaN token."""
+    assert rejected(document({}, {"min_ram_mb": float("nan")})) == (
+        "invalid reservation: Out of range float values are not JSON compliant"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"), [("[]", "an array"), ("3", "a number"), ("null", "null"), ('"x"', "a string")]
+)
+def test_document_that_is_not_an_object_says_what_it_is(text, kind):
+    """A reservation document must be an object; the refusal names what it was instead."""
+    assert rejected(text) == f"invalid reservation: the document must be a JSON object, not {kind}"

@@ -127,3 +127,41 @@ def test_no_operation_accepts_any_key_but_name(operation, extra):
 def test_only_known_operations_are_accepted(operation):
     """Any other operation name is refused, naming operation."""
     assert refused(operation, None).field == "operation"
+
+
+def test_unknown_operation_message_names_it_and_lists_the_known_ones():
+    """An unknown operation is named, quoted, with the known ones listed comma-separated."""
+    error = refused("reboot now", None)
+    assert error.field == "operation"
+    assert error.message == (
+        "unknown operation 'reboot now'; known: " + ", ".join(sorted(OPERATION_NAMES))
+    )
+
+
+@pytest.mark.parametrize("operation", [None, 5, ["load"], {"load": 1}])
+def test_operation_that_is_not_text_is_unknown(operation):
+    """An operation given as null, a number, an array or an object is refused as unknown."""
+    error = refused(operation, None)
+    assert error.field == "operation"
+    assert error.message.startswith("unknown operation ")
+
+
+@pytest.mark.parametrize(
+    ("params", "kind"),
+    [([], "an array"), ("name", "a string"), (3, "a number"), (True, "a boolean")],
+)
+def test_params_that_are_not_an_object_are_refused_naming_their_type(params, kind):
+    """params must be a JSON object; the message names what was given instead."""
+    error = refused("snapshot_create", params)
+    assert error.field == "params"
+    assert error.message == f"params: must be an object, not {kind}"
+
+
+def test_bad_parameters_get_the_hint_of_what_operations_take():
+    """A refused parameter names params.<field> and hints which operations take a name."""
+    error = refused("power_on", {"name": "x"})
+    assert error.field == "params.name"
+    assert (
+        error.message == "invalid parameters for power_on: params.name: unknown field, not accepted"
+    )
+    assert error.hint == 'Snapshot operations take {"name": ...}; every other operation takes none'

@@ -229,3 +229,31 @@ def test_duplicate_paths_count_once() -> None:
     assert select(f"{IMAGE}.qcow2", f"{IMAGE}.qcow2") == RepositorySource(
         f"{DIR}/{IMAGE}.qcow2", "qcow2", (f"{DIR}/{IMAGE}.qcow2",)
     )
+
+
+def test_ambiguity_lists_every_candidate_comma_separated() -> None:
+    """Two disks of one rank: the message lists both paths, `, ` between them."""
+    with pytest.raises(ImageInvalid) as caught:
+        select(f"{IMAGE}.vdi", f"{IMAGE}.vhdx")
+    assert caught.value.message == (
+        f"several files could be image {IMAGE}: {DIR}/{IMAGE}.vdi, {DIR}/{IMAGE}.vhdx"
+    )
+
+
+def test_orphan_extents_message_and_hint() -> None:
+    """Extents without their descriptor: named, `, ` between them, with what to do."""
+    with pytest.raises(ImageInvalid) as caught:
+        select(f"{IMAGE}-s001.vmdk", f"{IMAGE}-s002.vmdk")
+    assert caught.value.message == (
+        f"VMware extents of image {IMAGE} without their descriptor {IMAGE}.vmdk: "
+        f"{DIR}/{IMAGE}-s001.vmdk, {DIR}/{IMAGE}-s002.vmdk"
+    )
+    assert caught.value.hint == (
+        "qemu-img reads extents only through the descriptor: restore it beside them"
+    )
+
+
+def test_one_letter_extension_is_a_disk_and_an_empty_one_is_not() -> None:
+    """`I.x` is a disk of unknown format (qemu-img detects it); `I.` has no extension."""
+    assert select(f"{IMAGE}.x") == RepositorySource(f"{DIR}/{IMAGE}.x", None, (f"{DIR}/{IMAGE}.x",))
+    assert select(f"{IMAGE}.") is None

@@ -274,7 +274,12 @@ def reference_hardware(xml_text: str) -> tuple[str | None, str | None]:
     bus = model = None
     for disk in root.iterfind("./devices/disk"):
         target = disk.find("target")
-        if disk.get("device", "").lower() == "disk" and target is not None and target.get("bus"):
+        # libvirt's device attribute defaults to "disk"
+        if (
+            disk.get("device", "disk").lower() == "disk"
+            and target is not None
+            and target.get("bus")
+        ):
             bus = target.get("bus")
             break
     for interface in root.iterfind("./devices/interface"):

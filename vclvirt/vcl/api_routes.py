@@ -16,12 +16,12 @@ import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from vclvirt import dispatch
 from vclvirt.errors import ImageNotFound, InvalidInput, UnknownReservation
-from vclvirt.models import IMAGE_NAME_PATTERN
+from vclvirt.models import IMAGE_NAME_PATTERN, MAX_ID
 
 router = APIRouter(prefix="/v1", tags=["vcl"])
 
@@ -50,7 +50,7 @@ def _record(reservation_id: int) -> dict[str, Any]:
 
 @router.get("/reservations/{reservation_id}/wait")
 async def wait_for_change(
-    reservation_id: int,
+    reservation_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     response: Response,
     after: Annotated[
         str | None,
