@@ -17,36 +17,11 @@ import pytest
 
 from tests.conftest import ROOT, wait_for
 from tests.e2e import vcl_real
-from tests.e2e.vcl_helpers import ApiServer, api_server, free_port
-from tests.e2e.vcl_real import Computer, VclSite
+from tests.e2e.vcl_helpers import ApiServer, free_port
+from tests.e2e.vcl_real import Computer
 from vclvirt import dispatch
 
 OLD_PERL = ROOT / "tests" / "e2e" / "vcl_perl516"  # HTTP::Tiny as Perl 5.16 ships it
-
-
-@pytest.fixture(scope="module")
-def vcl_database(testbed: Path) -> None:
-    vcl_real.create_database()
-
-
-@pytest.fixture
-def db(vcl_database: None) -> Iterator[Any]:
-    connection = vcl_real.connect()
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def api(testbed: Path, tmp_path: Path) -> Iterator[ApiServer]:
-    with api_server(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-def site(api: ApiServer, tmp_path: Path, db: Any) -> VclSite:
-    made = VclSite(tmp_path / "vcl", api.url, api.token)
-    made.write()
-    return made
 
 
 def reload_request(
