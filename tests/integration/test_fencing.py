@@ -238,6 +238,20 @@ def test_slots_are_counted_across_workers_and_a_lost_one_frees_itself(state_redi
     assert take[2].holders() == ["run-2"]
 
 
+def test_a_slot_at_the_default_ttl_lasts_as_long_as_the_lease(state_redis) -> None:
+    """What a deployment gets: a slot taken with the default lease TTL (30 s) expires 30 s
+    after its last renewal, like the lease it is renewed with (the test above shortens it
+    to watch the expiry happen)."""
+    ttl = Settings().lease_ttl
+    slot = HostSlot(state_redis, "node-b", "run-default", limit=2, ttl=ttl)
+    assert slot.acquire()
+    seconds, micros = state_redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    expires = state_redis.zscore(keys.host_slots("node-b"), "run-default")
+    assert expires is not None and abs(expires - now_ms - ttl * 1000) < 1000
+    assert slot.renew()
+
+
 def test_the_test_beds_hosts_have_a_fence_dir_of_their_own(inventory: Any, testbed: Path) -> None:
     """Each "host" keeps its fences in its own directory (they share one machine)."""
     dirs = {inventory.host(n).fence_dir for n in ("node-a", "node-b")}
