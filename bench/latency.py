@@ -3,10 +3,13 @@ and enqueue-to-READY with the bootable test guest."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+import redis
 
 from bench import common
 from bench.common import Context, LoadResult, median, table
@@ -134,18 +137,26 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
         files.remove(overlay)
 
     host = provisioner.context.host
-    fences = iter(range(10**15, 10**16))  # a new, larger token each time: a new holder
+    client = redis.Redis.from_url(common.BROKER)
+    generations = itertools.count(1)
 
     def fenced(call: Any) -> Any:
+        """`call` as a new holder's first act: the computer's lock is granted (a new token,
+        from Redis, larger than any the host has seen) and the host records it."""
         from vclvirt.hypervisor.connection import release_fenced
+        from vclvirt.locks import ResourceLock, RunOwner
         from vclvirt.node import fence
 
-        held = fence.HostFence(host.name, f"{host.fence_dir}/bench-cost", next(fences), 1)
+        owner = RunOwner(1, next(generations), "bench")
+        lock = ResourceLock(client, f"computer:{host.name}:bench-cost", owner, ttl=30, fenced=True)
+        assert lock.acquire(wait=5) and lock.token is not None
+        held = fence.HostFence(host.name, f"{host.fence_dir}/bench-cost", lock.token, 1)
         try:
             with fence.holding(held):
                 return call()
         finally:
             release_fenced(host.name)
+            lock.release()
 
     local = libvirt.open("qemu:///system")
     try:
