@@ -44,7 +44,8 @@ from vclvirt.models import (
     json_type,
     load_json_document,
 )
-from vclvirt.params import SINGLE_OPERATIONS, validate_params
+from vclvirt.operations import OPERATIONS
+from vclvirt.operations import operation as find_operation
 from vclvirt.textcheck import field_label
 from vclvirt.vcl import api_routes as vcl_api_routes
 from vclvirt.workers.logging import register_secrets
@@ -91,7 +92,13 @@ class OperationRequest(StrictModel):
 
     reservation: Reservation
     params: dict[str, Any] | None = Field(
-        default=None, description='{"name": ...} for snapshot_create|revert|delete, else none'
+        default=None,
+        description="; ".join(
+            f"{op.name}: {op.params_description}"
+            for op in OPERATIONS.values()
+            if op.params.model_fields
+        )
+        + "; every other operation: none",
     )
 
 
@@ -220,6 +227,12 @@ def _add_openapi_extras(api: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
             for status in operation.get("x-vclvirt-errors", []):
                 responses[str(status)] = {"description": "see the error code", "content": envelope}
             operation.pop("x-vclvirt-errors", None)
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "operation" and parameter.get("in") == "path":
+                    parameter["schema"]["enum"] = sorted(OPERATIONS)
+                    parameter["description"] = "; ".join(
+                        f"{op.name}: {op.summary}" for op in OPERATIONS.values()
+                    )
     return schema
 
 
@@ -364,17 +377,12 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         openapi_extra={**_openapi_body("OperationRequest"), "x-vclvirt-errors": [409]},
     )
     def operation(operation: str, body: RawBody) -> Enqueued:
-        """power_status|on|off|reset, node_status, unload, post_maintenance_action,
-        snapshot_create|list|revert|delete (params: {"name": ...})."""
-        if operation not in SINGLE_OPERATIONS:
-            raise InvalidInput(
-                f"unknown operation {field_label(operation)}; "
-                f"known: {', '.join(SINGLE_OPERATIONS)}",
-                field="operation",
-            )
+        """Enqueue any operation by name, with its parameters (the `operation` path
+        parameter lists them)."""
+        op = find_operation(operation)  # unknown: 422 before the body is read
         request = _object_body(body, OperationRequest)
-        params = validate_params(operation, request.params)
-        return enqueued(dispatch.run(request.reservation, operation, params or None))
+        params = op.check_params(request.params)  # refused here, before anything is read
+        return enqueued(dispatch.run(request.reservation, op.name, params or None))
 
     @api.get("/v1/reservations/{reservation_id}")
     def status(reservation_id: ReservationId) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from vclvirt.errors import (
     VclvirtError,
 )
 from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
-from vclvirt.params import validate_params
+from vclvirt.operations import operation as find_operation
 from vclvirt.state.records import ReservationStatus
 
 app = typer.Typer(
@@ -470,7 +470,7 @@ def snapshot(
         typer.echo(f"error: snapshot {action.value} needs --name", err=True)
         raise typer.Exit(EXIT_INVALID)
     try:
-        params = validate_params(operation, {"name": name} if name is not None else None)
+        params = find_operation(operation).check_params({"name": name} if name else None)
     except InvalidInput as error:
         _fail(error)
     result = _operate(reservation, operation, timeout, params or None)
@@ -492,15 +492,15 @@ app.add_typer(images_app, name="images")
 HostOption = Annotated[str, typer.Option("--host", help="Inventory name of the host")]
 
 
-def _host_provisioner(host: str, image: str | None = None) -> Any:
-    """The host's provisioner, once the image name (if any) has passed the image-name rule:
-    nothing reaches the host before that."""
-    from vclvirt.workers.context import provisioner_for
+def _host_images(host: str, image: str | None = None) -> Any:
+    """The host's image queries, once the image name (if any) has passed the image-name
+    rule: nothing reaches the host before that."""
+    from vclvirt.workers.context import host as host_named
 
     try:
         if image is not None:
             check_image_name(image)
-        return provisioner_for(host)
+        return host_named(host).images
     except VclvirtError as error:
         _fail(error, EXIT_INVALID)
 
@@ -509,7 +509,7 @@ def _host_provisioner(host: str, image: str | None = None) -> Any:
 def images_exists(image: str, host: HostOption) -> None:
     """Exit 0 and print 'yes' when the image is a master on the host or in the repository."""
     try:
-        found = _host_provisioner(host, image).does_image_exist(image)
+        found = _host_images(host, image).exists(image)
     except VclvirtError as error:
         _fail(error, EXIT_FAILED)
     typer.echo("yes" if found else "no")
@@ -524,12 +524,8 @@ def images_size(
 ) -> None:
     """Allocated size of the image (master on the host, else repository files), in MB."""
     try:
-        provisioner = _host_provisioner(host, image)
-        size = (
-            provisioner.get_image_size_bytes(image)
-            if in_bytes
-            else provisioner.get_image_size(image)
-        )
+        images = _host_images(host, image)
+        size = images.size_bytes(image) if in_bytes else images.size_mb(image)
     except VclvirtError as error:
         _fail(error)
     typer.echo(size)
@@ -539,7 +535,7 @@ def images_size(
 def images_list(host: HostOption, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Masters in the host's datastore and images in the repository."""
     try:
-        found = _host_provisioner(host).list_images()
+        found = _host_images(host).listing()
     except VclvirtError as error:
         _fail(error)
     if as_json:

@@ -14,7 +14,7 @@ from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import InvalidInput, UnknownReservation, VclvirtError
 from vclvirt.models import Reservation, parse_reservation
-from vclvirt.operations.registry import SINGLE_OPERATIONS, operation
+from vclvirt.operations import operation
 from vclvirt.recovery import fail_if_abandoned, no_worker, task_id
 from vclvirt.state.client import redis_client
 from vclvirt.state.computers import ComputerImages
@@ -87,18 +87,11 @@ def _check(
     reservation: ReservationInput, operation_name: str, params: dict[str, Any] | None
 ) -> _Checked:
     """Everything that can be refused before anything is written or sent."""
-    from vclvirt.params import validate_params
-
     op = operation(operation_name)
     if not isinstance(reservation, Reservation):
         reservation = parse_reservation(reservation)
     get_inventory().host(reservation.host)  # unknown host: clear error, nothing enqueued
-    if op.name == "capture" and reservation.state not in ("image", "checkpoint"):
-        raise InvalidInput(
-            f"state: a capture needs state image or checkpoint, not {reservation.state!r}",
-            field="state",
-        )
-    return _Checked(reservation, op.name, validate_params(op.name, params))
+    return _Checked(reservation, op.name, op.check(reservation, params))
 
 
 def _begin(checked: _Checked) -> int:
@@ -107,7 +100,7 @@ def _begin(checked: _Checked) -> int:
     return _records().begin(
         checked.reservation,
         op.name,
-        list(op.steps),
+        list(op.step_names),
         checked.params,
         owns_computer=op.owns_computer,
     )
@@ -168,13 +161,7 @@ def capture(reservation: ReservationInput) -> Handle:
 def run(
     reservation: ReservationInput, operation_name: str, params: dict[str, Any] | None = None
 ) -> Handle:
-    """Enqueue a single operation: node_status, power_status, power_on, power_off,
-    power_reset, unload, post_maintenance_action or snapshot_{create,list,revert,delete}."""
-    if operation_name not in SINGLE_OPERATIONS:
-        raise InvalidInput(
-            f"unknown operation {operation_name!r}; known: {', '.join(SINGLE_OPERATIONS)}",
-            field="operation",
-        )
+    """Enqueue any operation of vclvirt.operations by name, with its parameters."""
     return _send(_check(reservation, operation_name, params))
 
 

@@ -33,9 +33,9 @@ from vclvirt.hypervisor.connection import cut_fenced
 from vclvirt.locks import RunOwner
 from vclvirt.metrics import STEP_DURATION, STEP_FAILURES
 from vclvirt.models import parse_reservation
-from vclvirt.operations import StepContext
-from vclvirt.operations.registry import operation
-from vclvirt.provisioner import Provisioner
+from vclvirt.operation import StepContext
+from vclvirt.operations import operation
+from vclvirt.provisioning.host import Host
 from vclvirt.recovery import (
     CALL_DEADLINE,
     LeaseKeeper,
@@ -63,11 +63,11 @@ class Runner:
         self,
         client: redis.Redis,
         settings: Settings,
-        provisioner_for: Callable[[str], Provisioner],
+        hosts: Callable[[str], Host],
     ) -> None:
         self.redis = client
         self.settings = settings
-        self.provisioner_for = provisioner_for
+        self.hosts = hosts
         self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
         self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
         # What keeps a lease alive fails fast instead of riding out a broker restart.
@@ -148,7 +148,7 @@ class OperationRun:
                 self.runner.keeping,
                 keeper,
                 self.writes,
-                host=self._provisioner.context.host,
+                host=self._host.config,
                 computer=self.computer,
                 owner=RunOwner(self.rid, self.record.generation, str(self.me)),
                 ttl=self.settings.lease_ttl,
@@ -169,8 +169,8 @@ class OperationRun:
                     return self._cancelled(cancelled.reason)
 
     @property
-    def _provisioner(self) -> Provisioner:
-        return self.runner.provisioner_for(self.host)
+    def _host(self) -> Host:
+        return self.runner.hosts(self.host)
 
     def _wait_for_computer(self) -> dict[str, Any]:
         """Another reservation works on the computer: free this slot, come back later."""
@@ -224,9 +224,9 @@ class OperationRun:
             if self.holdings.fence is not None and not self.host_fenced:
                 # The host records our token before the first step acts, ending an older
                 # holder's processes there; an unreachable host is this step's error.
-                self._provisioner.context.fence_host()
+                self._host.access.fence_host()
                 self.host_fenced = True
-            result = self.operation.bodies[name](self._context(entry))
+            result = self.operation.body(name)(self._context(entry))
         except TransientError as error:
             return self._transient(name, entry, error)
         except VclvirtError as error:
@@ -247,7 +247,7 @@ class OperationRun:
             writes.set_plan(steps)
 
         return StepContext(
-            self._provisioner,
+            self.runner.hosts,
             self.reservation,
             self.record.params,
             result_of=lambda step: self.entries[step].data.get("result"),

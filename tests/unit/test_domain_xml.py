@@ -62,7 +62,7 @@ def facts(**overrides) -> HostFacts:
 
 
 def spec_for(reservation, host_facts, private="br0", public="br1", host="kvmhost1"):
-    """The DomainSpec the provisioner would plan for this reservation (fixed load time)."""
+    """The DomainSpec the load would plan for this reservation (fixed load time)."""
     names = LoadNames.for_reservation(
         reservation, datastore_path="/var/lib/libvirt/images", vm_path="/srv/vms", xml_dir="/tmp"
     )

@@ -1,4 +1,4 @@
-"""One Celery task per operation (`vclvirt.load`, `vclvirt.capture`, `vclvirt.op.<name>`).
+"""One Celery task per operation, named `vclvirt.<operation>` (`vclvirt.load`, ...).
 
 A message carries only the reservation id and the generation it was dispatched for (plus
 host, computer and request id for log lines); the reservation itself is in its record.
@@ -11,8 +11,8 @@ from typing import Any
 import structlog
 from celery import Task
 
-from vclvirt.operations import Operation
-from vclvirt.operations.registry import OPERATIONS
+from vclvirt.operation import Operation
+from vclvirt.operations import OPERATIONS
 from vclvirt.workers.app import app
 from vclvirt.workers.context import runner, worker_hosts
 
@@ -45,7 +45,7 @@ def _register(op: Operation) -> Any:
             )
         return outcome
 
-    run.__doc__ = f"Run the {op.name} of a reservation ({', '.join(op.steps)})."
+    run.__doc__ = f"{op.summary} ({', '.join(op.step_names)})."
     return run
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vclvirt.models import Reservation, parse_reservation
-from vclvirt.operations.registry import operation
+from vclvirt.operations import operation
 from vclvirt.recovery import task_id
 from vclvirt.state.records import ReservationStatus
 from vclvirt.workers.app import app

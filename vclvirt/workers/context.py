@@ -14,12 +14,11 @@ import redis
 
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
-from vclvirt.hypervisor.connection import connect
-from vclvirt.hypervisor.drivers import load_driver
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.node.local import LocalTransport
 from vclvirt.node.ssh import ssh_transport
 from vclvirt.node.transport import Transport
-from vclvirt.provisioner import Provisioner
+from vclvirt.provisioning.host import Host, build_host
 from vclvirt.runner import Runner
 from vclvirt.state.client import redis_client
 
@@ -44,7 +43,7 @@ def client() -> redis.Redis:
 
 @lru_cache(maxsize=4)
 def _runner(pid: int) -> Runner:
-    return Runner(client(), get_settings(), provisioner_for)
+    return Runner(client(), get_settings(), host)
 
 
 def runner() -> Runner:
@@ -52,7 +51,7 @@ def runner() -> Runner:
 
 
 @lru_cache(maxsize=64)
-def _provisioner(pid: int, host_name: str) -> Provisioner:
+def _host(pid: int, host_name: str) -> Host:
     settings = get_settings()
     host = get_inventory().host(host_name)
     node: Transport = (
@@ -64,9 +63,9 @@ def _provisioner(pid: int, host_name: str) -> Provisioner:
             command_timeout=settings.command_timeout,
         )
     )
-    driver = load_driver(host, node, copy_timeout=settings.copy_timeout)
-    return Provisioner(host, node, driver, lambda: connect(host, node))
+    return build_host(host, node, settings, GuestHostKeys(client()))
 
 
-def provisioner_for(host_name: str) -> Provisioner:
-    return _provisioner(os.getpid(), host_name)
+def host(host_name: str) -> Host:
+    """This process's Host for `host_name`, with its SSH and libvirt connections."""
+    return _host(os.getpid(), host_name)

@@ -51,16 +51,16 @@ def _stop_recovery(**_: Any) -> None:
 
 def _warm_up(**_: Any) -> None:
     """Open this pool process's connections in the background (off the first load's path)."""
-    from vclvirt.workers.context import provisioner_for, worker_hosts
+    from vclvirt.workers.context import host, worker_hosts
 
     def warm() -> None:
-        for host in sorted(worker_hosts() or ()):
+        for name in sorted(worker_hosts() or ()):
             try:
-                provisioner = provisioner_for(host)
-                provisioner.conn  # noqa: B018 - opens the libvirt connection
-                provisioner.node.run(["true"], timeout=30)
+                access = host(name).access
+                access.conn  # noqa: B018 - opens the libvirt connection
+                access.node.run(["true"], timeout=30)
             except Exception as error:  # the first step reports it properly
-                log.info("warm_up_failed", host=host, error=str(error))
+                log.info("warm_up_failed", host=name, error=str(error))
 
     threading.Thread(target=warm, name="warm-up", daemon=True).start()
 
