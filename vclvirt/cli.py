@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from vclvirt.errors import (
     VclvirtError,
 )
 from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
+from vclvirt.operations import OPERATIONS
 from vclvirt.operations import operation as find_operation
 from vclvirt.state.records import ReservationStatus
 
@@ -357,7 +359,12 @@ def status(
 
 
 def _operate(
-    reservation: str, operation: str, timeout: float, params: dict[str, Any] | None = None
+    reservation: str,
+    operation: str,
+    timeout: float,
+    params: dict[str, Any] | None = None,
+    *,
+    step: str | None = None,
 ) -> dict[str, Any]:
     """Enqueue one operation, wait for it, exit non-zero with the error if it failed."""
     from vclvirt import dispatch
@@ -379,7 +386,7 @@ def _operate(
             err=True,
         )
         raise typer.Exit(1)
-    result: dict[str, Any] = final.step_records[operation].get("result", {})
+    result: dict[str, Any] = final.step_records[step or operation].get("result", {})
     return result
 
 
@@ -482,6 +489,54 @@ def snapshot(
     else:
         done = {"create": "created", "revert": "reverted to", "delete": "deleted"}[action.value]
         typer.echo(f"{result['domain']}: snapshot {name} {done}")
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(InvalidInput(f"--param {pair!r}: give key=value", field="params"))
+        params[key] = value
+    return params
+
+
+@app.command("op")
+def op(
+    name: Annotated[str, typer.Argument(help="The operation (vclvirt op --list)")] = "",
+    reservation: Annotated[str, typer.Argument(help="Reservation JSON file, or -")] = "",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="A parameter, key=value (repeat)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the result's file (e.g. a screenshot) here")
+    ] = None,
+    timeout: Timeout = 600.0,
+    list_them: Annotated[bool, typer.Option("--list", help="List the operations")] = False,
+) -> None:
+    """Any operation by name, with its parameters; prints the step's result as JSON."""
+    if list_them or not name:
+        for known in sorted(OPERATIONS.values(), key=lambda o: o.name):
+            typer.echo(f"{known.name}\t{known.summary} ({known.params_description})")
+        return
+    try:
+        chosen = find_operation(name)
+        params = chosen.check_params(_params(param or []))
+    except InvalidInput as error:
+        _fail(error)
+    if not reservation:
+        _fail(
+            InvalidInput("give the reservation's JSON file (or - for stdin)", field="reservation")
+        )
+    final = _operate(reservation, chosen.name, timeout, params or None, step=chosen.steps[-1].name)
+    attached = final.get("file") if isinstance(final.get("file"), dict) else None
+    if output is not None:
+        if attached is None:
+            _fail(InvalidInput(f"{chosen.name} returns no file to write", field="output"))
+        output.write_bytes(base64.b64decode(attached["base64"]))
+        final = {**final, "file": {k: v for k, v in attached.items() if k != "base64"}}
+        final["file"]["written_to"] = str(output)
+    typer.echo(json.dumps(final, indent=2))
 
 
 images_app = typer.Typer(
