@@ -256,7 +256,7 @@ def run_virt_install(workdir: Any) -> tuple[float, int]:
 
 
 def vcl_commands(res: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """The reference's load (§2.1.1 initialize, §2.1.3, §2.2.8, §2.2.10, §2.3.3, §2.2.7),
+    """VCL's load (initialize, load, delete_existing_domains, XML, pre_define, define),
     cache warm, no old domain: one SSH process per command; (command, stdin)."""
     names, xml = _names(res), vclvirt_xml(res)
     xml_dir, computer = str(HOST_DIR / "xml"), names.computer

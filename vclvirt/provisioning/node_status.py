@@ -1,4 +1,4 @@
-"""node_status, the first step of a load: READY / POST_LOAD / RELOAD (§2.4.1)."""
+"""node_status, the first step of a load: READY / POST_LOAD / RELOAD (as VCL decides)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Celery application and its configuration (celery-practice.md §1)."""
+"""The Celery application and its configuration (acks late, prefetch one)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 provisioners (with their SSH and libvirt connections).
 
 Created lazily, after the pool forks, so no connection is shared between processes
-(celery-practice.md §1.8).
+(a forked child must not reuse its parent's sockets).
 """
 
 from __future__ import annotations
