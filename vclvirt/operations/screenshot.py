@@ -15,7 +15,6 @@ from typing import Any
 import libvirt
 
 from vclvirt.errors import DomainUnusable, PermanentError
-from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.connection import libvirt_errors
 from vclvirt.operation import StepContext, single
 
@@ -31,7 +30,9 @@ def screenshot(ctx: StepContext) -> dict[str, Any]:
     access = ctx.host().access
     host = access.host.name
     domain = access.domain(ctx.reservation)
-    if domains.power_state(domain, host) != "on":
+    with libvirt_errors(host, f"reading the state of {domain.name()}"):
+        active = domain.isActive()
+    if not active:  # paused or crashed (kept for a look, with its memory) still has a picture
         raise DomainUnusable(
             f"domain {domain.name()} is not running: its console has no picture",
             host=host,
