@@ -310,12 +310,12 @@ def warm_load(ctx: Context, concurrency: int = 2) -> Any:
 def run(ctx: Context) -> list[tuple[str, str]]:
     import libvirt
 
-    from vclvirt.workers.context import host as host_named
+    from vclvirt import composition
 
     reps = 1 if ctx.quick else 7
     worker = warm_load(ctx)
     conn = libvirt.open("qemu:///system")
-    server = host_named("node-a")
+    server = composition.current().host("node-a")
     pools_before = common.pool_names()
     names = ("vclvirt", "in-process", "floor", "virt-install", "vcl")
     times: dict[str, list[float]] = {k: [] for k in names}

@@ -98,25 +98,17 @@ def worker(
         configs = [get_inventory().host(name) for name in host]
     except VclvirtError as error:
         _fail(error, 2)
-    import socket
-    import uuid
-
-    from vclvirt.recovery import BOOT_ENV, NODE_ENV
-
-    node = (
-        f"{host[0]}@{socket.gethostname()}"
-        if len(host) == 1
-        else (f"{host[0]}+{len(host) - 1}@{socket.gethostname()}")
-    )
-    os.environ["VCLVIRT_WORKER_HOST"] = ",".join(host)
-    os.environ[NODE_ENV] = node  # leases name this worker run and its processes
-    os.environ[BOOT_ENV] = uuid.uuid4().hex[:12]
     settings = get_settings()
     if settings.metrics_port:
         _serve_worker_metrics(settings.metrics_port, host)
-    from vclvirt.workers.app import app as celery_app
+    # After the metrics directory is set: composition imports prometheus_client.
+    from vclvirt import composition
+    from vclvirt.identity import Identity
     from vclvirt.workers.routing import CONTROL_QUEUE, host_queue
 
+    root = composition.install(composition.Root(settings, Identity.worker(host)))
+    node = root.identity.node
+    celery_app = root.app
     celery_app.worker_main(
         [
             "worker",
@@ -550,12 +542,12 @@ HostOption = Annotated[str, typer.Option("--host", help="Inventory name of the h
 def _host_images(host: str, image: str | None = None) -> Any:
     """The host's image queries, once the image name (if any) has passed the image-name
     rule: nothing reaches the host before that."""
-    from vclvirt.workers.context import host as host_named
-
     try:
         if image is not None:
             check_image_name(image)
-        return host_named(host).images
+        from vclvirt import composition  # not at the top: see `worker`
+
+        return composition.current().host(host).images
     except VclvirtError as error:
         _fail(error, EXIT_INVALID)
 

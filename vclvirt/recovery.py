@@ -28,10 +28,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -51,22 +49,12 @@ from vclvirt.state.records import FINAL, Glance, RecordStore, ReservationStatus,
 
 log = structlog.get_logger(__name__)
 
-NODE_ENV = "VCLVIRT_WORKER_NODE"
-BOOT_ENV = "VCLVIRT_WORKER_BOOT"
-_PROCESS_BOOT = uuid.uuid4().hex[:12]
-
 # Publishes the record's operation for `generation` on its host's queue; `resumed` puts
 # it ahead of operations that have not started yet.
 Publish = Callable[[ReservationStatus, int, bool], None]
 
 
 # -- 1 and 2: who holds a lease, and whether that holder is dead -----------------------
-
-
-def this_process() -> Holder:
-    """The holder this process claims leases as: its worker's node name and run, its pid."""
-    node = os.environ.get(NODE_ENV) or f"local@{socket.gethostname()}"
-    return Holder(node, os.environ.get(BOOT_ENV) or _PROCESS_BOOT, os.getpid())
 
 
 def _machine(node: str) -> str:

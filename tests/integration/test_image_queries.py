@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from tests.conftest import make_reservation, repository_image, uncached_image
+from vclvirt import composition
 from vclvirt.errors import ImageNotFound
 from vclvirt.models import parse_reservation
-from vclvirt.workers.context import host as host_named
 
 
 def test_image_queries_see_repository_then_master(testbed):
@@ -18,7 +18,7 @@ def test_image_queries_see_repository_then_master(testbed):
     master on the host, its size is the master's."""
     image = "linux-ItQueries-631-v0"
     uncached_image(testbed, image, "64M", "8M", "node-a")
-    server = host_named("node-a")
+    server = composition.current().host("node-a")
 
     assert server.images.exists(image)
     assert 8 <= server.images.size_mb(image) < 64
@@ -35,7 +35,7 @@ def test_image_queries_see_repository_then_master(testbed):
 
 def test_missing_image_is_reported_as_such(testbed):
     """Neither master nor repository copy: does_image_exist is False, size is ImageNotFound."""
-    server = host_named("node-a")
+    server = composition.current().host("node-a")
     assert not server.images.exists("linux-ItNowhere-632-v0")
     with pytest.raises(ImageNotFound, match="linux-ItNowhere-632-v0"):
         server.images.size_mb("linux-ItNowhere-632-v0")
@@ -51,7 +51,7 @@ def test_windows_image_without_virt_win_reg_is_noted_and_goes_on(testbed):
     reservation = parse_reservation(
         make_reservation(9302, "it-windows", image, image_id=633, os_type="windows")
     )
-    result = host_named("node-a").load.pre_define(reservation)
+    result = composition.current().host("node-a").load.pre_define(reservation)
     master = testbed / f"hosts/node-a/images/{image}.qcow2"
     assert (result["overlay"], result["overlay_created"]) == (str(overlay), True)
     assert len(result["notes"]) == 1 and "virt-win-reg is not installed" in result["notes"][0]

@@ -24,11 +24,11 @@ from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
 from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor.connection import connect
+from vclvirt.identity import Identity
 from vclvirt.locks import ResourceLock
 from vclvirt.models import parse_reservation
 from vclvirt.node.local import LocalTransport
 from vclvirt.provisioning.host import Host, build_host
-from vclvirt.recovery import this_process
 from vclvirt.runner import Runner
 from vclvirt.state import keys
 from vclvirt.state.fence import FencedRecord, RecordFence
@@ -37,6 +37,8 @@ from vclvirt.state.records import RecordStore
 from vclvirt.state.steps import StepEntry
 
 IMAGE = "linux-RunnerImage-77-v0"
+
+ME = Identity.client()  # this test process, as a client claims leases
 
 
 def _free_port() -> int:
@@ -87,7 +89,7 @@ class Harness:
         self.client, self.host, self.settings = client, host, settings
         self.records = RecordStore(client)
         self.server: Host = _server(host, client, settings)
-        self.runner = Runner(client, settings, lambda _: self.server)
+        self.runner = Runner(client, settings, lambda _: self.server, identity=ME)
 
     def reservation(self, rid: int, computer: str, image: str = IMAGE, **kw: Any) -> Any:
         data = make_reservation(rid, computer, image, host=self.host.name, image_id=77, **kw)
@@ -320,7 +322,7 @@ def _interrupted(harness: Harness, rid: int, computer: str, step: str, times: in
     generation = harness.begin(rid, computer)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = Holder(this_process().node, "old-boot", gone.pid)
+    dead = Holder(ME.holder().node, "old-boot", gone.pid)
     Leases(harness.client, ttl_seconds=30).claim(rid, generation, dead)
     writes = FencedRecord(
         harness.client, RecordFence(rid, "node-a", computer, generation, str(dead))

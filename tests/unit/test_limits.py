@@ -58,7 +58,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     monkeypatch.setattr(dispatch, "get_inventory", _Inventory)
     monkeypatch.setattr(dispatch, "_send", send)
     monkeypatch.setattr(dispatch, "_begin", begin)
-    monkeypatch.setattr("vclvirt.tasks.publish.publish_many", lambda begun: None)
+    monkeypatch.setattr("vclvirt.tasks.publish.Publisher.publish_many", lambda _p, begun: None)
     monkeypatch.setattr(dispatch, "status", lambda reservation_id: _Record())
     yield sent
 
@@ -472,11 +472,11 @@ def provisioners(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The hosts a Host was made for (made: the host would have been contacted)."""
     made: list[str] = []
 
-    def host(name: str) -> _Host:
+    def host(_root: Any, name: str) -> _Host:
         made.append(name)
         return _Host()
 
-    monkeypatch.setattr("vclvirt.workers.context.host", host)
+    monkeypatch.setattr("vclvirt.composition.Root.host", host)
     return made
 
 

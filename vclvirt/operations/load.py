@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from vclvirt.guest.hooks import POST_LOAD, READY, RELOAD
-from vclvirt.metrics import MASTER_BYTES, MASTER_COPIES
 from vclvirt.operation import Operation, Step, StepContext
 
 RELOAD_STEPS = (
@@ -56,11 +55,7 @@ def node_status(ctx: StepContext) -> dict[str, Any]:
 def pre_define(ctx: StepContext) -> dict[str, Any]:
     # The overlay is always made anew: a file found at its path may be a previous user's
     # disk (a user's disk is never handed to another); creating one costs milliseconds.
-    result = ctx.host().load.pre_define(ctx.reservation, ctx.progress, reuse_overlay=False)
-    if result["master_copied"]:
-        MASTER_COPIES.labels(host=ctx.reservation.host).inc()
-        MASTER_BYTES.labels(host=ctx.reservation.host).inc(result["master_bytes"])
-    return result
+    return ctx.host().load.pre_define(ctx.reservation, ctx.progress, reuse_overlay=False)
 
 
 def post_load(ctx: StepContext) -> dict[str, Any]:

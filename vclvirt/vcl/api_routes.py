@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from vclvirt import dispatch
+from vclvirt import composition, dispatch
 from vclvirt.errors import ImageNotFound, InvalidInput, UnknownReservation
 from vclvirt.models import IMAGE_NAME_PATTERN, MAX_ID
 from vclvirt.provisioning.images import ImageQueries
@@ -85,9 +85,9 @@ def _checked_image(image: str) -> str:
 
 
 def _images(host: str) -> ImageQueries:
-    from vclvirt.workers.context import host as host_named
-
-    return host_named(host).images  # unknown host: UnknownHost, before any connection
+    return (
+        composition.current().host(host).images
+    )  # unknown host: UnknownHost, before any connection
 
 
 @router.get("/hosts/{host}/images/{image}")
