@@ -1,4 +1,9 @@
-"""`vclvirt` command line: run a host's worker, enqueue loads, read status."""
+"""`vclvirt` command line: run a host's worker, enqueue loads, read status.
+
+The commands import `dispatch`, `api` and `composition` when they run, not here: those
+import prometheus_client, which picks its multiprocess mode when first imported, and
+`vclvirt worker` must set the metrics directory before that.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,17 @@ import base64
 import json
 import os
 import sys
+import tempfile
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import uvicorn
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.secrets import MASK, known_secrets, masked_url
@@ -27,7 +37,9 @@ from vclvirt.errors import (
 from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
 from vclvirt.operations import OPERATIONS
 from vclvirt.operations import operation as find_operation
+from vclvirt.state.client import redis_client
 from vclvirt.state.records import ReservationStatus
+from vclvirt.workers.logging import configure_logging
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -47,7 +59,6 @@ def main(
     if inventory is not None:
         os.environ["VCLVIRT_INVENTORY"] = str(inventory.resolve())
         get_settings.cache_clear()
-    from vclvirt.workers.logging import configure_logging
 
     # Library warnings go through the redacting formatter too, to stderr unless --json-logs.
     if json_logs:
@@ -132,10 +143,6 @@ def worker(
 def _serve_worker_metrics(port: int, hosts: list[str]) -> None:
     """Metrics of all pool processes, merged: the directory must be set before
     prometheus_client is first imported, which is why this runs before the app loads."""
-    import tempfile
-
-    from vclvirt.state.client import redis_client
-
     directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{hosts[0]}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from vclvirt.metrics import serve_metrics
@@ -430,10 +437,6 @@ def maintenance(reservation: ReservationFile, timeout: Timeout = 300.0) -> None:
 
 def run() -> None:
     """Console entry point: the commands, with unreachable services reported in one line."""
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
     try:
         app()
     except (RedisConnectionError, RedisTimeoutError, OperationalError) as error:
@@ -639,11 +642,8 @@ def api(
 ) -> None:
     """Serve the JSON HTTP API (OpenAPI at /openapi.json); needs VCLVIRT_API_TOKEN unless
     bound to loopback."""
-    import uvicorn
-
     from vclvirt.api import create_api
     from vclvirt.api_guard import MIN_TOKEN_LENGTH, api_token, is_loopback
-    from vclvirt.workers.logging import configure_logging
 
     settings = get_settings()
     try:
