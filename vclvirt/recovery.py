@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import redis
 import structlog
+from kombu.transport.redis import Channel
 
 from vclvirt.cancellation import Cancelled, CancelToken
 from vclvirt.config.settings import Settings
@@ -46,6 +47,7 @@ from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.fence import FencedRecord, RecordFence
 from vclvirt.state.leases import Holder, Leases, WorkerRegistry
 from vclvirt.state.records import FINAL, Glance, RecordStore, ReservationStatus, now
+from vclvirt.workers.routing import host_queue
 
 log = structlog.get_logger(__name__)
 
@@ -251,9 +253,10 @@ def task_id(reservation_id: int, generation: int) -> str:
 
 
 def queue_keys(host: str) -> list[str]:
-    """The Redis lists of the host's queue (kombu keeps one per priority step)."""
-    base = f"host.{host}"
-    return [base, *(f"{base}\x06\x16{p}" for p in (3, 6, 9))]
+    """The Redis lists of the host's queue: kombu keeps one per priority step, named by
+    its Redis channel's separator and steps (read from kombu, not copied)."""
+    queue = host_queue(host)
+    return [f"{queue}{Channel.sep}{step}" if step else queue for step in Channel.priority_steps]
 
 
 def queued_task_ids(client: redis.Redis, host: str) -> set[str]:
