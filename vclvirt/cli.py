@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import uvicorn
 from kombu.exceptions import OperationalError
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -439,6 +440,13 @@ def run() -> None:
     """Console entry point: the commands, with unreachable services reported in one line."""
     try:
         app()
+    except ValidationError as error:  # the settings (VCLVIRT_*) are not valid
+        problems = "; ".join(
+            f"VCLVIRT_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors(include_input=False)
+        )
+        typer.echo(f"error: invalid configuration: {problems}", err=True)
+        raise SystemExit(EXIT_INVALID) from None
     except (RedisConnectionError, RedisTimeoutError, OperationalError) as error:
         settings = get_settings()
         line = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The longest a host command may take, and a master copy or conversion (which is also the
@@ -17,12 +17,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # transport, a driver made in a test) defaults to these; workers pass the settings.
 COMMAND_TIMEOUT = 300.0
 COPY_TIMEOUT = 7200.0
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Settings(BaseSettings):
     """What every vclvirt process needs to know; secrets never go in task arguments."""
 
     model_config = SettingsConfigDict(env_prefix="VCLVIRT_", extra="ignore")
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        """Redis is the broker and the store: any other scheme is a configuration error
+        now, not a traceback at the first call (the URL is not echoed: it may hold a
+        password)."""
+        if url is not None and not url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"must be a {', '.join(REDIS_SCHEMES)} URL")
+        return url
 
     broker_url: str = Field(
         default="redis://127.0.0.1:6379/0",
