@@ -25,6 +25,7 @@ from vclvirt.errors import (
 )
 from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
 from vclvirt.params import validate_params
+from vclvirt.state.machine import State
 from vclvirt.state.records import ReservationStatus
 
 app = typer.Typer(
@@ -229,7 +230,7 @@ def _submit(enqueue: Any, reservation: str | None, wait: bool, timeout: float, v
     if not wait:
         return
     final = _follow(handle, timeout)
-    if final.state != "succeeded":
+    if final.state != State.SUCCEEDED:
         failure = final.error or {}
         typer.echo(
             f"error: reservation {final.reservation_id} {final.state} at step "
@@ -332,6 +333,11 @@ def status(
             if waiting.get("fails_at")
             else ""
         )
+        if waiting.get("abandoned"):
+            fails = (
+                f"; abandoned since {_when(waiting['fails_at'])}: the next reconcile of a "
+                "worker fails it (NO_WORKER)"
+            )
         since = f" since {_when(waiting['since'])}" if waiting.get("since") else ""
         typer.echo(f"waiting: {waiting['reason']}{since}{fails}")
     for step in data["steps"]:
@@ -352,7 +358,7 @@ def status(
             f"earlier: {earlier['operation']} {earlier['state']}{failure}, "
             f"finished {_when(earlier.get('finished_at'))}"
         )
-    if data["state"] in ("failed", "superseded"):
+    if State.ended_badly(data["state"]):
         raise typer.Exit(1)
 
 
@@ -371,7 +377,7 @@ def _operate(
     except TimeoutError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(EXIT_TIMEOUT) from None
-    if final.state != "succeeded":
+    if final.state != State.SUCCEEDED:
         failure = final.error or {}
         typer.echo(
             f"error: {operation} failed: [{failure.get('code')}] "
@@ -583,7 +589,7 @@ def failed(
             f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
             f"{record.computer}\t{record.failed_step}\t[{error.get('code')}] "
             f"{error.get('message')}\t{_when(record.finished_at)}"
-            if record.state == "failed"
+            if record.state == State.FAILED
             else f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
             f"{record.computer}\twaiting: {(record.waiting or {}).get('reason')}"
         )

@@ -13,6 +13,7 @@ from celery import Task
 
 from vclvirt.operations import Operation
 from vclvirt.operations.registry import OPERATIONS
+from vclvirt.state.machine import State
 from vclvirt.workers.app import app
 from vclvirt.workers.context import runner, worker_hosts
 
@@ -39,7 +40,7 @@ def _register(op: Operation) -> Any:
             log.error("message_misrouted", host=host, serving=sorted(serving))
             return {"dropped": "misrouted"}
         outcome = runner().run(int(reservation_id), int(generation), task_id=self.request.id)
-        if outcome.get("state") in ("failed", "superseded"):
+        if State.ended_badly(outcome.get("state")):
             raise OperationFailed(
                 f"{outcome['state']} at {outcome['failed_step']}: {outcome['error']}"
             )
