@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,16 @@ def test_the_prelude_renders_every_state_and_move() -> None:
         assert f"{state.name} = '{state.value}'" in prelude
     for move in MOVES:
         assert re.search(rf"^  {move} = \{{", prelude, re.M)
+
+
+def test_only_the_writer_writes_a_hash() -> None:
+    """Records are the only hashes vclvirt keeps; no module but state/writer.py writes
+    one (the lease claim, the fence, the guest key pin all go through it or elsewhere)."""
+    package = Path(writer.__file__).parents[1]
+    writes = re.compile(r"\.(hset|hdel|hsetnx|hincrby)\(|'(HSET|HDEL|HSETNX|HINCRBY)'")
+    writing = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if writes.search(path.read_text())
+    )
+    assert writing == ["state/writer.py"]

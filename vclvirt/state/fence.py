@@ -117,9 +117,12 @@ class FencedRecord:
         )
         if verdict != "ok":
             self.refused += 1
+            why = _REFUSALS.get(verdict, verdict)
+            if verdict == "move":
+                why += f" ({write.move or 'no move named'} to {write.hset.get('state')})"
             raise Cancelled(
                 Fenced(
-                    f"record write refused: {_REFUSALS.get(verdict, verdict)} "
+                    f"record write refused: {why} "
                     f"(token: generation {fence.generation}, holder {fence.holder or '-'})",
                     host=fence.host,
                     reservation_id=fence.reservation_id,
