@@ -39,6 +39,7 @@ from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
 from vclvirt.operations import OPERATIONS
 from vclvirt.operations import operation as find_operation
 from vclvirt.state.client import redis_client
+from vclvirt.state.machine import State
 from vclvirt.state.records import ReservationStatus
 from vclvirt.workers.logging import configure_logging
 
@@ -231,7 +232,7 @@ def _submit(enqueue: Any, reservation: str | None, wait: bool, timeout: float, v
     if not wait:
         return
     final = _follow(handle, timeout)
-    if final.state != "succeeded":
+    if final.state != State.SUCCEEDED:
         failure = final.error or {}
         typer.echo(
             f"error: reservation {final.reservation_id} {final.state} at step "
@@ -334,6 +335,11 @@ def status(
             if waiting.get("fails_at")
             else ""
         )
+        if waiting.get("abandoned"):
+            fails = (
+                f"; abandoned since {_when(waiting['fails_at'])}: the next reconcile of a "
+                "worker fails it (NO_WORKER)"
+            )
         since = f" since {_when(waiting['since'])}" if waiting.get("since") else ""
         typer.echo(f"waiting: {waiting['reason']}{since}{fails}")
     for step in data["steps"]:
@@ -354,7 +360,7 @@ def status(
             f"earlier: {earlier['operation']} {earlier['state']}{failure}, "
             f"finished {_when(earlier.get('finished_at'))}"
         )
-    if data["state"] in ("failed", "superseded"):
+    if State.ended_badly(data["state"]):
         raise typer.Exit(1)
 
 
@@ -378,7 +384,7 @@ def _operate(
     except TimeoutError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(EXIT_TIMEOUT) from None
-    if final.state != "succeeded":
+    if final.state != State.SUCCEEDED:
         failure = final.error or {}
         typer.echo(
             f"error: {operation} failed: [{failure.get('code')}] "
@@ -637,7 +643,7 @@ def failed(
             f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
             f"{record.computer}\t{record.failed_step}\t[{error.get('code')}] "
             f"{error.get('message')}\t{_when(record.finished_at)}"
-            if record.state == "failed"
+            if record.state == State.FAILED
             else f"{record.reservation_id}\t{record.operation}\t{record.host}\t"
             f"{record.computer}\twaiting: {(record.waiting or {}).get('reason')}"
         )

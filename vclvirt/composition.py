@@ -46,8 +46,12 @@ def add_hook(hook: RunHooks) -> None:
 class Root:
     """What one process uses, built on demand and kept for the process's life."""
 
-    def __init__(self, settings: Settings, identity: Identity) -> None:
-        self.settings, self.identity = settings, identity
+    def __init__(
+        self, settings: Settings, identity: Identity, *, client: redis.Redis | None = None
+    ) -> None:
+        """`client`: a Redis client to use instead of one opened from the settings (an
+        in-memory one in the unit tier, a test's own database)."""
+        self.settings, self.identity, self._client = settings, identity, client
         self.hooks = Hooks([LogHooks(), MetricsHooks(), *_extra_hooks])
         self._pid = os.getpid()
         self._made: dict[str, Any] = {}  # this process's connections and what uses them
@@ -63,6 +67,8 @@ class Root:
     @property
     def redis(self) -> redis.Redis:
         """Workers ride out a broker restart; clients (a person waiting) give up sooner."""
+        if self._client is not None:
+            return self._client
         patient = bool(self.identity.hosts)
         return self._once("redis", lambda: redis_client(self.settings.broker_url, patient=patient))
 

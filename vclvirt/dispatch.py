@@ -15,11 +15,10 @@ from vclvirt.config.settings import get_settings
 from vclvirt.errors import InvalidInput, VclvirtError
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.operations import operation
-from vclvirt.recovery import fail_if_abandoned, no_worker, task_id
+from vclvirt.recovery import no_worker, task_id
 from vclvirt.restart import restart
-from vclvirt.state.computers import ComputerImages
-from vclvirt.state.leases import WorkerRegistry
-from vclvirt.state.records import RecordStore, ReservationStatus
+from vclvirt.state.machine import State
+from vclvirt.state.records import RecordStore, ReservationStatus, Viewed
 
 PUBLISH_CHUNK = 10  # messages per pipelined publish in a bulk enqueue
 
@@ -32,10 +31,6 @@ def _client() -> redis.Redis:
 
 def _records() -> RecordStore:
     return composition.current().records
-
-
-def _registry() -> WorkerRegistry:
-    return composition.current().registry
 
 
 @dataclass(frozen=True)
@@ -169,32 +164,26 @@ def retry(reservation_id: int, from_step: str | None = None) -> Handle:
 
 
 def status(reservation_id: int) -> ReservationStatus | None:
-    """The reservation's status record, or None if it was never enqueued (or expired).
+    """The reservation's status record, or None if it was never enqueued (or expired);
+    read in one round trip, and never written (only the reconciler fails a record).
 
     While no live worker serves its host, `waiting` says so and the state reads
-    "waiting"; past the deadline it fails (NO_WORKER) right here if no worker did it."""
-    records, registry = _records(), _registry()
-    record = records.get(reservation_id)
-    if record is None:
-        return None
-    settings = get_settings()
-    if not record.finished and fail_if_abandoned(records, registry, settings, record):
-        record = records.get(reservation_id) or record
-    waiting = no_worker(record, registry, settings)
+    "waiting"; past the deadline `waiting.abandoned` is true until a reconciler fails it."""
+    viewed = _records().view([reservation_id])
+    return _shown(viewed[0]) if viewed else None
+
+
+def _shown(viewed: Viewed) -> ReservationStatus:
+    """The record with what a reader needs to know beside it (a missing worker)."""
+    record = viewed.record
+    waiting = no_worker(record, viewed.last_seen, get_settings())
     if waiting is not None:
-        record.state, record.waiting = "waiting", waiting.to_dict()
-    record.computer_image = ComputerImages(_client()).get(record.host, record.computer)
+        record.state, record.waiting = State.WAITING, waiting.to_dict()
     return record
 
 
 def failed(limit: int = 100) -> list[ReservationStatus]:
     """Reservations whose last operation failed, or that wait for a worker that is not
-    there, most recent first."""
-    found = []
-    for record in _records().recent():
-        current = status(record.reservation_id) if not record.finished else record
-        if current is not None and current.state in ("failed", "waiting"):
-            found.append(current)
-            if len(found) >= limit:
-                break
-    return found
+    there, most recent first (of the newest 1,000, read in one round trip)."""
+    shown = (_shown(viewed) for viewed in _records().recent())
+    return [record for record in shown if record.state in (State.FAILED, State.WAITING)][:limit]

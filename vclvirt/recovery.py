@@ -20,14 +20,15 @@ Read top to bottom:
 4. **Deadlines.** Transient errors are retried with backoff until `transient_deadline`
    after the step's first one (longer than a host reboot); a step interrupted
    `max_interruptions` times fails; a reservation whose host has no live worker is shown
-   as waiting and fails with NO_WORKER (retryable) after `no_worker_deadline`.
+   as waiting and fails with NO_WORKER (retryable) after `no_worker_deadline`. Only the
+   reconciler fails it: reading a record never writes it. The numbers are in
+   retrypolicy.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -42,11 +43,13 @@ from vclvirt.cancellation import Cancelled, CancelToken
 from vclvirt.config.settings import Settings
 from vclvirt.errors import LeaseLost, NoWorker, Superseded
 from vclvirt.locks import ResourceLock
+from vclvirt.retrypolicy import RetryPolicy
 from vclvirt.state import keys
 from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.fence import FencedRecord, RecordFence
 from vclvirt.state.leases import Holder, Leases, WorkerRegistry
-from vclvirt.state.records import FINAL, Glance, RecordStore, ReservationStatus, now
+from vclvirt.state.machine import State
+from vclvirt.state.records import Glance, RecordStore, ReservationStatus, now
 from vclvirt.workers.routing import host_queue
 
 log = structlog.get_logger(__name__)
@@ -181,15 +184,9 @@ def _quietly(action: Callable[[], Any]) -> None:
 # -- 4: deadlines ------------------------------------------------------------------------
 
 
-def retry_delay(settings: Settings, failures: int) -> float:
-    """Exponential backoff with full jitter (at least one second) after `failures` errors."""
-    ceiling = min(settings.retry_backoff_max, settings.retry_backoff * (2 ** max(0, failures - 1)))
-    return max(1.0, random.uniform(0, ceiling))  # noqa: S311 - jitter, not security
-
-
-def past_transient_deadline(settings: Settings, first_error_at: float, delay: float) -> bool:
-    """Whether retrying after `delay` would run past the deadline of the step's errors."""
-    return now() + delay - first_error_at > settings.transient_deadline
+def worker_ttl(settings: Settings) -> float:
+    """A worker counts as alive for three heartbeats."""
+    return 3 * settings.heartbeat_interval
 
 
 @dataclass(frozen=True)
@@ -201,26 +198,35 @@ class Waiting:
     fails_at: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "since": self.since, "fails_at": self.fails_at}
+        # Past `fails_at` the record is abandoned: the next reconcile of any worker fails
+        # it (NO_WORKER); until then it reads as waiting, with this saying so.
+        abandoned = self.fails_at is not None and now() >= self.fails_at
+        return {
+            "reason": self.reason,
+            "since": self.since,
+            "fails_at": self.fails_at,
+            "abandoned": abandoned,
+        }
 
 
 def no_worker(
-    record: ReservationStatus, registry: WorkerRegistry, settings: Settings
+    record: ReservationStatus, last_seen: float | None, settings: Settings
 ) -> Waiting | None:
-    """Waiting for a worker: the record is in flight and no live worker serves its host."""
-    if record.finished or registry.live(record.host):
+    """Waiting for a worker: the record is in flight and no live worker serves its host
+    (`last_seen`: the host's last worker heartbeat, None if none within a week)."""
+    if record.finished or (last_seen is not None and last_seen >= now() - worker_ttl(settings)):
         return None
-    since = max(record.dispatched_at or 0.0, registry.last_seen(record.host) or 0.0)
-    return Waiting(
-        f"no live worker for host {record.host}", since, since + settings.no_worker_deadline
-    )
+    since = max(record.dispatched_at or 0.0, last_seen or 0.0)
+    fails_at = RetryPolicy.from_settings(settings).no_worker_fails_at(since)
+    return Waiting(f"no live worker for host {record.host}", since, fails_at)
 
 
 def fail_if_abandoned(
-    records: RecordStore, registry: WorkerRegistry, settings: Settings, record: ReservationStatus
+    records: RecordStore, last_seen: float | None, settings: Settings, record: ReservationStatus
 ) -> bool:
-    """Fail (NO_WORKER) a record whose host has had no live worker past the deadline."""
-    waiting = no_worker(record, registry, settings)
+    """Fail (NO_WORKER) a record whose host has had no live worker past the deadline.
+    The reconciler's alone: a read of the record never calls it."""
+    waiting = no_worker(record, last_seen, settings)
     if waiting is None or waiting.fails_at is None or now() < waiting.fails_at:
         return False
     error = NoWorker(
@@ -236,7 +242,7 @@ def fail_if_abandoned(
     fence = RecordFence(record.reservation_id, record.host, record.computer, generation, "")
     try:  # as nobody: refused if a worker claimed the new generation meanwhile
         FencedRecord(records.redis, fence).finish(
-            "failed", step=record.current_step or record.next_step(), error=error.to_dict()
+            State.FAILED, step=record.current_step or record.next_step(), error=error.to_dict()
         )
     except Cancelled:
         return False
@@ -286,7 +292,7 @@ class Reconciler:
         self.publish = publish
         self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
         self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
-        self.registry = WorkerRegistry(client, ttl_seconds=3 * settings.heartbeat_interval)
+        self.registry = WorkerRegistry(client, ttl_seconds=worker_ttl(settings))
         self._last_beat = 0.0
         self._last_scan: dict[str, float] = {}
 
@@ -318,21 +324,21 @@ class Reconciler:
             if not self.redis.zrem(keys.due(host), member):  # type: ignore[arg-type]
                 continue  # another worker of the host took it
             (seen,) = self.records.glance([int(member)])  # type: ignore[arg-type]
-            if seen.state in ("retrying", "waiting"):
+            if seen.state in (State.RETRYING, State.WAITING):
                 self._again(seen, "due")
 
     def recover(self, host: str) -> None:
         """Dispatch again what has no live work behind it."""
         queued: set[str] | None = None
         for seen in self.records.glance(self.records.in_flight(host)):
-            if seen.state is None or seen.state in FINAL:
+            if seen.state is None or State.is_ended(seen.state):
                 self.records.forget_in_flight(host, seen.reservation_id)
-            elif seen.state == "running":
+            elif seen.state == State.RUNNING:
                 if seen.lease is None:
                     self._again(seen, f"lease expired (worker {seen.lease_holder} lost)")
                 elif holder_is_dead(seen.lease, self.me):
                     self._again(seen, f"worker process {seen.lease} is gone", seen.lease)
-            elif seen.state == "queued" and self._scan_due(host, seen):
+            elif seen.state == State.QUEUED and self._scan_due(host, seen):
                 if queued is None:
                     queued = queued_task_ids(self.redis, host)
                     self._last_scan[host] = time.monotonic()
@@ -375,9 +381,10 @@ class Reconciler:
         for host in self.records.hosts_in_flight():
             if self.registry.live(host):
                 continue
+            last_seen = self.registry.last_seen(host)
             for rid in self.records.in_flight(host):
                 record = self.records.get(rid)
                 if record is None or record.finished:
                     self.records.forget_in_flight(host, rid)
                 else:
-                    fail_if_abandoned(self.records, self.registry, self.settings, record)
+                    fail_if_abandoned(self.records, last_seen, self.settings, record)

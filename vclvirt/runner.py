@@ -3,7 +3,7 @@ the computer, run the steps that have not completed, record every transition.
 
 Independent of Celery (a task only hands over the message's reservation id and
 generation). What happens when things go wrong is decided here and only here:
-transient errors wait with backoff (recovery.retry_delay) until their deadline,
+transient errors wait with backoff (retrypolicy.py) until their deadline,
 permanent ones fail the operation at once, a newer reservation for the computer
 supersedes it, and a lost lease stops it without another write.
 """
@@ -41,19 +41,17 @@ from vclvirt.recovery import (
     CALL_DEADLINE,
     LeaseKeeper,
     holder_is_dead,
-    past_transient_deadline,
-    retry_delay,
 )
+from vclvirt.retrypolicy import RetryPolicy
 from vclvirt.state.client import deadline_client
 from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.fence import FencedRecord, RecordFence, writing_as
 from vclvirt.state.leases import Holder, Leases
+from vclvirt.state.machine import State
 from vclvirt.state.records import RecordStore, ReservationStatus, now
 from vclvirt.state.steps import StepEntry
 
 log = structlog.get_logger(__name__)
-
-BUSY_RETRY_MAX = 30.0
 
 
 class Runner:
@@ -73,6 +71,7 @@ class Runner:
         self.hosts = hosts
         self.identity = identity or Identity.client()
         self.hooks = hooks or Hooks([LogHooks(), MetricsHooks()])
+        self.policy = RetryPolicy.from_settings(settings)
         self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
         self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
         # What keeps a lease alive fails fast instead of riding out a broker restart.
@@ -109,7 +108,7 @@ class OperationRun:
         self, runner: Runner, record: ReservationStatus, me: Holder, task_id: str | None
     ) -> None:
         self.runner, self.record, self.me, self.task_id = runner, record, me, task_id
-        self.settings = runner.settings
+        self.settings, self.policy = runner.settings, runner.policy
         self.rid, self.host = record.reservation_id, record.host
         self.reservation = parse_reservation(record.reservation)
         self.computer = self.reservation.computer.short_name
@@ -181,12 +180,12 @@ class OperationRun:
         """Another reservation works on the computer: free this slot, come back later."""
         self.keeper.check()  # superseded while waiting: end now instead
         waits = self.record.waits + 1
-        delay = min(BUSY_RETRY_MAX, 2.0 ** (waits - 1))
+        delay = self.policy.busy_delay(waits)
         held_by = self.holdings.held_by
         why = f"computer {self.computer} is busy ({held_by})"
-        self.writes.wait("waiting", time.time() + delay, why, waits)
+        self.writes.wait(State.WAITING, time.time() + delay, why, waits)
         log.info("computer_busy", held_by=held_by, retry_in_s=delay)
-        return self._summary("waiting", reason=why)
+        return self._summary(State.WAITING, reason=why)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -202,7 +201,7 @@ class OperationRun:
                 continue
             if entry.state == "running":  # the worker running it was lost
                 entry.data["interrupted"] = int(entry.data.get("interrupted", 0)) + 1
-                if entry.data["interrupted"] >= self.settings.max_interruptions:
+                if self.policy.interrupted_too_often(entry.data["interrupted"]):
                     return self._fail(
                         name,
                         StepInterrupted(
@@ -213,9 +212,9 @@ class OperationRun:
             ended = self._run_step(name, entry)
             if ended is not None:
                 return ended
-        self.writes.finish("succeeded")
+        self.writes.finish(State.SUCCEEDED)
         log.info("operation_succeeded")
-        return self._summary("succeeded")
+        return self._summary(State.SUCCEEDED)
 
     def _run_step(self, name: str, entry: StepEntry) -> dict[str, Any] | None:
         """Run one step; None when it succeeded, else how the operation ended for now."""
@@ -289,9 +288,9 @@ class OperationRun:
         error.with_context(host=self.host, reservation_id=self.rid)
         failures = int(entry.data.get("transient_failures", 0)) + 1
         entry.data["transient_failures"] = failures
-        delay = retry_delay(self.settings, failures)
+        delay = self.policy.delay(failures)
         first = float(entry.data.get("transient_since") or now())
-        if past_transient_deadline(self.settings, first, delay):
+        if self.policy.gives_up(first, delay, now()):
             error.hint = (
                 f"{error.hint}. Retried for {now() - first:.0f}s without success; once the "
                 f"cause is fixed, retry the reservation (vclvirt retry {self.rid})"
@@ -299,11 +298,13 @@ class OperationRun:
             return self._fail(name, error)
         entry.retrying(error.to_dict(), delay)
         why = f"step {name} failed ({error.code}); retried in {delay:.0f}s"
-        self.writes.wait("retrying", time.time() + delay, why)
+        self.writes.wait(State.RETRYING, time.time() + delay, why)
         self.runner.hooks.step_retrying(self._event(name), error, delay)
-        return self._summary("retrying", retry_in_s=round(delay, 1))
+        return self._summary(State.RETRYING, retry_in_s=round(delay, 1))
 
-    def _fail(self, name: str, error: VclvirtError, *, state: str = "failed") -> dict[str, Any]:
+    def _fail(
+        self, name: str, error: VclvirtError, *, state: State = State.FAILED
+    ) -> dict[str, Any]:
         error.with_context(host=self.host, reservation_id=self.rid)
         self.entries[name].failed(error.to_dict(), state=state)
         cleanup = self._abandon()
@@ -334,5 +335,5 @@ class OperationRun:
             log.warning("lease_lost", error=str(reason), code=reason.code)
             return self._summary("lease_lost", error=str(reason))
         if isinstance(reason, Superseded):
-            return self._fail(self.current or self.record.steps[0], reason, state="superseded")
+            return self._fail(self.current or self.record.steps[0], reason, state=State.SUPERSEDED)
         return self._fail(self.current or self.record.steps[0], reason)

@@ -12,8 +12,9 @@ from tests.conftest import TEST_BROKER, make_reservation
 from vclvirt import composition, dispatch
 from vclvirt.config.inventory import get_inventory
 from vclvirt.errors import GuestHostKeyChanged
-from vclvirt.guest.hostkeys import FIELD, key_text
+from vclvirt.guest.hostkeys import key_text
 from vclvirt.models import parse_reservation
+from vclvirt.state import keys
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +47,19 @@ def test_guest_key_is_pinned_at_post_load_and_required_later(
     assert final.state == "succeeded", final.error
 
     client = redis.Redis.from_url(TEST_BROKER)
-    record = f"vclvirt:reservation:{RESERVATION_ID}"
+    pin = keys.guest_host_key(RESERVATION_ID)
     port = get_inventory().host("node-a").forwarded_ssh_port(data["computer"]["id"])
-    pinned = client.hget(record, FIELD)
+    pinned = client.get(pin)
     assert pinned is not None and pinned.decode() == _guest_key(port)
 
     # A later operation of the reservation, through the worker: the pin is kept and passes.
     checked = dispatch.run(data, "node_status").wait(timeout=120)
     assert checked.state == "succeeded", checked.error
     assert checked.step_records["node_status"]["result"]["status"] == "READY"
-    assert client.hget(record, FIELD) == pinned
+    assert client.get(pin) == pinned
 
     # Another real key pinned: the guest now answering is not the one first contacted.
-    client.hset(record, FIELD, key_text(paramiko.ECDSAKey.generate()))
+    client.set(pin, key_text(paramiko.ECDSAKey.generate()), keepttl=True)
     refused = dispatch.run(data, "node_status").wait(timeout=120)
     assert refused.state == "failed"
     assert refused.error is not None and refused.error["code"] == "GUEST_HOST_KEY_CHANGED"
@@ -69,4 +70,4 @@ def test_guest_key_is_pinned_at_post_load_and_required_later(
 
     unloaded = dispatch.run(data, "unload").wait(timeout=120)
     assert unloaded.state == "succeeded", unloaded.error
-    assert client.hget(record, FIELD) is None  # the domain is gone, and so is its pin
+    assert client.get(pin) is None  # the domain is gone, and so is its pin

@@ -18,8 +18,9 @@ from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
 from vclvirt.errors import GuestHostKeyChanged
 from vclvirt.guest.access import GuestUnreachable, connect_guest, guest_target
-from vclvirt.guest.hostkeys import FIELD, GuestHostKeys
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.models import parse_reservation
+from vclvirt.state import keys
 
 RESERVATION_ID = 910_001
 
@@ -95,10 +96,10 @@ def record(testbed: Path) -> Iterator[redis.Redis]:
     """The reservation's status record exists (as dispatch creates it); removed after."""
     client = redis.Redis.from_url(TEST_BROKER)
     key = f"vclvirt:reservation:{RESERVATION_ID}"
-    client.delete(key)
+    client.delete(key, keys.guest_host_key(RESERVATION_ID))
     client.hset(key, mapping={"state": "running", "operation": "node_status"})
     yield client
-    client.delete(key)
+    client.delete(key, keys.guest_host_key(RESERVATION_ID))
 
 
 def _target(guest: FakeGuest, store: GuestHostKeys | None):
@@ -125,11 +126,15 @@ def _contact(target, timeout: float = 20) -> str:
 
 
 def test_first_contact_pins_the_key_and_later_contacts_need_it(fake_guest, record):
-    """The guest's key is written to the record at first contact; the same key passes."""
+    """The guest's key is pinned at first contact, beside the record (not in it) and
+    expiring with it; the same key passes."""
     store = GuestHostKeys(record)
+    record.expire(f"vclvirt:reservation:{RESERVATION_ID}", 600)
     key = (fake_guest.directory / "host_ed25519.pub").read_text().split()
     assert _contact(_target(fake_guest, store)) == "hello"
-    assert record.hget(f"vclvirt:reservation:{RESERVATION_ID}", FIELD).decode() == " ".join(key[:2])
+    assert record.get(keys.guest_host_key(RESERVATION_ID)).decode() == " ".join(key[:2])
+    assert 590 < record.ttl(keys.guest_host_key(RESERVATION_ID)) <= 600
+    assert b"guest_host_key" not in record.hkeys(f"vclvirt:reservation:{RESERVATION_ID}")
     assert _contact(_target(fake_guest, store)) == "hello"
     assert fake_guest.logins() == 2
 
@@ -179,10 +184,11 @@ def test_no_pin_without_a_status_record(fake_guest, testbed):
     client.delete(f"vclvirt:reservation:{RESERVATION_ID}")
     assert _contact(_target(fake_guest, GuestHostKeys(client))) == "hello"
     assert not client.exists(f"vclvirt:reservation:{RESERVATION_ID}")
+    assert not client.exists(keys.guest_host_key(RESERVATION_ID))
 
 
 def test_the_first_pin_wins(record):
-    """Two first contacts at once: HSETNX keeps the first key, the second sees it."""
+    """Two first contacts at once: SET NX keeps the first key, the second sees it."""
     store = GuestHostKeys(record)
     assert store.pin(RESERVATION_ID, "ssh-ed25519 AAAA-first") == "ssh-ed25519 AAAA-first"
     assert store.pin(RESERVATION_ID, "ssh-ed25519 AAAA-second") == "ssh-ed25519 AAAA-first"

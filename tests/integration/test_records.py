@@ -13,7 +13,7 @@ from vclvirt.errors import InvalidInput, ResourceBusy
 from vclvirt.models import parse_reservation
 from vclvirt.state import keys
 from vclvirt.state.computers import ComputerOwners
-from vclvirt.state.records import GUEST_HOST_KEY, RecordStore
+from vclvirt.state.records import RecordStore
 from vclvirt.state.steps import StepEntry
 
 
@@ -85,17 +85,25 @@ def test_begin_after_the_end_keeps_history_and_advances_the_generation(state_red
 
 
 def test_guest_host_key_outlives_operations_but_not_a_new_load(state_redis) -> None:
-    """The pinned guest key stays for later operations of the reservation; a new load
-    (a new guest) starts without it."""
-    store = RecordStore(state_redis)
+    """The pinned guest key (a key of its own, beside the record) stays for later
+    operations of the reservation and expires with the record; a new load (a new guest)
+    starts without it."""
+    store = RecordStore(state_redis, ttl_seconds=500)
     store.begin(_reservation(), "load", ["a"])
-    state_redis.hset(keys.record(9001), GUEST_HOST_KEY, "ssh-ed25519 AAAA")
+    pin = keys.guest_host_key(9001)
+    state_redis.set(pin, "ssh-ed25519 AAAA", ex=5)
     holder.finish(state_redis, 9001, "succeeded")
     store.begin(_reservation(), "power_off", ["power_off"])
-    assert state_redis.hget(keys.record(9001), GUEST_HOST_KEY) == b"ssh-ed25519 AAAA"
+    assert state_redis.get(pin) == b"ssh-ed25519 AAAA"
+    assert 490 < state_redis.ttl(pin) <= 500  # as long as the record's
+    assert b"guest_host_key" not in state_redis.hkeys(keys.record(9001))
+    holder.finish(state_redis, 9001, "failed", step="power_off", error={"code": "X"})
+    state_redis.expire(pin, 5)
+    store.restart_from(9001, "power_off")
+    assert 490 < state_redis.ttl(pin) <= 500
     holder.finish(state_redis, 9001, "succeeded")
     store.begin(_reservation(), "load", ["a"])
-    assert state_redis.hget(keys.record(9001), GUEST_HOST_KEY) is None
+    assert state_redis.get(pin) is None
 
 
 def test_only_loads_and_captures_take_the_computer(state_redis) -> None:

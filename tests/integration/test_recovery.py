@@ -152,15 +152,16 @@ def test_without_a_live_worker_a_reservation_waits_then_fails_no_worker(state_re
     records, registry = RecordStore(state_redis), WorkerRegistry(state_redis, ttl_seconds=30)
     record = records.get(9309)
     assert record is not None
-    deployed = no_worker(record, registry, Settings(broker_url="redis://unused"))
+    seen = registry.last_seen(HOST)
+    deployed = no_worker(record, seen, Settings(broker_url="redis://unused"))
     assert deployed is not None
     assert deployed.reason == f"no live worker for host {HOST}"
     assert deployed.fails_at == pytest.approx((record.dispatched_at or 0) + 900)
-    assert not fail_if_abandoned(records, registry, Settings(broker_url="x"), record)
+    assert not fail_if_abandoned(records, seen, Settings(broker_url="redis://unused"), record)
 
     short = Settings(broker_url="redis://unused", no_worker_deadline=1)
     time.sleep(1.1)  # the scenario: nobody came within the deadline
-    assert fail_if_abandoned(records, registry, short, record)
+    assert fail_if_abandoned(records, seen, short, record)
 
     failed = records.get(9309)
     assert failed is not None and failed.state == "failed"
@@ -177,8 +178,9 @@ def test_a_live_worker_means_no_waiting_and_no_failure(state_redis) -> None:
     record = records.get(9310)
     assert record is not None
     short = Settings(broker_url="redis://unused", no_worker_deadline=0.001)
-    assert no_worker(record, registry, short) is None
-    assert not fail_if_abandoned(records, registry, short, record)
+    seen = registry.last_seen(HOST)
+    assert no_worker(record, seen, short) is None
+    assert not fail_if_abandoned(records, seen, short, record)
 
 
 def test_the_reconciler_of_any_worker_fails_abandoned_reservations(state_redis, published) -> None:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vclvirt.config.settings import Settings
 from vclvirt.errors import InvalidInput
 from vclvirt.operations import OPERATIONS, operation
 from vclvirt.operations.load import LOAD_STEPS, RELOAD_STEPS, plan_after_status
-from vclvirt.recovery import retry_delay
 
 
 @pytest.mark.parametrize(
@@ -44,12 +42,3 @@ def test_unknown_operation_names_the_field() -> None:
     with pytest.raises(InvalidInput) as caught:
         operation("reboot")
     assert caught.value.field == "operation"
-
-
-def test_retry_delay_grows_to_its_ceiling_and_never_drops_below_a_second() -> None:
-    """Full jitter in [1 s, min(max, base * 2^(n-1))]: the deployed defaults 2 s and 30 s."""
-    settings = Settings(broker_url="redis://unused")
-    for failures, ceiling in ((1, 2.0), (2, 4.0), (4, 16.0), (5, 30.0), (20, 30.0)):
-        delays = [retry_delay(settings, failures) for _ in range(200)]
-        assert all(1.0 <= d <= max(1.0, ceiling) for d in delays)
-        assert max(delays) > ceiling * 0.6

@@ -1,10 +1,11 @@
-"""Guests' SSH host keys, pinned in the reservation's status record at first contact.
+"""Guests' SSH host keys, pinned per reservation at first contact.
 
 A guest just booted from an image has a host key nobody can know in advance, so
 the first contact of a reservation accepts it (trust on first use) and pins it in
-field `guest_host_key` of `vclvirt:reservation:<id>`; every later contact must be
-answered with the same key. The pin goes when the reservation's domain is deleted
-(a new guest, a new key) and when a new load of the reservation begins.
+`vclvirt:guest-host-key:<id>`, beside the reservation's status record and expiring with
+it; every later contact must be answered with the same key. The pin goes when the
+reservation's domain is deleted (a new guest, a new key) and when a new load of the
+reservation begins.
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ from vclvirt.state import keys
 from vclvirt.state.client import redis_client
 from vclvirt.state.fence import FencedRecord, Write
 from vclvirt.state.fence import current as fenced_record
-from vclvirt.state.records import GUEST_HOST_KEY
 
 log = structlog.get_logger(__name__)
 
-FIELD = GUEST_HOST_KEY
-
-# Pin only into an existing status record: a hash holding nothing but a pin would look
-# like a record of an operation that never ends. HSETNX makes the first pin win.
+# Pin only for an existing status record, and for as long as it lives: a pin of a
+# reservation nobody knows would never go. NX makes the first pin win.
 _PIN_IF_RECORD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('HGET', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return -1 end
+if ttl > 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+end
+return redis.call('GET', KEYS[2])
 """
 
 
@@ -54,7 +57,7 @@ class GuestHostKeys:
         return cls(redis_client(url))
 
     def pinned(self, reservation_id: int) -> str | None:
-        value = self.redis.hget(keys.record(reservation_id), FIELD)
+        value = self.redis.get(keys.guest_host_key(reservation_id))
         return value.decode() if isinstance(value, bytes) else value
 
     def pin(self, reservation_id: int, key: str) -> str | None:
@@ -62,9 +65,11 @@ class GuestHostKeys:
         Inside the reservation's running operation, only under its fencing token."""
         writes = _fenced(reservation_id)
         if writes is not None:
-            writes.apply(Write(hset={}, hsetnx=(FIELD, key)))
+            writes.apply(Write(hset={}, pin=key))
             return self.pinned(reservation_id)
-        value: Any = self._pin_script(keys=[keys.record(reservation_id)], args=[FIELD, key])
+        value: Any = self._pin_script(
+            keys=[keys.record(reservation_id), keys.guest_host_key(reservation_id)], args=[key]
+        )
         if value == -1:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
@@ -73,9 +78,9 @@ class GuestHostKeys:
         """The guest is gone (its domain deleted): the next one pins its own key."""
         writes = _fenced(reservation_id)
         if writes is not None:
-            writes.apply(Write(hset={}, hdel=(FIELD,)))
+            writes.apply(Write(hset={}, unpin=True))
         else:
-            self.redis.hdel(keys.record(reservation_id), FIELD)
+            self.redis.delete(keys.guest_host_key(reservation_id))
 
     def policy(self, reservation_id: int, guest: str) -> PinnedHostKeyPolicy:
         return PinnedHostKeyPolicy(self, reservation_id, guest)

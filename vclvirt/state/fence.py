@@ -3,10 +3,11 @@ is conditional on its fencing token, checked in the same atomic Redis script.
 
 The token is the pair (generation, holder) the lease was claimed with. A write is applied
 only while the record is still at that generation, names that holder, is not final, and
-the lease key still holds it; otherwise nothing is written and the writer is told to stop
-(`Cancelled(Fenced)`). A worker that was paused or cut off past its lease therefore
-cannot write a step entry, a retry or a final state into a record another worker now
-runs or has finished (Kleppmann's fencing token; Chubby's sequencer).
+the lease key still holds it; a change of state, only if the state machine allows the
+move (state/machine.py; the script is in state/writer.py). Otherwise nothing is written
+and the writer is told to stop (`Cancelled(Fenced)`). A worker that was paused or cut
+off past its lease therefore cannot write a step entry, a retry or a final state into a
+record another worker now runs or has finished (Kleppmann's fencing token; Chubby's sequencer).
 
 Recovery writes as "nobody" (holder ""): only while no lease is held at all.
 """
@@ -25,36 +26,10 @@ import redis
 from vclvirt.cancellation import Cancelled
 from vclvirt.errors import Fenced
 from vclvirt.scoped import bound
-from vclvirt.state import keys
 from vclvirt.state.computers import NO_IMAGE
+from vclvirt.state.machine import State
 from vclvirt.state.records import now
-
-_FENCED_WRITE = """
-local record = KEYS[1]
-if redis.call('HGET', record, 'generation') ~= ARGV[1] then return 'generation' end
-local state = redis.call('HGET', record, 'state')
-if state == 'succeeded' or state == 'failed' or state == 'superseded' then return 'ended' end
-if ARGV[2] ~= '' then
-  if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 'lease' end
-  if redis.call('HGET', record, 'lease_holder') ~= ARGV[2] then return 'holder' end
-elseif redis.call('EXISTS', KEYS[2]) == 1 then
-  return 'lease'
-end
-local ops = cjson.decode(ARGV[3])
-local flat = {}
-for name, value in pairs(ops.hset or {}) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
-end
-if #flat > 0 then redis.call('HSET', record, unpack(flat)) end
-if ops.hdel and #ops.hdel > 0 then redis.call('HDEL', record, unpack(ops.hdel)) end
-if ops.hsetnx then redis.call('HSETNX', record, ops.hsetnx[1], ops.hsetnx[2]) end
-if ops.leave_inflight then redis.call('SREM', KEYS[3], ARGV[4]) end
-if ops.due then redis.call('ZADD', KEYS[4], ops.due, ARGV[4]) end
-if ops.leave_due then redis.call('ZREM', KEYS[4], ARGV[4]) end
-if ops.computer_image then redis.call('SET', KEYS[5], ops.computer_image) end
-return 'ok'
-"""
+from vclvirt.state.writer import RecordWriter
 
 # Why a write was refused, as an operator reads it in the log.
 _REFUSALS = {
@@ -62,6 +37,7 @@ _REFUSALS = {
     "lease": "the lease is no longer held by this worker",
     "holder": "another worker claimed the operation",
     "ended": "the operation has already ended",
+    "move": "the state machine does not allow this move",
 }
 
 
@@ -82,7 +58,9 @@ class Write:
 
     hset: dict[str, Any]
     hdel: Iterable[str] = ()
-    hsetnx: tuple[str, str] | None = None
+    move: str | None = None  # required when hset changes the state (machine.MOVES)
+    pin: str | None = None  # the guest's SSH host key, unless one is pinned
+    unpin: bool = False
     leave_inflight: bool = False
     due: float | None = None
     leave_due: bool = False
@@ -92,8 +70,12 @@ class Write:
         ops: dict[str, Any] = {"hset": {k: _field(v) for k, v in self.hset.items()}}
         if self.hdel:
             ops["hdel"] = list(self.hdel)
-        if self.hsetnx:
-            ops["hsetnx"] = list(self.hsetnx)
+        if self.move is not None:
+            ops["move"] = self.move
+        if self.pin is not None:
+            ops["pin"] = self.pin
+        if self.unpin:
+            ops["unpin"] = True
         if self.leave_inflight:
             ops["leave_inflight"] = True
         if self.due is not None:
@@ -119,28 +101,28 @@ class FencedRecord:
     def __init__(self, client: redis.Redis, fence: RecordFence) -> None:
         self.redis = client
         self.fence = fence
-        self._script = client.register_script(_FENCED_WRITE)
+        self._writer = RecordWriter(client)
         self.refused = 0  # writes refused (what the fault tests count)
 
     def apply(self, write: Write) -> None:
         """Apply `write`, or raise Cancelled(Fenced) and write nothing."""
         fence = self.fence
-        answer = self._script(
-            keys=[
-                keys.record(fence.reservation_id),
-                keys.lease(fence.reservation_id),
-                keys.inflight(fence.host),
-                keys.due(fence.host),
-                keys.computer_image(fence.host, fence.computer),
-            ],
-            args=[fence.generation, fence.holder, write.encode(), fence.reservation_id],
+        verdict = self._writer.fenced(
+            fence.reservation_id,
+            fence.host,
+            fence.computer,
+            generation=fence.generation,
+            holder=fence.holder,
+            ops=write.encode(),
         )
-        verdict = answer.decode() if isinstance(answer, bytes) else str(answer)
         if verdict != "ok":
             self.refused += 1
+            why = _REFUSALS.get(verdict, verdict)
+            if verdict == "move":
+                why += f" ({write.move or 'no move named'} to {write.hset.get('state')})"
             raise Cancelled(
                 Fenced(
-                    f"record write refused: {_REFUSALS.get(verdict, verdict)} "
+                    f"record write refused: {why} "
                     f"(token: generation {fence.generation}, holder {fence.holder or '-'})",
                     host=fence.host,
                     reservation_id=fence.reservation_id,
@@ -150,7 +132,7 @@ class FencedRecord:
     def set(self, **fields: Any) -> None:
         self.apply(Write(hset=fields))
 
-    def wait(self, state: str, until: float, why: str, count: int = 1) -> None:
+    def wait(self, state: State, until: float, why: str, count: int = 1) -> None:
         """Nothing runs until `until` (a retry's backoff, a busy computer); the record says
         why, and the host's due set makes recovery dispatch it again then."""
         waiting = {"reason": why, "until": round(until, 3)}
@@ -164,13 +146,15 @@ class FencedRecord:
                     "waits": count,  # kept across dispatches: how long to wait next time
                 },
                 due=until,
+                move="park",
             )
         )
 
     def finish(
-        self, state: str, *, step: str | None = None, error: dict[str, Any] | None = None
+        self, state: State, *, step: str | None = None, error: dict[str, Any] | None = None
     ) -> None:
-        """End the operation: succeeded, failed (at `step`, with `error`) or superseded."""
+        """End the operation: succeeded, failed (at `step`, with `error`) or superseded.
+        Recovery (the empty holder) ends only an abandoned one, which it failed."""
         fields: dict[str, Any] = {"state": state, "current_step": "", "finished_at": now()}
         if error is not None:
             fields.update(failed_step=step or "", error=error)
@@ -180,6 +164,7 @@ class FencedRecord:
                 hdel=("waiting", "lease_holder", "waits"),
                 leave_inflight=True,
                 leave_due=True,
+                move="abandon" if not self.fence.holder else "finish",
             )
         )
 

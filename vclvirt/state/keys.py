@@ -17,6 +17,12 @@ def lease(reservation_id: int) -> str:
     return f"{PREFIX}:lease:{reservation_id}"
 
 
+def guest_host_key(reservation_id: int) -> str:
+    """The SSH host key pinned for the reservation's guest (a string; expires with the
+    record)."""
+    return f"{PREFIX}:guest-host-key:{reservation_id}"
+
+
 def inflight(host: str) -> str:
     """Reservations with an operation in flight on the host (a set)."""
     return f"{PREFIX}:inflight:{host}"

@@ -16,19 +16,8 @@ import redis
 
 from vclvirt.state import keys
 from vclvirt.state.records import now
+from vclvirt.state.writer import RecordWriter
 
-_CLAIM = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {0, 'missing'} end
-if state ~= 'queued' and state ~= 'running' then return {0, state} end
-if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return {0, 'stale'} end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[2] and holder ~= ARGV[5] then return {0, 'held', holder} end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'running', 'lease_holder', ARGV[2], 'claimed_at', ARGV[4])
-redis.call('HDEL', KEYS[1], 'waiting')
-return {1, 'ok'}
-"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -73,7 +62,7 @@ class Leases:
     def __init__(self, client: redis.Redis, *, ttl_seconds: float) -> None:
         self.redis = client
         self.ttl_ms = int(ttl_seconds * 1000)
-        self._claim = client.register_script(_CLAIM)
+        self._writer = RecordWriter(client)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
@@ -82,9 +71,8 @@ class Leases:
     ) -> Claim:
         """Take the lease for this generation of the record's operation; `take_over` names
         a holder known to be dead whose lease may be taken before it expires."""
-        answer = self._claim(
-            keys=[keys.record(reservation_id), keys.lease(reservation_id)],
-            args=[generation, str(holder), self.ttl_ms, now(), take_over],
+        answer = self._writer.claim(
+            reservation_id, generation, str(holder), self.ttl_ms, now(), take_over=take_over
         )
         taken, reason, *current = answer
         return Claim(int(taken) == 1, _text(reason), _text(current[0]) if current else None)

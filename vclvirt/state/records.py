@@ -3,8 +3,9 @@
 One hash per reservation (`keys.record`). An operation begins it (atomically: a second
 begin while one is in flight is refused), a dispatch gives it a new `generation` (every
 message carries the generation it was sent for, so a stale or duplicate message is
-recognised and dropped), and it ends succeeded, failed or superseded. Steps write their
-own fields (see `steps.StepLog`).
+recognised and dropped), and it ends succeeded, failed or superseded (the moves:
+state/machine.py). Steps write their own fields (see `steps.StepEntry`). Every write goes
+through state/writer.py; this module builds what is written and reads records.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import redis
 from vclvirt.errors import InvalidInput, ResourceBusy
 from vclvirt.models import Reservation
 from vclvirt.state import keys
+from vclvirt.state.machine import State
+from vclvirt.state.writer import RecordWriter
 
 HISTORY = 20  # earlier operations kept, in short, in each record
-FINAL = ("succeeded", "failed", "superseded")
-# A guest's pinned SSH host key outlives single operations; a new load gets a new guest.
-GUEST_HOST_KEY = "guest_host_key"
 
 
 def now() -> float:
@@ -79,7 +79,7 @@ class ReservationStatus:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINAL
+        return State.is_ended(self.state)
 
     def next_step(self) -> str | None:
         """The first step that has not completed (succeeded or skipped)."""
@@ -144,45 +144,37 @@ def decode(reservation_id: int, raw: dict[str, str]) -> ReservationStatus:
     )
 
 
-# Dispatch the record again (a new generation) if it is still in flight at the expected
-# generation and nobody holds its lease (or only the holder known to be dead).
-_REDISPATCH = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'succeeded' or state == 'failed' or state == 'superseded' then
-  return 0
+# Records with what is shown beside them, in one round trip: for each id (ARGV[5..], or
+# else the newest ARGV[1] of the index) that has a record: id, [field, value, ...], the
+# host's last worker heartbeat, the computer's image. Key names are built here from
+# their prefixes (ARGV[2..4]; one Redis, never a cluster).
+_VIEW = """
+local ids = {unpack(ARGV, 5)}
+if #ids == 0 then ids = redis.call('ZREVRANGE', KEYS[1], 0, ARGV[1] - 1) end
+local found = {}
+for _, id in ipairs(ids) do
+  local fields = redis.call('HGETALL', ARGV[2] .. id)
+  if #fields > 0 then
+    local record = {}
+    for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
+    local host, computer = record['host'] or '', record['computer'] or ''
+    local top = redis.call('ZREVRANGE', ARGV[3] .. host, 0, 0, 'WITHSCORES')
+    found[#found + 1] = id
+    found[#found + 1] = fields
+    found[#found + 1] = top[2] or false
+    found[#found + 1] = redis.call('GET', ARGV[4] .. host .. ':' .. computer)
+  end
 end
-if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then return 0 end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[4] then return 0 end
-if holder then redis.call('DEL', KEYS[2]) end
-local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
-redis.call('HSET', KEYS[1], 'state', 'queued', 'dispatched_at', ARGV[2],
-           'requeued', ARGV[3], 'lease_holder', '', 'current_step', '')
-redis.call('HDEL', KEYS[1], 'waiting')
-return generation
+return found
 """
 
 
-# Begin a record in one round trip: -1 (writes nothing) while an operation of it is in
-# flight; 0 if it changed since the caller read it (another generation: read again); else
-# the record is written over the ended one (or none, generation 0) and 1 is returned.
-_BEGIN = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'succeeded' and state ~= 'failed' and state ~= 'superseded' then
-  return -1
-end
-local current = redis.call('HGET', KEYS[1], 'generation') or '0'
-if current ~= ARGV[5] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, ARGV[2] - ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[4])
-if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[1]) end
-return 1
-"""
+@dataclass(frozen=True)
+class Viewed:
+    """A record as status shows it: with when a worker of its host last beat."""
+
+    record: ReservationStatus
+    last_seen: float | None  # None: no worker of the host beat within a week
 
 
 @dataclass(frozen=True)
@@ -203,8 +195,8 @@ class RecordStore:
     def __init__(self, client: redis.Redis, *, ttl_seconds: int = 30 * 86400) -> None:
         self.redis = client
         self.ttl = ttl_seconds
-        self._redispatch = client.register_script(_REDISPATCH)
-        self._begin = client.register_script(_BEGIN)
+        self._writer = RecordWriter(client)
+        self._view = client.register_script(_VIEW)
 
     def get(self, reservation_id: int) -> ReservationStatus | None:
         raw = self.redis.hgetall(keys.record(reservation_id))
@@ -253,7 +245,6 @@ class RecordStore:
         key = keys.record(rid)
         computer = reservation.computer.short_name
         previous: ReservationStatus | None = None
-        raw: dict[str, str] = {}
         while True:
             # First as if the record were new (one round trip, the common case); if it was
             # not, read it and write over it at the generation read.
@@ -267,7 +258,6 @@ class RecordStore:
                 "operation": operation,
                 "host": reservation.host,
                 "computer": computer,
-                "state": "queued",
                 "steps": json.dumps(steps),
                 "queued_at": stamp,
                 "dispatched_at": stamp,
@@ -275,19 +265,16 @@ class RecordStore:
                 "history": json.dumps(history),
                 "params": json.dumps(params or {}),
             }
-            if operation != "load" and raw.get(GUEST_HOST_KEY):
-                fields[GUEST_HOST_KEY] = raw[GUEST_HOST_KEY]
             owner = keys.computer_owner(reservation.host, computer) if owns_computer else ""
-            written = self._begin(
-                keys=[key, keys.INDEX, keys.inflight(reservation.host), keys.INFLIGHT_HOSTS, owner],
-                args=[
-                    self.ttl,
-                    stamp,
-                    rid,
-                    reservation.host,
-                    expected,
-                    *(item for pair in fields.items() for item in pair),
-                ],
+            written = self._writer.begin(
+                rid,
+                reservation.host,
+                ttl=self.ttl,
+                stamp=stamp,
+                expected=expected,
+                owner_key=owner,
+                keep_pin=operation != "load",  # a load is a new guest, with a new key
+                fields=fields,
             )
             if written == 1:
                 return expected + 1
@@ -305,67 +292,44 @@ class RecordStore:
     def restart_from(self, reservation_id: int, step: str) -> int:
         """Make a failed record run again from `step` (earlier steps' results kept);
         returns the new generation. ResourceBusy unless the record has failed."""
-        key = keys.record(reservation_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    raw = {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}
-                    record = decode(reservation_id, raw)
-                    if not record.finished:
-                        raise ResourceBusy(
-                            f"reservation {reservation_id} is {record.state}; only a failed "
-                            "reservation is retried",
-                            reservation_id=reservation_id,
-                            hint="Wait for it to finish (vclvirt status)",
-                        )
-                    if record.state != "failed":
-                        raise InvalidInput(
-                            f"reservation {reservation_id} {record.state}; only a failed "
-                            "reservation is retried",
-                            reservation_id=reservation_id,
-                            hint="Enqueue the operation again instead (vclvirt load ...)",
-                        )
-                    again = record.steps[record.steps.index(step) :]
-                    history = [*record.history[-(HISTORY - 1) :], record.summary()]
-                    generation = record.generation + 1
-                    pipe.multi()
-                    pipe.hdel(
-                        key,
-                        "failed_step",
-                        "error",
-                        "finished_at",
-                        "current_step",
-                        "waiting",
-                        *(f"step:{s}" for s in again),
-                    )
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "state": "queued",
-                            "history": json.dumps(history),
-                            "generation": generation,
-                            "dispatched_at": now(),
-                        },
-                    )
-                    pipe.expire(key, self.ttl)
-                    pipe.sadd(keys.inflight(record.host), reservation_id)
-                    pipe.sadd(keys.INFLIGHT_HOSTS, record.host)
-                    pipe.execute()
-                    return generation
-                except redis.WatchError:
-                    continue
+        while True:
+            record = self.get(reservation_id) or decode(reservation_id, {})
+            if not record.finished:
+                raise ResourceBusy(
+                    f"reservation {reservation_id} is {record.state}; only a failed "
+                    "reservation is retried",
+                    reservation_id=reservation_id,
+                    hint="Wait for it to finish (vclvirt status)",
+                )
+            if record.state != State.FAILED:
+                raise InvalidInput(
+                    f"reservation {reservation_id} {record.state}; only a failed "
+                    "reservation is retried",
+                    reservation_id=reservation_id,
+                    hint="Enqueue the operation again instead (vclvirt load ...)",
+                )
+            again = record.steps[record.steps.index(step) :]
+            forget = ["failed_step", "error", "finished_at", "current_step", "waiting"]
+            generation = self._writer.restart(
+                reservation_id,
+                record.host,
+                ttl=self.ttl,
+                expected=record.generation,
+                history=json.dumps([*record.history[-(HISTORY - 1) :], record.summary()]),
+                forget=json.dumps([*forget, *(f"step:{s}" for s in again)]),
+                stamp=now(),
+            )
+            if generation > 0:
+                return generation
+            # changed since it was read (another restart or enqueue): read it again
 
     def redispatch(
         self, reservation_id: int, generation: int, reason: str, dead_holder: str = ""
     ) -> int | None:
         """The record's next generation if it is still in flight at `generation` and no live
         holder runs it; None when someone else got there first or it has ended."""
-        new = self._redispatch(
-            keys=[keys.record(reservation_id), keys.lease(reservation_id)],
-            args=[generation, now(), reason, dead_holder],
-        )
-        return int(new) or None
+        new = self._writer.redispatch(reservation_id, generation, now(), reason, dead_holder)
+        return new or None
 
     def in_flight(self, host: str) -> list[int]:
         return sorted(int(m) for m in self.redis.smembers(keys.inflight(host)))
@@ -377,11 +341,22 @@ class RecordStore:
         """Drop an index entry whose record has ended or expired."""
         self.redis.srem(keys.inflight(host), reservation_id)
 
-    def recent(self, limit: int = 1000) -> list[ReservationStatus]:
-        """Records, most recently queued first."""
-        found = []
-        for member in self.redis.zrevrange(keys.INDEX, 0, limit - 1):
-            record = self.get(int(member))  # type: ignore[arg-type]  # zset members: ids
-            if record is not None:
-                found.append(record)
-        return found
+    def view(self, reservation_ids: list[int]) -> list[Viewed]:
+        """These records (those that exist) as shown, in one round trip."""
+        return self._viewed(0, [str(rid) for rid in reservation_ids]) if reservation_ids else []
+
+    def recent(self, limit: int = 1000) -> list[Viewed]:
+        """The newest records (by queued time) as shown, in one round trip."""
+        return self._viewed(limit, [])
+
+    def _viewed(self, limit: int, ids: list[str]) -> list[Viewed]:
+        prefixes = [keys.record(0)[:-1], keys.host_workers(""), keys.computer_image("", "")[:-1]]
+        found = self._view(keys=[keys.INDEX], args=[limit, *prefixes, *ids])
+        viewed = []
+        for index in range(0, len(found), 4):
+            rid, fields, seen, image = found[index : index + 4]
+            raw = {_text(k): _text(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
+            record = decode(int(rid), raw)
+            record.computer_image = dict(json.loads(image)) if image else None
+            viewed.append(Viewed(record, float(seen) if seen else None))
+        return viewed

@@ -14,7 +14,8 @@ from typing import Any
 import redis
 
 from vclvirt.state import keys
-from vclvirt.state.fence import FencedRecord
+from vclvirt.state.fence import FencedRecord, Write
+from vclvirt.state.machine import State
 from vclvirt.state.records import now
 
 
@@ -30,8 +31,8 @@ class StepEntry:
     def state(self) -> str | None:
         return self.data.get("state")
 
-    def _write(self, **record_fields: Any) -> None:
-        self.record.set(**{f"step:{self.name}": json.dumps(self.data)}, **record_fields)
+    def _write(self) -> None:
+        self.record.set(**{f"step:{self.name}": json.dumps(self.data)})
 
     def started(
         self, *, task_id: str | None, worker: str | None, holder: str | None = None
@@ -50,7 +51,9 @@ class StepEntry:
             error=None,
             retry_in_s=None,
         )
-        self._write(state="running", current_step=self.name)
+        entry = {f"step:{self.name}": json.dumps(self.data)}
+        fields = {**entry, "state": State.RUNNING, "current_step": self.name}
+        self.record.apply(Write(hset=fields, move="step"))
 
     def progress(self, **progress: Any) -> None:
         self.data["progress"] = progress

@@ -13,6 +13,7 @@ from celery import Celery, Task
 
 from vclvirt.operation import Operation
 from vclvirt.operations import OPERATIONS
+from vclvirt.state.machine import State
 
 if TYPE_CHECKING:
     from vclvirt.composition import Root
@@ -39,7 +40,7 @@ def _register(app: Celery, root: Root, op: Operation) -> Any:
             log.error("message_misrouted", host=host, serving=sorted(root.identity.hosts))
             return {"dropped": "misrouted"}
         outcome = root.runner.run(int(reservation_id), int(generation), task_id=self.request.id)
-        if outcome.get("state") in ("failed", "superseded"):
+        if State.ended_badly(outcome.get("state")):
             raise OperationFailed(
                 f"{outcome['state']} at {outcome['failed_step']}: {outcome['error']}"
             )

@@ -23,14 +23,13 @@ from vclvirt import composition, dispatch
 from vclvirt.errors import ImageNotFound, InvalidInput, UnknownReservation
 from vclvirt.models import IMAGE_NAME_PATTERN, MAX_ID
 from vclvirt.provisioning.images import ImageQueries
+from vclvirt.state.machine import State
 
 router = APIRouter(prefix="/v1", tags=["vcl"])
 
-# Only these end an operation; any other state (queued, running, retrying, waiting,
-# or one added later) means "still in progress".
-FINAL_STATES = frozenset({"succeeded", "failed", "superseded"})
 LONGEST_WAIT_S = 60.0
-# How often a waiting request re-reads the record: one small Redis read per waiter.
+# How often a waiting request re-reads the record: one small Redis read per waiter, which
+# never writes (dispatch.status).
 RECHECK_INTERVAL_S = 0.2
 
 
@@ -67,7 +66,8 @@ async def wait_for_change(
     while True:
         record = await run_in_threadpool(_record, reservation_id)
         etag = record_etag(record)
-        finished = record.get("state") in FINAL_STATES
+        # Only an ended state ends it; any other (or one added later): still in progress.
+        finished = State.is_ended(record.get("state"))
         changed = etag != after
         if changed or finished or time.monotonic() >= deadline:
             response.headers["ETag"] = f'"{etag}"'

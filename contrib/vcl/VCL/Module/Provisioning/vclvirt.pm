@@ -65,10 +65,6 @@ my %DEFAULTS = (
 my %REQUIRED = map { $_ => 1 } qw(api_url api_token);
 my %NUMERIC  = map { $_ => 1 } qw(load_timeout capture_timeout operation_timeout image_query_timeout poll_seconds verify_tls);
 
-# Only these end a vclvirt operation; any other state (queued, running, retrying,
-# waiting, or one added later) means it is still in progress.
-my %FINAL = map { $_ => 1 } qw(succeeded failed superseded);
-
 # The load-log entry (computerloadstate.loadstatename) written when a load step completes.
 my %LOADSTATE_OF_STEP = (
 	pre_define => 'transfervm',
@@ -469,7 +465,8 @@ sub _follow {
 		$etag = $answer->{data}{etag};
 		$record = $answer->{data}{record};
 		$on_change->($record) if $on_change && $answer->{data}{changed};
-		return ($record) if $FINAL{$record->{state} || ''};
+		# vclvirt says when the operation has ended (its state machine, not a list here).
+		return ($record) if $answer->{data}{finished};
 	}
 }
 
