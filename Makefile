@@ -5,7 +5,7 @@ PY := .venv/bin/python
 TESTBED ?= /var/lib/vclvirt-testbed
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap testbed fleet guest test test-fast demo lint stop bench
+.PHONY: bootstrap testbed fleet guest test test-fast test-unit demo lint stop bench
 
 bootstrap:
 	scripts/bootstrap
@@ -26,6 +26,12 @@ test: bootstrap testbed fleet guest
 
 test-fast: bootstrap testbed fleet
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The unit tier alone: no service at all (no Redis, libvirtd, sshd or test bed), in under
+# a minute. The store and host are vclvirt.testing's doubles, the hypervisor libvirt's
+# in-process test driver; --confcutdir keeps the test bed's fixtures (tests/conftest.py) out.
+test-unit: bootstrap
+	$(PY) -m pytest --confcutdir=tests/unit tests/unit $(PYTEST_ARGS)
 
 demo: bootstrap testbed guest
 	scripts/demo $(IMAGE)

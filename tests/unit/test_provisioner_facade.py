@@ -62,7 +62,13 @@ def test_operations_share_one_context(tmp_path):
     host = make_host(tmp_path)
     ctx = host.context
     provisioner = Provisioner(
-        ctx.host, ctx.node, ctx.driver, ctx.connect, management_node="unit", settings=ctx.settings
+        ctx.host,
+        ctx.node,
+        ctx.driver,
+        ctx.connect,
+        management_node="unit",
+        settings=ctx.settings,
+        guest_host_keys=ctx.guest_host_keys,
     )
     host.master("linux-Unit-11-v0")
     r = reservation()
