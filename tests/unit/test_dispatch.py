@@ -60,6 +60,21 @@ def test_a_load_is_recorded_queued_and_sent_once(store: tuple[redis.Redis, Sent]
     assert client.sismember(keys.inflight(HOST), rid)
 
 
+def test_an_operation_after_one_ended_is_the_next_generation(store: tuple[redis.Redis, Sent]):
+    """A new operation of a reservation whose last one ended begins its next generation,
+    and keeps the earlier one in its history."""
+    client, sent = store
+    rid = dispatch.load(document()).reservation_id
+    client.hset(keys.record(rid), "state", "succeeded")
+
+    assert dispatch.run(document(), "power_off").task_id == f"vclvirt-{rid}-2"
+
+    record = RecordStore(client).get(rid)
+    assert record is not None and (record.operation, record.generation) == ("power_off", 2)
+    assert [h["operation"] for h in record.history] == ["load"]
+    assert sent == [("load", rid, 1, False), ("power_off", rid, 2, False)]
+
+
 def test_a_second_enqueue_while_in_flight_is_busy_and_changes_nothing(
     store: tuple[redis.Redis, Sent],
 ):

@@ -5,6 +5,7 @@ and tests/e2e's worker-kill tests, which prove the same with real workers and Re
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from typing import Any
@@ -83,17 +84,29 @@ def test_a_dead_holder_on_this_machine_is_recovered_before_its_lease_expires(wor
 
 
 def test_a_run_whose_holder_is_alive_is_left_alone(world: ToyWorld):
-    """A live holder (here: this test process) keeps its run: nothing is dispatched again
-    and the record is untouched."""
+    """A live holder on this machine (here: the process that started the tests) keeps its
+    run however long its step takes: nothing is dispatched again, the record untouched."""
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
-    assert world.runner.leases.claim(rid, generation, this_process()).ok
+    me = this_process()
+    alive = Holder(me.node, me.boot, os.getppid())
+    assert world.runner.leases.claim(rid, generation, alive).ok
     before = world.redis.hgetall(keys.record(rid))
 
     world.reconciler().recover(HOST)
 
     assert world.published == []
     assert world.redis.hgetall(keys.record(rid)) == before
+
+
+def test_recovery_sends_an_operation_again_only_once(world: ToyWorld):
+    """Two reconcilers see the same orphan: the re-dispatch is a compare-and-set on the
+    generation, so only the first sends it again."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    assert world.records.redispatch(rid, generation, "first reconciler") == generation + 1
+    assert world.records.redispatch(rid, generation, "second reconciler") is None
+    assert world.record().generation == generation + 1
 
 
 def test_a_queued_record_whose_message_was_lost_is_dispatched_again(world: ToyWorld):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.unit._runs import HOST, ToyWorld, toy_reservation
-from vclvirt.errors import CommandFailed, CommandTimeout
+from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
+from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable
+from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.operations import StepContext
+from vclvirt.runner import Runner
 from vclvirt.state import keys
+from vclvirt.state.leases import Holder
 
 
 def ok(ctx: StepContext) -> dict[str, Any]:
@@ -226,3 +229,88 @@ def test_a_load_runs_to_succeeded_on_a_real_host_of_the_unit_tier(tmp_path, monk
     assert (unit.vms / "unit-vm1_11-v0.qcow2").exists()
     image = world.redis.get(keys.computer_image(HOST, "unit-vm1"))
     assert image is not None and b"linux-Unit-11-v0" in image
+
+
+def test_a_computer_held_by_another_reservation_is_waited_for(world: ToyWorld):
+    """One operation at a time per computer: while another reservation holds its lock the
+    run takes no step, frees its worker slot and waits (due again later), saying why."""
+    other = ResourceLock(
+        world.redis, f"computer:{HOST}:unit-vm1", RunOwner(555, 1, "n|b|1"), ttl=30, fenced=True
+    )
+    assert other.acquire(wait=0)
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid = toy_reservation().reservation_id
+
+    summary = world.runner.run(rid, world.begin(op))
+
+    assert summary["state"] == "waiting"
+    record = world.record()
+    assert record.state == "waiting" and record.waiting is not None
+    assert "busy (r555.g1|n|b|1)" in record.waiting["reason"]
+    assert world.redis.zscore(keys.due(HOST), rid) is not None
+    assert world.node.calls == []
+
+
+def test_transient_errors_fail_the_step_at_their_deadline(world: ToyWorld):
+    """Retried with backoff, but not for ever: past transient_deadline the step fails,
+    and the error says how long it was retried and how to retry it."""
+    world.node.on("virsh", error=NodeUnreachable("no route to host"))
+    op = world.operation("toy", {"only": on_host("virsh", "list")})
+    strict = Runner(
+        world.redis,
+        SETTINGS.model_copy(update={"transient_deadline": 0.5}),
+        lambda _host: world.provisioner,
+    )
+    summary = strict.run(toy_reservation().reservation_id, world.begin(op))
+
+    assert summary["state"] == "failed"
+    record = world.record()
+    assert record.error is not None and record.error["code"] == NodeUnreachable.code
+    assert "Retried for" in record.error["hint"] and "vclvirt retry" in record.error["hint"]
+
+
+def test_a_message_for_a_run_a_live_holder_holds_is_dropped(world: ToyWorld):
+    """Two workers never run the same operation at once: a holder on another machine has
+    the lease (it may be alive), so a second message for it runs nothing."""
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    elsewhere = Holder("worker@other-machine", "boot", 4242)
+    assert world.runner.leases.claim(rid, generation, elsewhere).ok
+    before = world.redis.hgetall(keys.record(rid))
+
+    assert world.runner.run(rid, generation)["dropped"] == "held"
+    assert world.redis.hgetall(keys.record(rid)) == before
+    assert world.node.calls == []
+
+
+def test_a_run_whose_record_was_dispatched_again_writes_nothing(world: ToyWorld):
+    """A worker paused mid-step while recovery gave its record a new generation: its
+    writes carry the old generation and are refused; the run stops as one that lost its
+    lease."""
+    rid = toy_reservation().reservation_id
+    snapshot: dict[bytes, bytes] = {}
+
+    def paused_meanwhile(ctx: StepContext) -> dict[str, Any]:
+        world.redis.hincrby(keys.record(rid), "generation", 1)
+        snapshot.update(world.redis.hgetall(keys.record(rid)))
+        return {"done": True}
+
+    op = world.operation("toy", {"only": paused_meanwhile})
+    assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
+    assert world.redis.hgetall(keys.record(rid)) == snapshot
+
+
+def test_nothing_is_written_into_a_record_after_it_ended(world: ToyWorld):
+    """The record ended while the step ran (here: failed by the reconciler): the step's
+    success and the operation's end are not written over it."""
+    rid = toy_reservation().reservation_id
+    snapshot: dict[bytes, bytes] = {}
+
+    def ended_meanwhile(ctx: StepContext) -> dict[str, Any]:
+        world.redis.hset(keys.record(rid), "state", "failed")
+        snapshot.update(world.redis.hgetall(keys.record(rid)))
+        return {"done": True}
+
+    op = world.operation("toy", {"only": ended_meanwhile})
+    assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
+    assert world.redis.hgetall(keys.record(rid)) == snapshot

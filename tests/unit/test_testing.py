@@ -38,6 +38,10 @@ def test_memory_redis_runs_the_fenced_lock_script_with_redis_time():
     assert not other.acquire(wait=0) and other.held_by == str(new.owner)
     assert not old.renew() and new.renew()  # PEXPIRE, only by the holder
     assert 0 < client.pttl("vclvirt:lock:computer:h:c") <= 5000
+    twin = ResourceLock(client, "computer:h:c", RunOwner(7, 2, "n|b|9"), ttl=5, fenced=True)
+    assert not twin.acquire(wait=0)  # the same generation in another process: refused
+    old.release()  # a former owner's release is a no-op
+    assert client.get("vclvirt:lock:computer:h:c") == str(new.owner).encode()
 
 
 def test_memory_redis_runs_the_host_slot_script():
