@@ -143,8 +143,8 @@ def load_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ToyWorl
 
     unit = make_host(tmp_path)
     unit.master(toy_reservation().image.name)
-    world = ToyWorld(memory_redis(), unit.context.host, FakeTransport(HOST), monkeypatch)
-    world.provisioner = provisioner_for(
-        unit.context.host, unit.context.node, world.redis, unit.context.connect
-    )
+    # Switches, so the domain has NICs with the computer's MACs (a capture finds it so).
+    host = unit.context.host.model_copy(update={"private_switch": "br0", "public_switch": "br1"})
+    world = ToyWorld(memory_redis(), host, FakeTransport(HOST), monkeypatch)
+    world.provisioner = provisioner_for(host, unit.context.node, world.redis, unit.context.connect)
     return world, unit
