@@ -53,10 +53,10 @@ bench: bootstrap testbed guest
 mutants: bootstrap testbed
 	scripts/mutants
 
-# Generated mutants (mutmut) over the pure core, against the fast unit tier: the score
-# per module, every survivor triaged in tests/mutation-survivors.md (scripts/mutation).
-# The test bed is for its Redis: the unit tests of domain deletion forget the guest's
-# pinned host key there. MODULES="textcheck naming" for some modules only.
+# Generated mutants (mutmut) over the pure core, against the unit tier: the score per
+# module, every survivor triaged in tests/mutation-survivors.md (scripts/mutation). Like
+# `make test-unit` it needs no service, so no test bed. MODULES="textcheck naming" for
+# some modules only.
 .PHONY: mutation
-mutation: bootstrap testbed
+mutation: bootstrap
 	scripts/mutation $(MODULES)
