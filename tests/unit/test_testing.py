@@ -14,6 +14,7 @@ from vclvirt.errors import CommandFailed, CommandTimeout, Fenced, NodeUnreachabl
 from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.node import fence
 from vclvirt.node.fence import HostFence
+from vclvirt.node.host_lock import host_lock
 from vclvirt.state.client import deadline_client
 from vclvirt.state.slots import HostSlot
 from vclvirt.testing import FakeTransport, memory_redis
@@ -121,3 +122,19 @@ def test_the_fake_host_keeps_the_newest_fencing_token_and_refuses_older_ones():
     unfenced = FakeTransport("h1", fenced=False)
     with fence.holding(older):
         assert unfenced.run(["rm", "disk"]).ok
+
+
+def test_a_host_lock_on_the_fake_host_is_taken_or_refused_behind_the_fence():
+    """host_lock (node/host_lock.py) over the fake host: taken when flock says so, and a
+    refused token ends the held command at once, which the lock reports as fenced."""
+    node = FakeTransport("h1")
+    node.on("flock", stdout=b"locked\n")
+    with host_lock(node, "/images/.lock"):
+        assert node.argvs("flock")[0][:4] == ("flock", "-x", "-w", "7200")
+    node.tokens["/fence/vm1"] = 20
+    with (
+        fence.holding(HostFence("h1", "/fence/vm1", 10, 7)),
+        pytest.raises(Cancelled),
+        host_lock(node, "/images/.lock"),
+    ):
+        raise AssertionError("the lock was taken behind a refused token")

@@ -164,8 +164,12 @@ class FakeTransport:
         return Reply()
 
     def spawn(self, argv: Sequence[str]) -> FakeHeld:
+        """A held command; behind a refused token it ends at once, saying nothing (as the
+        fence script exits 75 before running it)."""
         held = fence.current(self.host_name) if self.fenced else None
         self.calls.append(Call(tuple(argv), held.token if held else None, None))
+        if held is not None and self._refused(held) is not None:
+            return FakeHeld(b"")
         return FakeHeld(self._reply(argv).stdout)
 
     def open_stream(self, argv: Sequence[str]) -> socket.socket:
