@@ -8,7 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
+from vclvirt import cancellation
 from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable
 from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.operations import StepContext
@@ -133,26 +136,40 @@ def test_a_message_of_a_stale_generation_is_dropped(world: ToyWorld):
     assert world.node.calls == []
 
 
-def test_a_lost_lease_stops_the_run_with_no_write(world: ToyWorld):
-    """Another holder takes the lease while a step runs: the keeper notices at its next
-    renewal and cancels the run, which writes nothing more to the record and runs no
-    further host command."""
-    rid = toy_reservation().reservation_id
-    snapshot: dict[bytes, bytes] = {}
+def taking_the_lease(world: ToyWorld, rid: int, snapshot: dict[bytes, bytes], *, report: bool):
+    """A long step during which another holder takes the lease; it reports progress (a
+    record write) or only checks whether it was cancelled."""
 
-    def lose_lease(ctx: StepContext) -> dict[str, Any]:
+    def body(ctx: StepContext) -> dict[str, Any]:
         world.redis.set(keys.lease(rid), "node-b|boot|1")  # taken over meanwhile
         snapshot.update(world.redis.hgetall(keys.record(rid)))
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # a long copy: it reports progress
-            ctx.progress(1, 2)
+        while time.monotonic() < deadline:
+            if report:
+                ctx.progress(1, 2)
+            cancellation.check()
             time.sleep(0.05)
         raise AssertionError("the run was not cancelled")
 
-    op = world.operation("toy", {"long": lose_lease, "after": on_host("touch", "x")})
+    return body
+
+
+@pytest.mark.parametrize(
+    "report", [True, False], ids=["its-next-write-is-refused", "its-keeper-notices"]
+)
+def test_a_lost_lease_stops_the_run_with_no_write(world: ToyWorld, report: bool):
+    """Another holder takes the lease while a step runs: the step's next record write is
+    refused, or (no write) the keeper notices at its next renewal and cancels the run.
+    Either way the run writes nothing more, runs no further host command and leaves the
+    new holder's lease alone."""
+    rid = toy_reservation().reservation_id
+    snapshot: dict[bytes, bytes] = {}
+    body = taking_the_lease(world, rid, snapshot, report=report)
+    op = world.operation("toy", {"long": body, "after": on_host("touch", "x")})
     summary = world.runner.run(rid, world.begin(op))
 
     assert summary["state"] == "lease_lost"
+    assert ("record write refused" in summary["error"]) is report
     assert world.redis.hgetall(keys.record(rid)) == snapshot
     assert world.node.argvs("touch") == []
     assert world.redis.get(keys.lease(rid)) == b"node-b|boot|1"  # not released by us
