@@ -17,6 +17,7 @@ import libvirt
 import pytest
 import redis
 
+from tests.unit._provisioning import UnitHost, make_host
 from tests.unit._provisioning import reservation as unit_reservation
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
@@ -35,12 +36,12 @@ HOST = "unit-host"
 SETTINGS = Settings(lease_ttl=3, power_off_timeout=5)
 
 
-def host_config(tmp_path: Path, uri: str = "test:///default") -> HostConfig:
+def host_config(tmp_path: Path) -> HostConfig:
     return HostConfig(
         name=HOST,
         address="127.0.0.1",
         transport="local",
-        libvirt_uri=uri,
+        libvirt_uri=f"test://{tmp_path / 'node.xml'}",
         domain_type="test",
         datastore_path=str(tmp_path / "images"),
         vm_path=str(tmp_path / "vms"),
@@ -68,18 +69,17 @@ def provisioner_for(
 
 @dataclass
 class ToyWorld:
-    """One worker process's view: its store, its host (a FakeTransport), its runner."""
+    """One worker process's view: its store, its host's provisioner, its runner."""
 
     redis: redis.Redis
     host: HostConfig
-    node: FakeTransport
+    node: FakeTransport  # the host's commands, unless the provisioner has a transport of its own
+    provisioner: Provisioner
     monkeypatch: pytest.MonkeyPatch
     published: list[tuple[int, int, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.records = RecordStore(self.redis)
-        conn = libvirt.open("test:///default")
-        self.provisioner = provisioner_for(self.host, self.node, self.redis, lambda: conn)
         self.runner = Runner(self.redis, SETTINGS, lambda _host: self.provisioner)
 
     def operation(
@@ -129,22 +129,26 @@ def toy_reservation(**top: Any) -> Reservation:
 
 
 def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ToyWorld:
-    """The `world` fixture (tests/unit/conftest.py): a toy host behind a FakeTransport."""
+    """The `world` fixture (tests/unit/conftest.py): a toy host behind a FakeTransport, on a
+    test-driver node of its own (toy operations define no domain; their host commands
+    are the fake host's)."""
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    node = FakeTransport(HOST)
-    return ToyWorld(memory_redis(), host_config(tmp_path), node, monkeypatch)
+    node_file = tmp_path / "node.xml"
+    node_file.write_text("<node/>")
+    conn = libvirt.open(f"test://{node_file}")
+    client, host, node = memory_redis(), host_config(tmp_path), FakeTransport(HOST)
+    provisioner = provisioner_for(host, node, client, lambda: conn)
+    return ToyWorld(client, host, node, provisioner, monkeypatch)
 
 
-def load_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ToyWorld, Any]:
+def load_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ToyWorld, UnitHost]:
     """A world whose host really provisions: tests/unit/_provisioning's host (libvirt's
     test driver on a node of its own, the local transport, real qemu-img on files under
     tmp_path), with the master of the toy reservation's image cached there."""
-    from tests.unit._provisioning import make_host
-
     unit = make_host(tmp_path)
     unit.master(toy_reservation().image.name)
     # Switches, so the domain has NICs with the computer's MACs (a capture finds it so).
     host = unit.context.host.model_copy(update={"private_switch": "br0", "public_switch": "br1"})
-    world = ToyWorld(memory_redis(), host, FakeTransport(HOST), monkeypatch)
-    world.provisioner = provisioner_for(host, unit.context.node, world.redis, unit.context.connect)
-    return world, unit
+    client = memory_redis()
+    provisioner = provisioner_for(host, unit.context.node, client, unit.context.connect)
+    return ToyWorld(client, host, FakeTransport(HOST), provisioner, monkeypatch), unit
