@@ -97,25 +97,25 @@ def retrying(step: Any, *args: Any) -> Any:
         return step(*args)
 
 
-def run_inprocess(provisioner: Any) -> tuple[float, int, float, int]:
+def run_inprocess(server: Any) -> tuple[float, int, float, int]:
     """The same Provisioner steps a worker runs, called in this process: same SSH and
     libssh connections (pooled), no Celery, no status record, no computer lock."""
     from vclvirt.models import parse_reservation
 
     r = parse_reservation(common.reservation("bench-ip", 304, IMAGE))
-    node = provisioner.node  # the process's pooled SSH transport: it counts its commands
+    node = server.access.node  # the process's pooled SSH transport: it counts its commands
     commands, seconds = node.commands_run, node.command_seconds
     started = time.perf_counter()
-    retrying(provisioner.node_status, r)
-    retrying(provisioner.delete_existing_domains, r)
-    retrying(provisioner.pre_define, r)
-    retrying(provisioner.define, r, retrying(provisioner.generate_xml, r)["xml"])
-    retrying(provisioner.power_on, r)
+    retrying(server.status.check, r)
+    retrying(server.cleanup.delete_existing_domains, r)
+    retrying(server.load.pre_define, r)
+    retrying(server.load.define, r, retrying(server.load.generate_xml, r)["xml"])
+    retrying(server.power.on, r)
     elapsed = time.perf_counter() - started
     return elapsed, 0, node.command_seconds - seconds, node.commands_run - commands
 
 
-def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
+def command_costs(server: Any, n: int) -> list[list[Any]]:
     """One trivial command, n times: over the pooled SSH connection, as a new ssh process,
     as a local process; one libvirt call over qemu+libssh and over the local socket; the
     storage-pool calls a warm load makes instead of commands."""
@@ -129,14 +129,14 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
             values.append(time.perf_counter() - started)
         return median(values) * 1000
 
-    files = provisioner.context.files
+    files = server.access.files
     overlay = str(HOST_DIR / "vms" / "bench-cost_7001-v0.qcow2")
 
     def overlay_cycle() -> None:
         files.create_overlay(str(MASTER), "qcow2", overlay)
         files.remove(overlay)
 
-    host = provisioner.context.host
+    host = server.access.host
     client = redis.Redis.from_url(common.BROKER)
     generations = itertools.count(1)
 
@@ -163,7 +163,7 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
         rows = [
             [
                 "`true` on the pooled paramiko connection (new channel)",
-                timed(lambda: provisioner.node.run(["true"])),
+                timed(lambda: server.access.node.run(["true"])),
             ],
             [
                 "`true` in a new `ssh` process (VCL-style)",
@@ -172,7 +172,7 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
             ["`true` as a local process", timed(lambda: subprocess.run(["true"], check=True))],
             [
                 "libvirt listAllDomains over qemu+libssh (pooled)",
-                timed(lambda: provisioner.conn.listAllDomains(0)),
+                timed(lambda: server.access.conn.listAllDomains(0)),
             ],
             ["libvirt listAllDomains on qemu:///system", timed(lambda: local.listAllDomains(0))],
             [
@@ -185,11 +185,11 @@ def command_costs(provisioner: Any, n: int) -> list[list[Any]]:
             ],
             [
                 "`true` behind the host's fence, a new token (a run's first host act)",
-                timed(lambda: fenced(lambda: provisioner.node.run(["true"]))),
+                timed(lambda: fenced(lambda: server.access.node.run(["true"]))),
             ],
             [
                 "a run's libvirt tunnel through the fence: opened, listAllDomains, closed",
-                timed(lambda: fenced(lambda: provisioner.conn.listAllDomains(0))),
+                timed(lambda: fenced(lambda: server.access.conn.listAllDomains(0))),
             ],
         ]
     finally:
@@ -256,7 +256,7 @@ def run_virt_install(workdir: Any) -> tuple[float, int]:
 
 
 def vcl_commands(res: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """The reference's load (§2.1.1 initialize, §2.1.3, §2.2.8, §2.2.10, §2.3.3, §2.2.7),
+    """VCL's load (initialize, load, delete_existing_domains, XML, pre_define, define),
     cache warm, no old domain: one SSH process per command; (command, stdin)."""
     names, xml = _names(res), vclvirt_xml(res)
     xml_dir, computer = str(HOST_DIR / "xml"), names.computer
@@ -310,12 +310,12 @@ def warm_load(ctx: Context, concurrency: int = 2) -> Any:
 def run(ctx: Context) -> list[tuple[str, str]]:
     import libvirt
 
-    from vclvirt.workers.context import provisioner_for
+    from vclvirt import composition
 
     reps = 1 if ctx.quick else 7
     worker = warm_load(ctx)
     conn = libvirt.open("qemu:///system")
-    provisioner = provisioner_for("node-a")
+    server = composition.current().host("node-a")
     pools_before = common.pool_names()
     names = ("vclvirt", "in-process", "floor", "virt-install", "vcl")
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -323,12 +323,12 @@ def run(ctx: Context) -> list[tuple[str, str]]:
     ssh_time: list[float] = []
     ssh_commands: list[int] = []
     try:
-        run_inprocess(provisioner)  # opens this process's SSH and libssh connections
+        run_inprocess(server)  # opens this process's SSH and libssh connections
         common.cleanup_computers()
         for _ in range(reps):  # interleaved: A B C D E A B C D E ...
             for name, call in (
                 ("vclvirt", run_vclvirt),
-                ("in-process", lambda: run_inprocess(provisioner)),
+                ("in-process", lambda: run_inprocess(server)),
                 ("floor", lambda: run_floor(conn)),
                 ("virt-install", lambda: run_virt_install(ctx.workdir)),
                 ("vcl", run_vcl_style),
@@ -342,7 +342,7 @@ def run(ctx: Context) -> list[tuple[str, str]]:
                     ssh_time.append(out[2])
                     ssh_commands.append(out[3])
                 common.cleanup_computers()
-        costs = command_costs(provisioner, 5 if ctx.quick else 20)
+        costs = command_costs(server, 5 if ctx.quick else 20)
         guest_rows = guest_ready(ctx, 0 if ctx.quick else 3)
     finally:
         common.drop_new_pools(pools_before)

@@ -26,6 +26,7 @@ import pytest
 from tests.waiting import wait_for  # noqa: F401 - the other tiers import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
+HOLD_DIR_ENV = "VCLVIRT_TEST_HOLD_DIR"  # tests/e2e/conftest.py `holds`
 TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
 REDIS_PORT = os.environ.get("VCLVIRT_TESTBED_REDIS_PORT", "6390")
 # The two sshd "hosts" (scripts/testbed): several test beds can run side by side.
@@ -208,11 +209,12 @@ def start_worker(
         `unset`: environment variables the worker does not get."""
         log_path = tmp_path / f"worker-{host}-{len(started)}.log"
         environment = {k: v for k, v in {**os.environ, **env}.items() if k not in unset}
+        hold = environment.pop(HOLD_DIR_ENV, None)  # the step hold: a hook, not a setting
         argv = [
             *wrap,
             sys.executable,
             "-m",
-            "vclvirt",
+            *(("tests.hold_worker", hold) if hold else ("vclvirt",)),
             "worker",
             "--host",
             host,

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from vclvirt.config.inventory import HostConfig
+from vclvirt.config.settings import get_settings
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor.connection import connect
-from vclvirt.hypervisor.drivers import load_driver
 from vclvirt.node.local import LocalTransport
-from vclvirt.provisioner import Provisioner
+from vclvirt.node.transport import Transport
+from vclvirt.provisioning.host import Host, build_host
 
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/@-]*$")  # what the inventory accepts
 
@@ -37,10 +39,17 @@ def local_host(root: Path, name: str = "tests-local", **update: Any) -> HostConf
     return HostConfig.model_validate({**fields, **update})
 
 
-def local_provisioner(host: HostConfig) -> Provisioner:
-    """The Provisioner a worker would build for this host (see workers/context.py)."""
-    node = LocalTransport(host.name)
-    return Provisioner(host, node, load_driver(host, node), lambda: connect(host))
+def local_server(host: HostConfig) -> Host:
+    """The Host a worker would build for this host (local transport, real libvirtd)."""
+    return server_over(host, LocalTransport(host.name))
+
+
+def server_over(host: HostConfig, node: Transport) -> Host:
+    """The Host a worker would build, reached through `node`, its libvirt connection
+    opened directly (no fence), the guests' keys pinned in the test bed's Redis."""
+    settings = get_settings()
+    keys = GuestHostKeys.from_url(settings.broker_url)
+    return build_host(host, node, settings, keys, connect=lambda: connect(host))
 
 
 def qemu_img(*args: str) -> str:

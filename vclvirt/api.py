@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -44,7 +44,8 @@ from vclvirt.models import (
     json_type,
     load_json_document,
 )
-from vclvirt.params import SINGLE_OPERATIONS, validate_params
+from vclvirt.operations import OPERATIONS
+from vclvirt.operations import operation as find_operation
 from vclvirt.textcheck import field_label
 from vclvirt.vcl import api_routes as vcl_api_routes
 from vclvirt.workers.logging import register_secrets
@@ -91,7 +92,13 @@ class OperationRequest(StrictModel):
 
     reservation: Reservation
     params: dict[str, Any] | None = Field(
-        default=None, description='{"name": ...} for snapshot_create|revert|delete, else none'
+        default=None,
+        description="; ".join(
+            f"{op.name}: {op.params_description}"
+            for op in OPERATIONS.values()
+            if op.params.model_fields
+        )
+        + "; every other operation: none",
     )
 
 
@@ -220,35 +227,17 @@ def _add_openapi_extras(api: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
             for status in operation.get("x-vclvirt-errors", []):
                 responses[str(status)] = {"description": "see the error code", "content": envelope}
             operation.pop("x-vclvirt-errors", None)
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "operation" and parameter.get("in") == "path":
+                    parameter["schema"]["enum"] = sorted(OPERATIONS)
+                    parameter["description"] = "; ".join(
+                        f"{op.name}: {op.summary}" for op in OPERATIONS.values()
+                    )
     return schema
 
 
-def create_api(settings: Settings | None = None) -> FastAPI:
-    """The application. Without a token configured every request is allowed (loopback
-    development only; `vclvirt api` refuses to bind elsewhere)."""
-    settings = settings or get_settings()
-    token = api_token(settings)  # InvalidInput for a token that is too short
-    register_secrets(token)
-    api = FastAPI(
-        title="vclvirt",
-        version=__version__,
-        description="Enqueue loads, captures and operations; read their status.",
-        dependencies=[Depends(_known_query_parameters_only)],
-    )
-    api.state.settings = settings
-
-    def openapi() -> dict[str, Any]:
-        if api.openapi_schema is None:
-            schema = get_openapi(
-                title=api.title,
-                version=api.version,
-                description=api.description,
-                routes=api.routes,
-            )
-            api.openapi_schema = _add_openapi_extras(api, schema)
-        return api.openapi_schema
-
-    api.openapi = openapi  # type: ignore[method-assign]
+def _install_error_handlers(api: FastAPI, settings: Settings) -> None:
+    """Every error answers with the envelope: code, message, field, hint."""
 
     @api.exception_handler(VclvirtError)
     def _vclvirt_error(request: Request, error: VclvirtError) -> JSONResponse:
@@ -306,105 +295,139 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         )
         return JSONResponse(body, status_code=500)
 
+
+router = APIRouter()
+
+
+def enqueued(handle: Handle) -> Enqueued:
+    return Enqueued(
+        reservation_id=handle.reservation_id,
+        task_id=handle.task_id,
+        status_url=f"/v1/reservations/{handle.reservation_id}",
+    )
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness, no authentication."""
+    return {"status": "ok", "version": __version__}
+
+
+@router.post(
+    "/v1/loads",
+    status_code=202,
+    openapi_extra={**_LOADS_BODY, "x-vclvirt-errors": [409]},
+)
+def load(body: RawBody) -> Enqueued | EnqueuedMany:
+    """Enqueue a load; 409 while the same reservation is queued or running. A list of
+    reservations is a bulk enqueue: all are validated before any is enqueued (one
+    invalid: 422 naming `[index].field`, nothing enqueued), then each is answered in
+    its place, enqueued or with its error (a reservation already in flight)."""
+    document = load_json_document(body)
+    if not isinstance(document, list):
+        return enqueued(dispatch.load(body))
+    if not 1 <= len(document) <= MAX_BULK:
+        raise InvalidInput(f"a bulk load takes 1 to {MAX_BULK} reservations, not {len(document)}")
+    answers = dispatch.load_many(document)
+    return EnqueuedMany(
+        results=[
+            {"error": _vclvirt_envelope(a)["error"]}
+            if isinstance(a, VclvirtError)
+            else enqueued(a).model_dump()
+            for a in answers
+        ]
+    )
+
+
+@router.post(
+    "/v1/captures",
+    status_code=202,
+    openapi_extra={**_openapi_body("Reservation"), "x-vclvirt-errors": [409]},
+)
+def capture(body: RawBody) -> Enqueued:
+    """Enqueue a capture (state image or checkpoint)."""
+    return enqueued(dispatch.capture(body))
+
+
+@router.post(
+    "/v1/operations/{operation}",
+    status_code=202,
+    openapi_extra={**_openapi_body("OperationRequest"), "x-vclvirt-errors": [409]},
+)
+def operation(operation: str, body: RawBody) -> Enqueued:
+    """Enqueue any operation by name, with its parameters (the `operation` path
+    parameter lists them)."""
+    op = find_operation(operation)  # unknown: 422 before the body is read
+    request = _object_body(body, OperationRequest)
+    params = op.check_params(request.params)  # refused here, before anything is read
+    return enqueued(dispatch.run(request.reservation, op.name, params or None))
+
+
+@router.get("/v1/reservations/{reservation_id}")
+def status(reservation_id: ReservationId) -> dict[str, Any]:
+    """The reservation's status record."""
+    record = dispatch.status(reservation_id)
+    if record is None:
+        raise UnknownReservation(
+            f"no status record for reservation {reservation_id}", reservation_id=reservation_id
+        )
+    return record.to_dict()
+
+
+@router.get("/v1/failed")
+def failed(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    """Reservations whose last operation failed, most recent first."""
+    return [r.to_dict() for r in dispatch.failed(limit)]
+
+
+@router.post(
+    "/v1/reservations/{reservation_id}/retry",
+    status_code=202,
+    openapi_extra={
+        **_openapi_body("RetryRequest", required=False),
+        "x-vclvirt-errors": [409],
+    },
+)
+def retry(reservation_id: ReservationId, body: RawBody) -> Enqueued:
+    """Re-run a failed reservation from the step that failed (or from_step);
+    404 for an unknown reservation, 409 while it is queued or running."""
+    request = _object_body(body, RetryRequest, optional=True)
+    return enqueued(dispatch.retry(reservation_id, request.from_step if request else None))
+
+
+def create_api(settings: Settings | None = None) -> FastAPI:
+    """The application. Without a token configured every request is allowed (loopback
+    development only; `vclvirt api` refuses to bind elsewhere)."""
+    settings = settings or get_settings()
+    token = api_token(settings)  # InvalidInput for a token that is too short
+    register_secrets(token)
+    api = FastAPI(
+        title="vclvirt",
+        version=__version__,
+        description="Enqueue loads, captures and operations; read their status.",
+        dependencies=[Depends(_known_query_parameters_only)],
+    )
+    api.state.settings = settings
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title,
+                version=api.version,
+                description=api.description,
+                routes=api.routes,
+            )
+            api.openapi_schema = _add_openapi_extras(api, schema)
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+    _install_error_handlers(api, settings)
     api.add_middleware(
         RequestGuard, token=token, body_timeout=settings.api_body_timeout, logger=log
     )
 
-    def enqueued(handle: Handle) -> Enqueued:
-        return Enqueued(
-            reservation_id=handle.reservation_id,
-            task_id=handle.task_id,
-            status_url=f"/v1/reservations/{handle.reservation_id}",
-        )
-
-    @api.get("/healthz")
-    def healthz() -> dict[str, str]:
-        """Liveness, no authentication."""
-        return {"status": "ok", "version": __version__}
-
-    @api.post(
-        "/v1/loads",
-        status_code=202,
-        openapi_extra={**_LOADS_BODY, "x-vclvirt-errors": [409]},
-    )
-    def load(body: RawBody) -> Enqueued | EnqueuedMany:
-        """Enqueue a load; 409 while the same reservation is queued or running. A list of
-        reservations is a bulk enqueue: all are validated before any is enqueued (one
-        invalid: 422 naming `[index].field`, nothing enqueued), then each is answered in
-        its place, enqueued or with its error (a reservation already in flight)."""
-        document = load_json_document(body)
-        if not isinstance(document, list):
-            return enqueued(dispatch.load(body))
-        if not 1 <= len(document) <= MAX_BULK:
-            raise InvalidInput(
-                f"a bulk load takes 1 to {MAX_BULK} reservations, not {len(document)}"
-            )
-        answers = dispatch.load_many(document)
-        return EnqueuedMany(
-            results=[
-                {"error": _vclvirt_envelope(a)["error"]}
-                if isinstance(a, VclvirtError)
-                else enqueued(a).model_dump()
-                for a in answers
-            ]
-        )
-
-    @api.post(
-        "/v1/captures",
-        status_code=202,
-        openapi_extra={**_openapi_body("Reservation"), "x-vclvirt-errors": [409]},
-    )
-    def capture(body: RawBody) -> Enqueued:
-        """Enqueue a capture (state image or checkpoint)."""
-        return enqueued(dispatch.capture(body))
-
-    @api.post(
-        "/v1/operations/{operation}",
-        status_code=202,
-        openapi_extra={**_openapi_body("OperationRequest"), "x-vclvirt-errors": [409]},
-    )
-    def operation(operation: str, body: RawBody) -> Enqueued:
-        """power_status|on|off|reset, node_status, unload, post_maintenance_action,
-        snapshot_create|list|revert|delete (params: {"name": ...})."""
-        if operation not in SINGLE_OPERATIONS:
-            raise InvalidInput(
-                f"unknown operation {field_label(operation)}; "
-                f"known: {', '.join(SINGLE_OPERATIONS)}",
-                field="operation",
-            )
-        request = _object_body(body, OperationRequest)
-        params = validate_params(operation, request.params)
-        return enqueued(dispatch.run(request.reservation, operation, params or None))
-
-    @api.get("/v1/reservations/{reservation_id}")
-    def status(reservation_id: ReservationId) -> dict[str, Any]:
-        """The reservation's status record."""
-        record = dispatch.status(reservation_id)
-        if record is None:
-            raise UnknownReservation(
-                f"no status record for reservation {reservation_id}", reservation_id=reservation_id
-            )
-        return record.to_dict()
-
-    @api.get("/v1/failed")
-    def failed(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-        """Reservations whose last operation failed, most recent first."""
-        return [r.to_dict() for r in dispatch.failed(limit)]
-
-    @api.post(
-        "/v1/reservations/{reservation_id}/retry",
-        status_code=202,
-        openapi_extra={
-            **_openapi_body("RetryRequest", required=False),
-            "x-vclvirt-errors": [409],
-        },
-    )
-    def retry(reservation_id: ReservationId, body: RawBody) -> Enqueued:
-        """Re-run a failed reservation from the step that failed (or from_step);
-        404 for an unknown reservation, 409 while it is queued or running."""
-        request = _object_body(body, RetryRequest, optional=True)
-        return enqueued(dispatch.retry(reservation_id, request.from_step if request else None))
-
+    api.include_router(router)
     # VCL's module (contrib/vcl); RequestGuard checks the token on every /v1 route.
     api.include_router(vcl_api_routes.router)
     return api

@@ -1,16 +1,27 @@
-"""`vclvirt` command line: run a host's worker, enqueue loads, read status."""
+"""`vclvirt` command line: run a host's worker, enqueue loads, read status.
+
+The commands import `dispatch`, `api` and `composition` when they run, not here: those
+import prometheus_client, which picks its multiprocess mode when first imported, and
+`vclvirt worker` must set the metrics directory before that.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
+import tempfile
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+import uvicorn
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.secrets import MASK, known_secrets, masked_url
@@ -24,8 +35,11 @@ from vclvirt.errors import (
     VclvirtError,
 )
 from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
-from vclvirt.params import validate_params
+from vclvirt.operations import OPERATIONS
+from vclvirt.operations import operation as find_operation
+from vclvirt.state.client import redis_client
 from vclvirt.state.records import ReservationStatus
+from vclvirt.workers.logging import configure_logging
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -45,7 +59,6 @@ def main(
     if inventory is not None:
         os.environ["VCLVIRT_INVENTORY"] = str(inventory.resolve())
         get_settings.cache_clear()
-    from vclvirt.workers.logging import configure_logging
 
     # Library warnings go through the redacting formatter too, to stderr unless --json-logs.
     if json_logs:
@@ -96,25 +109,17 @@ def worker(
         configs = [get_inventory().host(name) for name in host]
     except VclvirtError as error:
         _fail(error, 2)
-    import socket
-    import uuid
-
-    from vclvirt.recovery import BOOT_ENV, NODE_ENV
-
-    node = (
-        f"{host[0]}@{socket.gethostname()}"
-        if len(host) == 1
-        else (f"{host[0]}+{len(host) - 1}@{socket.gethostname()}")
-    )
-    os.environ["VCLVIRT_WORKER_HOST"] = ",".join(host)
-    os.environ[NODE_ENV] = node  # leases name this worker run and its processes
-    os.environ[BOOT_ENV] = uuid.uuid4().hex[:12]
     settings = get_settings()
     if settings.metrics_port:
         _serve_worker_metrics(settings.metrics_port, host)
-    from vclvirt.workers.app import app as celery_app
+    # After the metrics directory is set: composition imports prometheus_client.
+    from vclvirt import composition
+    from vclvirt.identity import Identity
     from vclvirt.workers.routing import CONTROL_QUEUE, host_queue
 
+    root = composition.install(composition.Root(settings, Identity.worker(host)))
+    node = root.identity.node
+    celery_app = root.app
     celery_app.worker_main(
         [
             "worker",
@@ -138,10 +143,6 @@ def worker(
 def _serve_worker_metrics(port: int, hosts: list[str]) -> None:
     """Metrics of all pool processes, merged: the directory must be set before
     prometheus_client is first imported, which is why this runs before the app loads."""
-    import tempfile
-
-    from vclvirt.state.client import redis_client
-
     directory = tempfile.mkdtemp(prefix=f"vclvirt-metrics-{hosts[0]}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     from vclvirt.metrics import serve_metrics
@@ -357,7 +358,12 @@ def status(
 
 
 def _operate(
-    reservation: str, operation: str, timeout: float, params: dict[str, Any] | None = None
+    reservation: str,
+    operation: str,
+    timeout: float,
+    params: dict[str, Any] | None = None,
+    *,
+    step: str | None = None,
 ) -> dict[str, Any]:
     """Enqueue one operation, wait for it, exit non-zero with the error if it failed."""
     from vclvirt import dispatch
@@ -379,7 +385,7 @@ def _operate(
             err=True,
         )
         raise typer.Exit(1)
-    result: dict[str, Any] = final.step_records[operation].get("result", {})
+    result: dict[str, Any] = final.step_records[step or operation].get("result", {})
     return result
 
 
@@ -431,10 +437,6 @@ def maintenance(reservation: ReservationFile, timeout: Timeout = 300.0) -> None:
 
 def run() -> None:
     """Console entry point: the commands, with unreachable services reported in one line."""
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
     try:
         app()
     except (RedisConnectionError, RedisTimeoutError, OperationalError) as error:
@@ -470,7 +472,7 @@ def snapshot(
         typer.echo(f"error: snapshot {action.value} needs --name", err=True)
         raise typer.Exit(EXIT_INVALID)
     try:
-        params = validate_params(operation, {"name": name} if name is not None else None)
+        params = find_operation(operation).check_params({"name": name} if name else None)
     except InvalidInput as error:
         _fail(error)
     result = _operate(reservation, operation, timeout, params or None)
@@ -484,6 +486,54 @@ def snapshot(
         typer.echo(f"{result['domain']}: snapshot {name} {done}")
 
 
+def _params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(InvalidInput(f"--param {pair!r}: give key=value", field="params"))
+        params[key] = value
+    return params
+
+
+@app.command("op")
+def op(
+    name: Annotated[str, typer.Argument(help="The operation (vclvirt op --list)")] = "",
+    reservation: Annotated[str, typer.Argument(help="Reservation JSON file, or -")] = "",
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="A parameter, key=value (repeat)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the result's file (e.g. a screenshot) here")
+    ] = None,
+    timeout: Timeout = 600.0,
+    list_them: Annotated[bool, typer.Option("--list", help="List the operations")] = False,
+) -> None:
+    """Any operation by name, with its parameters; prints the step's result as JSON."""
+    if list_them or not name:
+        for known in sorted(OPERATIONS.values(), key=lambda o: o.name):
+            typer.echo(f"{known.name}\t{known.summary} ({known.params_description})")
+        return
+    try:
+        chosen = find_operation(name)
+        params = chosen.check_params(_params(param or []))
+    except InvalidInput as error:
+        _fail(error)
+    if not reservation:
+        _fail(
+            InvalidInput("give the reservation's JSON file (or - for stdin)", field="reservation")
+        )
+    final = _operate(reservation, chosen.name, timeout, params or None, step=chosen.steps[-1].name)
+    attached = final.get("file") if isinstance(final.get("file"), dict) else None
+    if output is not None:
+        if attached is None:
+            _fail(InvalidInput(f"{chosen.name} returns no file to write", field="output"))
+        output.write_bytes(base64.b64decode(attached["base64"]))
+        final = {**final, "file": {k: v for k, v in attached.items() if k != "base64"}}
+        final["file"]["written_to"] = str(output)
+    typer.echo(json.dumps(final, indent=2))
+
+
 images_app = typer.Typer(
     help="The image repository and the hosts' masters (runs over SSH "
     "from this machine, with the inventory's credentials)."
@@ -492,15 +542,15 @@ app.add_typer(images_app, name="images")
 HostOption = Annotated[str, typer.Option("--host", help="Inventory name of the host")]
 
 
-def _host_provisioner(host: str, image: str | None = None) -> Any:
-    """The host's provisioner, once the image name (if any) has passed the image-name rule:
-    nothing reaches the host before that."""
-    from vclvirt.workers.context import provisioner_for
-
+def _host_images(host: str, image: str | None = None) -> Any:
+    """The host's image queries, once the image name (if any) has passed the image-name
+    rule: nothing reaches the host before that."""
     try:
         if image is not None:
             check_image_name(image)
-        return provisioner_for(host)
+        from vclvirt import composition  # not at the top: see `worker`
+
+        return composition.current().host(host).images
     except VclvirtError as error:
         _fail(error, EXIT_INVALID)
 
@@ -509,7 +559,7 @@ def _host_provisioner(host: str, image: str | None = None) -> Any:
 def images_exists(image: str, host: HostOption) -> None:
     """Exit 0 and print 'yes' when the image is a master on the host or in the repository."""
     try:
-        found = _host_provisioner(host, image).does_image_exist(image)
+        found = _host_images(host, image).exists(image)
     except VclvirtError as error:
         _fail(error, EXIT_FAILED)
     typer.echo("yes" if found else "no")
@@ -524,12 +574,8 @@ def images_size(
 ) -> None:
     """Allocated size of the image (master on the host, else repository files), in MB."""
     try:
-        provisioner = _host_provisioner(host, image)
-        size = (
-            provisioner.get_image_size_bytes(image)
-            if in_bytes
-            else provisioner.get_image_size(image)
-        )
+        images = _host_images(host, image)
+        size = images.size_bytes(image) if in_bytes else images.size_mb(image)
     except VclvirtError as error:
         _fail(error)
     typer.echo(size)
@@ -539,7 +585,7 @@ def images_size(
 def images_list(host: HostOption, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Masters in the host's datastore and images in the repository."""
     try:
-        found = _host_provisioner(host).list_images()
+        found = _host_images(host).listing()
     except VclvirtError as error:
         _fail(error)
     if as_json:
@@ -596,11 +642,8 @@ def api(
 ) -> None:
     """Serve the JSON HTTP API (OpenAPI at /openapi.json); needs VCLVIRT_API_TOKEN unless
     bound to loopback."""
-    import uvicorn
-
     from vclvirt.api import create_api
     from vclvirt.api_guard import MIN_TOKEN_LENGTH, api_token, is_loopback
-    from vclvirt.workers.logging import configure_logging
 
     settings = get_settings()
     try:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import redis
 
+from vclvirt import composition
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
-from vclvirt.errors import InvalidInput, UnknownReservation, VclvirtError
+from vclvirt.errors import InvalidInput, VclvirtError
 from vclvirt.models import Reservation, parse_reservation
-from vclvirt.operations.registry import SINGLE_OPERATIONS, operation
+from vclvirt.operations import operation
 from vclvirt.recovery import fail_if_abandoned, no_worker, task_id
-from vclvirt.state.client import redis_client
+from vclvirt.restart import restart
 from vclvirt.state.computers import ComputerImages
 from vclvirt.state.leases import WorkerRegistry
 from vclvirt.state.records import RecordStore, ReservationStatus
@@ -26,17 +26,16 @@ PUBLISH_CHUNK = 10  # messages per pipelined publish in a bulk enqueue
 ReservationInput = Reservation | dict[str, Any] | str | bytes
 
 
-@lru_cache(maxsize=1)
 def _client() -> redis.Redis:
-    return redis_client(get_settings().broker_url, patient=False)
+    return composition.current().redis
 
 
 def _records() -> RecordStore:
-    return RecordStore(_client(), ttl_seconds=get_settings().status_ttl_days * 86400)
+    return composition.current().records
 
 
 def _registry() -> WorkerRegistry:
-    return WorkerRegistry(_client(), ttl_seconds=3 * get_settings().heartbeat_interval)
+    return composition.current().registry
 
 
 @dataclass(frozen=True)
@@ -87,18 +86,11 @@ def _check(
     reservation: ReservationInput, operation_name: str, params: dict[str, Any] | None
 ) -> _Checked:
     """Everything that can be refused before anything is written or sent."""
-    from vclvirt.params import validate_params
-
     op = operation(operation_name)
     if not isinstance(reservation, Reservation):
         reservation = parse_reservation(reservation)
     get_inventory().host(reservation.host)  # unknown host: clear error, nothing enqueued
-    if op.name == "capture" and reservation.state not in ("image", "checkpoint"):
-        raise InvalidInput(
-            f"state: a capture needs state image or checkpoint, not {reservation.state!r}",
-            field="state",
-        )
-    return _Checked(reservation, op.name, validate_params(op.name, params))
+    return _Checked(reservation, op.name, op.check(reservation, params))
 
 
 def _begin(checked: _Checked) -> int:
@@ -107,17 +99,15 @@ def _begin(checked: _Checked) -> int:
     return _records().begin(
         checked.reservation,
         op.name,
-        list(op.steps),
+        list(op.step_names),
         checked.params,
         owns_computer=op.owns_computer,
     )
 
 
 def _send(checked: _Checked) -> Handle:
-    from vclvirt.tasks.publish import publish
-
     generation = _begin(checked)
-    publish(checked.operation, checked.reservation, generation)
+    composition.current().publisher.publish(checked.operation, checked.reservation, generation)
     rid = checked.reservation.reservation_id
     return Handle(rid, task_id(rid, generation))
 
@@ -140,8 +130,6 @@ def load_many(reservations: Sequence[ReservationInput]) -> list[Handle | Vclvirt
                 f"[{index}]: {error.message}",
                 field=f"[{index}]" + (f".{error.field}" if error.field else ""),
             ) from None
-    from vclvirt.tasks.publish import publish_many
-
     answers: list[Handle | VclvirtError] = []
     # Sent a chunk at a time, so the first loads start while the rest are still being
     # begun; a message lost here is sent again by recovery (its record says queued).
@@ -156,7 +144,7 @@ def load_many(reservations: Sequence[ReservationInput]) -> list[Handle | Vclvirt
             rid = request.reservation.reservation_id
             begun.append((request.operation, request.reservation, generation))
             answers.append(Handle(rid, task_id(rid, generation)))
-        publish_many(begun)
+        composition.current().publisher.publish_many(begun)
     return answers
 
 
@@ -168,47 +156,16 @@ def capture(reservation: ReservationInput) -> Handle:
 def run(
     reservation: ReservationInput, operation_name: str, params: dict[str, Any] | None = None
 ) -> Handle:
-    """Enqueue a single operation: node_status, power_status, power_on, power_off,
-    power_reset, unload, post_maintenance_action or snapshot_{create,list,revert,delete}."""
-    if operation_name not in SINGLE_OPERATIONS:
-        raise InvalidInput(
-            f"unknown operation {operation_name!r}; known: {', '.join(SINGLE_OPERATIONS)}",
-            field="operation",
-        )
+    """Enqueue any operation of vclvirt.operations by name, with its parameters."""
     return _send(_check(reservation, operation_name, params))
 
 
 def retry(reservation_id: int, from_step: str | None = None) -> Handle:
     """Run a failed reservation again from the step that failed (or `from_step`), reusing
     what the earlier steps recorded. ResourceBusy while it is queued or running."""
-    from vclvirt.tasks.publish import publish
-
-    records = _records()
-    record = records.get(reservation_id)
-    if record is None:
-        raise UnknownReservation(
-            f"no status record for reservation {reservation_id}", reservation_id=reservation_id
-        )
-    step = from_step or _restart_step(record)
-    if step not in record.steps:
-        raise InvalidInput(
-            f"from_step: {step!r} is not a step of {record.operation} ({', '.join(record.steps)})",
-            field="from_step",
-            reservation_id=reservation_id,
-        )
-    generation = records.restart_from(reservation_id, step)
-    publish(record.operation, parse_reservation(record.reservation), generation, resumed=True)
+    root = composition.current()
+    generation = restart(root.records, root.publisher, reservation_id, from_step)
     return Handle(reservation_id, task_id(reservation_id, generation))
-
-
-def _restart_step(record: ReservationStatus) -> str:
-    """The failed step, or earlier when the failure removed what later steps need (a load
-    whose overlay was removed starts again by clearing the computer)."""
-    step = record.failed_step or record.steps[0]
-    cleanup = (record.error or {}).get("cleanup") or {}
-    if record.operation == "load" and cleanup.get("removed_files"):
-        return "delete_existing_domains"
-    return step
 
 
 def status(reservation_id: int) -> ReservationStatus | None:

@@ -15,6 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from vclvirt.recovery import queue_keys
+
 STEP_DURATION = Histogram(
     "vclvirt_step_duration_seconds",
     "Time a step took, by step and host",
@@ -45,8 +47,6 @@ class QueueDepthCollector(Collector):
         gauge = GaugeMetricFamily(
             "vclvirt_queue_depth", "Tasks waiting in a host's queue", labels=["host"]
         )
-        from vclvirt.recovery import queue_keys
-
         for host in self.hosts:
             depth = sum(int(self.client.llen(key)) for key in queue_keys(host))
             gauge.add_metric([host], float(depth))

@@ -1,6 +1,6 @@
 """Names and paths derived from a reservation, following the reference module.
 
-Pure functions: no I/O. See vcl-libvirt-behaviour.md §0.3, §2.2.3 and §2.2.6.
+Pure functions: no I/O. The names are VCL's own, so vcld and vclvirt find the same domains.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def domain_name(
     revision: int,
     max_length: int = MAX_DOMAIN_NAME,
 ) -> str:
-    """`C_<pretty, letters and digits>_IID-vR`, at most 48 characters (§2.2.3)."""
+    """`C_<pretty, letters and digits>_IID-vR`, at most 48 characters (old libvirt's limit)."""
     if len(computer) > max_length:
         return str(computer_id)
     prefix = f"{computer}_"

@@ -28,16 +28,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
 import structlog
+from kombu.transport.redis import Channel
 
 from vclvirt.cancellation import Cancelled, CancelToken
 from vclvirt.config.settings import Settings
@@ -48,12 +47,9 @@ from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.fence import FencedRecord, RecordFence
 from vclvirt.state.leases import Holder, Leases, WorkerRegistry
 from vclvirt.state.records import FINAL, Glance, RecordStore, ReservationStatus, now
+from vclvirt.workers.routing import host_queue
 
 log = structlog.get_logger(__name__)
-
-NODE_ENV = "VCLVIRT_WORKER_NODE"
-BOOT_ENV = "VCLVIRT_WORKER_BOOT"
-_PROCESS_BOOT = uuid.uuid4().hex[:12]
 
 # Publishes the record's operation for `generation` on its host's queue; `resumed` puts
 # it ahead of operations that have not started yet.
@@ -61,12 +57,6 @@ Publish = Callable[[ReservationStatus, int, bool], None]
 
 
 # -- 1 and 2: who holds a lease, and whether that holder is dead -----------------------
-
-
-def this_process() -> Holder:
-    """The holder this process claims leases as: its worker's node name and run, its pid."""
-    node = os.environ.get(NODE_ENV) or f"local@{socket.gethostname()}"
-    return Holder(node, os.environ.get(BOOT_ENV) or _PROCESS_BOOT, os.getpid())
 
 
 def _machine(node: str) -> str:
@@ -263,9 +253,10 @@ def task_id(reservation_id: int, generation: int) -> str:
 
 
 def queue_keys(host: str) -> list[str]:
-    """The Redis lists of the host's queue (kombu keeps one per priority step)."""
-    base = f"host.{host}"
-    return [base, *(f"{base}\x06\x16{p}" for p in (3, 6, 9))]
+    """The Redis lists of the host's queue: kombu keeps one per priority step, named by
+    its Redis channel's separator and steps (read from kombu, not copied)."""
+    queue = host_queue(host)
+    return [f"{queue}{Channel.sep}{step}" if step else queue for step in Channel.priority_steps]
 
 
 def queued_task_ids(client: redis.Redis, host: str) -> set[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import structlog
 
-from vclvirt import cancellation, testhooks
+from vclvirt import cancellation
 from vclvirt.cancellation import Cancelled
 from vclvirt.config.settings import Settings
 from vclvirt.errors import (
@@ -29,20 +29,20 @@ from vclvirt.errors import (
     VclvirtError,
 )
 from vclvirt.holdings import RunHoldings
+from vclvirt.hooks import Hooks, LogHooks, MetricsHooks, RunHooks, StepEvent
 from vclvirt.hypervisor.connection import cut_fenced
+from vclvirt.identity import Identity
 from vclvirt.locks import RunOwner
-from vclvirt.metrics import STEP_DURATION, STEP_FAILURES
 from vclvirt.models import parse_reservation
-from vclvirt.operations import StepContext
-from vclvirt.operations.registry import operation
-from vclvirt.provisioner import Provisioner
+from vclvirt.operation import StepContext
+from vclvirt.operations import operation
+from vclvirt.provisioning.host import Host
 from vclvirt.recovery import (
     CALL_DEADLINE,
     LeaseKeeper,
     holder_is_dead,
     past_transient_deadline,
     retry_delay,
-    this_process,
 )
 from vclvirt.state.client import deadline_client
 from vclvirt.state.computers import ComputerOwners
@@ -63,11 +63,16 @@ class Runner:
         self,
         client: redis.Redis,
         settings: Settings,
-        provisioner_for: Callable[[str], Provisioner],
+        hosts: Callable[[str], Host],
+        *,
+        identity: Identity | None = None,
+        hooks: RunHooks | None = None,
     ) -> None:
         self.redis = client
         self.settings = settings
-        self.provisioner_for = provisioner_for
+        self.hosts = hosts
+        self.identity = identity or Identity.client()
+        self.hooks = hooks or Hooks([LogHooks(), MetricsHooks()])
         self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
         self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
         # What keeps a lease alive fails fast instead of riding out a broker restart.
@@ -78,7 +83,7 @@ class Runner:
     ) -> dict[str, Any]:
         """Run the operation the record holds at `generation`, unless someone else does or
         did (a duplicate or stale message is dropped)."""
-        me = this_process()
+        me = self.identity.holder()
         claim = self.leases.claim(reservation_id, generation, me)
         if not claim.ok and claim.holder and holder_is_dead(claim.holder, me):
             claim = self.leases.claim(reservation_id, generation, me, take_over=claim.holder)
@@ -148,7 +153,7 @@ class OperationRun:
                 self.runner.keeping,
                 keeper,
                 self.writes,
-                host=self._provisioner.context.host,
+                host=self._host.config,
                 computer=self.computer,
                 owner=RunOwner(self.rid, self.record.generation, str(self.me)),
                 ttl=self.settings.lease_ttl,
@@ -169,8 +174,8 @@ class OperationRun:
                     return self._cancelled(cancelled.reason)
 
     @property
-    def _provisioner(self) -> Provisioner:
-        return self.runner.provisioner_for(self.host)
+    def _host(self) -> Host:
+        return self.runner.hosts(self.host)
 
     def _wait_for_computer(self) -> dict[str, Any]:
         """Another reservation works on the computer: free this slot, come back later."""
@@ -218,15 +223,14 @@ class OperationRun:
         structlog.contextvars.bind_contextvars(step=name)
         started = time.monotonic()
         entry.started(task_id=self.task_id, worker=self.me.node, holder=str(self.me))
-        log.info("step_started", attempt=entry.data["attempt"])
-        testhooks.hold(self.rid, name)
+        self.runner.hooks.step_started(self._event(name))
         try:
             if self.holdings.fence is not None and not self.host_fenced:
                 # The host records our token before the first step acts, ending an older
                 # holder's processes there; an unreachable host is this step's error.
-                self._provisioner.context.fence_host()
+                self._host.access.fence_host()
                 self.host_fenced = True
-            result = self.operation.bodies[name](self._context(entry))
+            result = self.operation.body(name)(self._context(entry))
         except TransientError as error:
             return self._transient(name, entry, error)
         except VclvirtError as error:
@@ -235,9 +239,12 @@ class OperationRun:
             log.exception("step_crashed")
             return self._fail(name, InternalError(f"{type(error).__name__}: {error}"))
         entry.succeeded(result)
-        STEP_DURATION.labels(step=name, host=self.host).observe(time.monotonic() - started)
-        log.info("step_succeeded", attempt=entry.data["attempt"])
+        self.runner.hooks.step_succeeded(self._event(name), time.monotonic() - started, result)
         return None
+
+    def _event(self, step: str) -> StepEvent:
+        attempt = int(self.entries[step].data.get("attempt", 0))
+        return StepEvent(self.rid, self.host, step, attempt)
 
     def _context(self, entry: StepEntry) -> StepContext:
         writes = self.writes
@@ -247,7 +254,7 @@ class OperationRun:
             writes.set_plan(steps)
 
         return StepContext(
-            self._provisioner,
+            self.runner.hosts,
             self.reservation,
             self.record.params,
             result_of=lambda step: self.entries[step].data.get("result"),
@@ -293,23 +300,16 @@ class OperationRun:
         entry.retrying(error.to_dict(), delay)
         why = f"step {name} failed ({error.code}); retried in {delay:.0f}s"
         self.writes.wait("retrying", time.time() + delay, why)
-        log.warning(
-            "step_retrying",
-            error=str(error),
-            code=error.code,
-            attempt=entry.data["attempt"],
-            retry_in_s=round(delay, 1),
-        )
+        self.runner.hooks.step_retrying(self._event(name), error, delay)
         return self._summary("retrying", retry_in_s=round(delay, 1))
 
     def _fail(self, name: str, error: VclvirtError, *, state: str = "failed") -> dict[str, Any]:
         error.with_context(host=self.host, reservation_id=self.rid)
         self.entries[name].failed(error.to_dict(), state=state)
         cleanup = self._abandon()
-        STEP_FAILURES.labels(step=name, host=self.host, code=error.code).inc()
         details = {**error.to_dict(), **({"cleanup": cleanup} if cleanup else {})}
         self.writes.finish(state, step=name, error=details)
-        log.error("step_failed", error=str(error), code=error.code, state=state)
+        self.runner.hooks.step_failed(self._event(name), error, state)
         return self._summary(state, failed_step=name, error=str(error))
 
     def _abandon(self) -> dict[str, Any]:

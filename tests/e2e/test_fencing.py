@@ -2,7 +2,7 @@
 
 Each test runs real workers with the deployed lease (30 s), heartbeat and reconcile
 settings. A first worker takes one load per step and holds each at the start of its step
-(vclvirt.testhooks; the pre_define load instead in the middle of a real master copy).
+(tests/hold_worker.py; the pre_define load instead in the middle of a real master copy).
 Then the fault: the whole worker is frozen (SIGSTOP of its process group), or cut off
 from Redis by a proxy that forwards nothing. A second worker takes the loads over and
 finishes them. Only then does the first one come back, its holds released so that each

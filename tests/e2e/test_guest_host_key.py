@@ -9,12 +9,11 @@ import pytest
 import redis
 
 from tests.conftest import TEST_BROKER, make_reservation
-from vclvirt import dispatch
+from vclvirt import composition, dispatch
 from vclvirt.config.inventory import get_inventory
 from vclvirt.errors import GuestHostKeyChanged
 from vclvirt.guest.hostkeys import FIELD, key_text
 from vclvirt.models import parse_reservation
-from vclvirt.workers.context import provisioner_for
 
 pytestmark = pytest.mark.slow
 
@@ -64,9 +63,9 @@ def test_guest_key_is_pinned_at_post_load_and_required_later(
     assert refused.state == "failed"
     assert refused.error is not None and refused.error["code"] == "GUEST_HOST_KEY_CHANGED"
 
-    # The same through the Provisioner API directly (no Celery).
+    # The same through the host's node status directly (no Celery).
     with pytest.raises(GuestHostKeyChanged):
-        provisioner_for("node-a").node_status(parse_reservation(data))
+        composition.current().host("node-a").status.check(parse_reservation(data))
 
     unloaded = dispatch.run(data, "unload").wait(timeout=120)
     assert unloaded.state == "succeeded", unloaded.error

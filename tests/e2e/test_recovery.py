@@ -3,7 +3,7 @@ libvirtd going away, concurrent enqueues — each with the settings a deployment
 each checked on the host (domains, overlays, .part files) as well as in the record.
 
 Workers here run with the deployed lease, heartbeat, reconcile and deadline settings.
-A step is held open (vclvirt.testhooks) only so that a fault lands inside it.
+A step is held open (a step hook of tests/hold_worker.py) only so that a fault lands inside it.
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ def test_run_reservation_task_sent_by_name_retries_like_flower_would(
 ):
     """`vclvirt.run_reservation` sent by name (as from Flower's send-task) re-runs the
     failed reservation on its host's worker."""
-    from vclvirt.workers.app import app
+    from vclvirt import composition
+
+    app = composition.current().app
 
     image = "linux-E2eSentTask-641-v0"
     for stale in testbed.glob(f"**/{image}*"):

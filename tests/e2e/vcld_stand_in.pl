@@ -10,7 +10,7 @@
 #   - VCL::Module / VCL::Module::Provisioning: new({data_structure, os}) calling
 #     initialize, data, os;
 #   - VCL::DataStructure: the get_/set_ accessors of the reference table
-#     (../../../shared/reference/vcl-integration.md), with get_image_minram as the
+#     (those the module calls), with get_image_minram as the
 #     larger of image and OS minram, as VCL's own;
 #   - an OS object whose post_load / pre_capture record that they were called.
 # Everything else (the HTTP API, the worker, the hypervisor) is real.

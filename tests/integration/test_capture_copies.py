@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import make_reservation
 from tests.events import HUNG
-from tests.local_host import local_host, local_provisioner, qemu_img
+from tests.local_host import local_host, local_server, qemu_img
 from vclvirt.errors import ImageInvalid, VclvirtError
 from vclvirt.models import parse_reservation
 
@@ -83,9 +83,9 @@ def standalone_copy_of(copy: Path, disk: Path) -> bool:
 def test_capture_writes_verified_standalone_copies(host, disk, qemu_img_faults):
     """The new master and its repository copy hold the disk's whole chain, with no backing
     file, the repository one as qcow2 v2 (compat 0.10); each was written as `.part`."""
-    provisioner = local_provisioner(host)
-    flattened = provisioner.capture_flatten(reservation(), prepared(disk))
-    result = provisioner.capture_publish(reservation(), prepared(disk), flattened["master"])
+    server = local_server(host)
+    flattened = server.capture.flatten(reservation(), prepared(disk))
+    result = server.capture.publish(reservation(), prepared(disk), flattened["master"])
 
     assert flattened["master"] == str(new_master(host))
     assert result == {"repository_image": str(published(host))}
@@ -101,14 +101,14 @@ def test_capture_writes_verified_standalone_copies(host, disk, qemu_img_faults):
 
 def test_a_capture_copy_in_progress_is_invisible_under_the_images_name(host, disk, qemu_img_faults):
     """While the new master is written, nothing exists under its name."""
-    provisioner = local_provisioner(host)
+    server = local_server(host)
     qemu_img_faults.pause()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(provisioner.capture_flatten, reservation(), prepared(disk))
+        future = pool.submit(server.capture.flatten, reservation(), prepared(disk))
         try:
             qemu_img_faults.wait_until_paused()
             assert not new_master(host).exists()
-            assert NEW not in provisioner.list_images()["datastore"]
+            assert NEW not in server.images.listing()["datastore"]
         finally:
             qemu_img_faults.resume()
         future.result(timeout=HUNG)
@@ -122,7 +122,7 @@ def test_a_failed_or_damaged_new_master_leaves_nothing(host, disk, qemu_img_faul
     getattr(qemu_img_faults, fault)()
     expected = ImageInvalid if fault == "corrupt_output" else VclvirtError
     with pytest.raises(expected):
-        local_provisioner(host).capture_flatten(reservation(), prepared(disk))
+        local_server(host).capture.flatten(reservation(), prepared(disk))
     assert not new_master(host).exists()
     assert leftovers(host) == []
 
@@ -130,12 +130,12 @@ def test_a_failed_or_damaged_new_master_leaves_nothing(host, disk, qemu_img_faul
 @pytest.mark.parametrize("fault", ["fail_half_written", "corrupt_output"])
 def test_a_failed_or_damaged_repository_copy_is_not_published(host, disk, qemu_img_faults, fault):
     """The same for the repository copy: nothing appears under the image's name there."""
-    provisioner = local_provisioner(host)
-    master = provisioner.capture_flatten(reservation(), prepared(disk))["master"]
+    server = local_server(host)
+    master = server.capture.flatten(reservation(), prepared(disk))["master"]
     getattr(qemu_img_faults, fault)()
     expected = ImageInvalid if fault == "corrupt_output" else VclvirtError
     with pytest.raises(expected):
-        provisioner.capture_publish(reservation(), prepared(disk), master)
+        server.capture.publish(reservation(), prepared(disk), master)
     assert not published(host).exists()
     assert leftovers(host) == []
     assert standalone_copy_of(new_master(host), disk)  # the master stays good

@@ -1,7 +1,7 @@
 """A full filesystem on a host, met by each way vclvirt writes files there: an overlay
 made by libvirt's storage pool, an XML copy uploaded through libvirt, the same two by
 commands over SSH, a master copied from the repository by the copy script over SSH, an
-internal snapshot taken by the provisioner (on a host that is this machine).
+internal snapshot taken by the server (on a host that is this machine).
 
 Every one fails with HOST_DISK_FULL (permanent) naming the file and the free space of
 its filesystem, leaves nothing half-written, and works once space is freed. The
@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import make_reservation
 from tests.disk_full import entries, fill, free_bytes, free_space, resize, small_filesystem
-from tests.local_host import local_host, local_provisioner
+from tests.local_host import local_host, local_server
 from tests.local_host import repository_image as local_repository_image
 from vclvirt.errors import HostDiskFull
 from vclvirt.hypervisor.connection import connect
@@ -171,29 +171,29 @@ def test_a_master_copy_into_a_full_datastore(host, node, files, tmp_path):
 
 def test_a_snapshot_into_a_full_vm_path(tmp_path):
     """An internal snapshot is written into the overlay: with vm_path full, the
-    provisioner's snapshot_create fails with HOST_DISK_FULL naming the overlay; once
+    server's snapshot_create fails with HOST_DISK_FULL naming the overlay; once
     space is freed it is taken."""
     host = local_host(tmp_path / "local")
     image = "linux-TestsSnapshotFull-654-v0"
     local_repository_image(host, image, data="1M")
-    provisioner = local_provisioner(host)
+    server = local_server(host)
     reservation = parse_reservation(
         make_reservation(9654, "tests-snapfull", image, image_id=654, host=host.name)
     )
-    names = provisioner.names(reservation)
+    names = server.access.names(reservation)
     vms = Path(host.vm_dir)
     with small_filesystem(vms, size="2M"):
-        provisioner.pre_define(reservation)
-        provisioner.define(reservation, provisioner.generate_xml(reservation)["xml"])
+        server.load.pre_define(reservation)
+        server.load.define(reservation, server.load.generate_xml(reservation)["xml"])
         conn = libvirt.open("qemu:///system")
         try:
             fill(vms)
             with pytest.raises(HostDiskFull) as caught:
-                provisioner.snapshot_create(reservation, "s1")
+                server.snapshots.create(reservation, "s1")
             assert_disk_full(caught.value, Path(names.overlay_path), host=host.name)
 
             free_space(vms)
-            provisioner.snapshot_create(reservation, "s1")
+            server.snapshots.create(reservation, "s1")
             domain = conn.lookupByName(names.domain)
             assert [s.getName() for s in domain.listAllSnapshots(0)] == ["s1"]
         finally:

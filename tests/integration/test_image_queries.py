@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from tests.conftest import make_reservation, repository_image, uncached_image
+from vclvirt import composition
 from vclvirt.errors import ImageNotFound
 from vclvirt.models import parse_reservation
-from vclvirt.workers.context import provisioner_for
 
 
 def test_image_queries_see_repository_then_master(testbed):
@@ -18,27 +18,27 @@ def test_image_queries_see_repository_then_master(testbed):
     master on the host, its size is the master's."""
     image = "linux-ItQueries-631-v0"
     uncached_image(testbed, image, "64M", "8M", "node-a")
-    provisioner = provisioner_for("node-a")
+    server = composition.current().host("node-a")
 
-    assert provisioner.does_image_exist(image)
-    assert 8 <= provisioner.get_image_size(image) < 64
-    assert image in provisioner.list_images()["repository"]
-    assert image not in provisioner.list_images()["datastore"]
+    assert server.images.exists(image)
+    assert 8 <= server.images.size_mb(image) < 64
+    assert image in server.images.listing()["repository"]
+    assert image not in server.images.listing()["datastore"]
 
     reservation = parse_reservation(make_reservation(9301, "it-queries", image, image_id=631))
-    provisioner.pre_define(reservation)
-    assert image in provisioner.list_images()["datastore"]
+    server.load.pre_define(reservation)
+    assert image in server.images.listing()["datastore"]
     master = testbed / f"hosts/node-a/images/{image}.qcow2"
-    assert provisioner.get_image_size_bytes(image) == master.stat().st_blocks * 512
+    assert server.images.size_bytes(image) == master.stat().st_blocks * 512
     (testbed / "hosts/node-a/vms/it-queries_631-v0.qcow2").unlink()
 
 
 def test_missing_image_is_reported_as_such(testbed):
     """Neither master nor repository copy: does_image_exist is False, size is ImageNotFound."""
-    provisioner = provisioner_for("node-a")
-    assert not provisioner.does_image_exist("linux-ItNowhere-632-v0")
+    server = composition.current().host("node-a")
+    assert not server.images.exists("linux-ItNowhere-632-v0")
     with pytest.raises(ImageNotFound, match="linux-ItNowhere-632-v0"):
-        provisioner.get_image_size("linux-ItNowhere-632-v0")
+        server.images.size_mb("linux-ItNowhere-632-v0")
 
 
 def test_windows_image_without_virt_win_reg_is_noted_and_goes_on(testbed):
@@ -51,7 +51,7 @@ def test_windows_image_without_virt_win_reg_is_noted_and_goes_on(testbed):
     reservation = parse_reservation(
         make_reservation(9302, "it-windows", image, image_id=633, os_type="windows")
     )
-    result = provisioner_for("node-a").pre_define(reservation)
+    result = composition.current().host("node-a").load.pre_define(reservation)
     master = testbed / f"hosts/node-a/images/{image}.qcow2"
     assert (result["overlay"], result["overlay_created"]) == (str(overlay), True)
     assert len(result["notes"]) == 1 and "virt-win-reg is not installed" in result["notes"][0]

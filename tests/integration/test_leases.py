@@ -8,13 +8,16 @@ from typing import Any
 
 from tests import holder
 from tests.conftest import make_reservation
+from vclvirt.identity import Identity
 from vclvirt.models import parse_reservation
-from vclvirt.recovery import holder_is_dead, this_process
+from vclvirt.recovery import holder_is_dead
 from vclvirt.state import keys
 from vclvirt.state.leases import Holder, Leases, WorkerRegistry
 from vclvirt.state.records import RecordStore
 
 OTHER = Holder("node-a@elsewhere", "boot1", 4242)
+
+ME = Identity.client()  # this test process, as a client claims leases
 
 
 def _begin(client: Any, rid: int = 9101) -> int:
@@ -26,7 +29,7 @@ def test_claim_takes_the_lease_and_marks_the_record_running(state_redis) -> None
     """The first claim of the current generation wins; the record says who runs it."""
     generation = _begin(state_redis)
     leases = Leases(state_redis, ttl_seconds=30)
-    me = this_process()
+    me = ME.holder()
     claim = leases.claim(9101, generation, me)
     assert (claim.ok, claim.reason) == (True, "ok")
     assert leases.holder(9101) == str(me)
@@ -39,7 +42,7 @@ def test_a_second_holder_is_refused_while_the_lease_lives(state_redis) -> None:
     generation = _begin(state_redis)
     leases = Leases(state_redis, ttl_seconds=30)
     assert leases.claim(9101, generation, OTHER).ok
-    claim = leases.claim(9101, generation, this_process())
+    claim = leases.claim(9101, generation, ME.holder())
     assert (claim.ok, claim.reason, claim.holder) == (False, "held", str(OTHER))
     assert leases.claim(9101, generation, OTHER).ok
 
@@ -49,7 +52,7 @@ def test_take_over_replaces_only_the_named_holder(state_redis) -> None:
     generation = _begin(state_redis)
     leases = Leases(state_redis, ttl_seconds=30)
     leases.claim(9101, generation, OTHER)
-    me = this_process()
+    me = ME.holder()
     assert not leases.claim(9101, generation, me, take_over="someone|else|1").ok
     assert leases.claim(9101, generation, me, take_over=str(OTHER)).ok
     assert leases.holder(9101) == str(me)
@@ -69,7 +72,7 @@ def test_renew_keeps_only_our_own_lease(state_redis) -> None:
     """Renew extends our lease; once another holder has it, renew says False."""
     generation = _begin(state_redis)
     leases = Leases(state_redis, ttl_seconds=30)
-    me = this_process()
+    me = ME.holder()
     leases.claim(9101, generation, me)
     state_redis.pexpire(keys.lease(9101), 1000)
     assert leases.renew(9101, me)
@@ -95,7 +98,7 @@ def test_a_lease_that_is_not_renewed_expires(state_redis) -> None:
 def test_holders_on_this_machine_whose_process_is_gone_are_dead() -> None:
     """A finished process on this machine is dead; a live one is not; a holder on another
     machine is never judged dead from here (its lease must expire)."""
-    me = this_process()
+    me = ME.holder()
     finished = subprocess.run(["true"], check=True)
     del finished
     gone = subprocess.Popen(["true"])

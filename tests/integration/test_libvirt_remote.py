@@ -14,12 +14,11 @@ import libvirt
 import pytest
 
 from tests.conftest import SSH_PORT_A, SSH_PORT_B, make_reservation
+from tests.local_host import server_over
 from vclvirt.errors import HostKeyRejected, HypervisorUnavailable
 from vclvirt.hypervisor.connection import connect, forget
-from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.models import parse_reservation
 from vclvirt.node.ssh import SSHTransport
-from vclvirt.provisioner import Provisioner
 
 
 @pytest.fixture
@@ -115,7 +114,7 @@ def test_closed_port_raises_hypervisor_unavailable(variant: Any) -> None:
     assert "127.0.0.1" in str(caught.value)
 
 
-# -- Provisioner.delete_existing_domains against real domains ------------------------
+# -- Host.delete_existing_domains against real domains ------------------------
 
 
 def domain_xml(name: str, disks: list[str]) -> str:
@@ -205,11 +204,11 @@ def test_delete_existing_domains_removes_only_the_computers_own_things(
     computer, others, files = scene["computer"], scene["others"], scene["files"]
     node = SSHTransport(host, connect_timeout=10)
     try:
-        provisioner = Provisioner(host, node, KvmDriver(host, node), lambda: connect(host))
+        server = server_over(host, node)
         reservation = parse_reservation(
             make_reservation(990001, computer, f"linux-{computer}-1-v0", image_id=1)
         )
-        outcome = provisioner.delete_existing_domains(reservation)
+        outcome = server.cleanup.delete_existing_domains(reservation)
     finally:
         node.close()
     assert outcome["deleted_domains"] == [f"{computer}_Foo_1-v0"]
@@ -239,12 +238,12 @@ def test_delete_existing_domains_twice_is_harmless(host: Any, scene: dict[str, A
     computer, others = scene["computer"], scene["others"]
     node = SSHTransport(host, connect_timeout=10)
     try:
-        provisioner = Provisioner(host, node, KvmDriver(host, node), lambda: connect(host))
+        server = server_over(host, node)
         reservation = parse_reservation(
             make_reservation(990002, computer, f"linux-{computer}-1-v0", image_id=1)
         )
-        provisioner.delete_existing_domains(reservation)
-        again = provisioner.delete_existing_domains(reservation)
+        server.cleanup.delete_existing_domains(reservation)
+        again = server.cleanup.delete_existing_domains(reservation)
     finally:
         node.close()
     assert again == {"deleted_domains": [], "removed_files": []}

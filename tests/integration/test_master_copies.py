@@ -1,7 +1,7 @@
 """Master copies on a host that is this machine: one copy per host and image, nothing
 half-written under a master's name, a copy verified before it is renamed.
 
-Real files, the real qemu-img and flock, through the Provisioner's pre_define as a
+Real files, the real qemu-img and flock, through the load step pre_define as a
 worker runs it; faults come from tests/faults.py. What is checked is what a load or
 an operator would see: files in the datastore, what qemu-img says, which copies ran.
 """
@@ -19,7 +19,7 @@ from tests.events import HUNG, wait_for_lock_waiters
 from tests.local_host import (
     holds_pattern,
     local_host,
-    local_provisioner,
+    local_server,
     qemu_img,
     repository_image,
 )
@@ -53,11 +53,11 @@ def test_concurrent_loads_of_a_missing_master_copy_it_once(host, qemu_img_faults
     """Four loads ask at once for a master the host lacks: one copies it while the others
     wait for the lock; after it, they re-check, find the master and copy nothing."""
     repository_image(host, IMAGE)
-    provisioner = local_provisioner(host)
+    server = local_server(host)
     qemu_img_faults.pause()  # the first copy stays in progress until all others queue
     pool = ThreadPoolExecutor(max_workers=4)
     try:
-        futures = [pool.submit(provisioner.pre_define, reservation(i)) for i in range(4)]
+        futures = [pool.submit(server.load.pre_define, reservation(i)) for i in range(4)]
         qemu_img_faults.wait_until_paused()
 
         def second_copy() -> str | None:
@@ -85,14 +85,14 @@ def test_a_copy_in_progress_is_invisible_under_the_masters_name(host, qemu_img_f
     """While the copy runs, only `<master>.part` exists: no file under the master's name,
     and the datastore lists no such image; the rename comes after the copy."""
     repository_image(host, IMAGE)
-    provisioner = local_provisioner(host)
+    server = local_server(host)
     qemu_img_faults.pause()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(provisioner.pre_define, reservation(0))
+        future = pool.submit(server.load.pre_define, reservation(0))
         try:
             qemu_img_faults.wait_until_paused()
             assert not master_of(host).exists()
-            assert IMAGE not in provisioner.list_images()["datastore"]
+            assert IMAGE not in server.images.listing()["datastore"]
             assert qemu_img_faults.converts() == [f"{master_of(host)}.part"]
         finally:
             qemu_img_faults.resume()
@@ -106,16 +106,16 @@ def test_a_copy_that_fails_half_way_leaves_nothing(host, qemu_img_faults):
     """A copy that dies half-written (EFBIG) leaves neither a master nor a `.part`; the
     next load copies the image whole."""
     repository_image(host, IMAGE)
-    provisioner = local_provisioner(host)
+    server = local_server(host)
     qemu_img_faults.fail_half_written()
     with pytest.raises(VclvirtError):
-        provisioner.pre_define(reservation(0))
+        server.load.pre_define(reservation(0))
     assert qemu_img_faults.converts() == [f"{master_of(host)}.part"]  # it did start writing
     assert not master_of(host).exists()
     assert part_files(host) == []
 
     qemu_img_faults.clear()
-    assert provisioner.pre_define(reservation(0))["master_copied"] is True
+    assert server.load.pre_define(reservation(0))["master_copied"] is True
     assert holds_pattern(master_of(host), "8M")
 
 
@@ -125,7 +125,7 @@ def test_a_copy_damaged_on_write_is_never_renamed(host, qemu_img_faults):
     repository_image(host, IMAGE)
     qemu_img_faults.corrupt_output()
     with pytest.raises(ImageInvalid):
-        local_provisioner(host).pre_define(reservation(0))
+        local_server(host).load.pre_define(reservation(0))
     assert len(qemu_img_faults.converts()) == 1
     assert not master_of(host).exists()
     assert part_files(host) == []
@@ -137,7 +137,7 @@ def test_a_damaged_repository_image_is_refused_before_any_copy(host, qemu_img_fa
     source = repository_image(host, IMAGE)
     source.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
     with pytest.raises(ImageInvalid):
-        local_provisioner(host).pre_define(reservation(0))
+        local_server(host).load.pre_define(reservation(0))
     assert qemu_img_faults.converts() == []
     assert not master_of(host).exists()
 
@@ -147,8 +147,8 @@ def test_a_left_over_part_is_never_taken_for_the_master(host, qemu_img_faults):
     repository_image(host, IMAGE)
     stray = Path(f"{master_of(host)}.part")
     qemu_img("create", "-q", "-f", "qcow2", str(stray), "64M")
-    provisioner = local_provisioner(host)
-    assert IMAGE not in provisioner.list_images()["datastore"]
-    result = provisioner.pre_define(reservation(0))
+    server = local_server(host)
+    assert IMAGE not in server.images.listing()["datastore"]
+    result = server.load.pre_define(reservation(0))
     assert result["master_copied"] is True and result["master"] == str(master_of(host))
     assert holds_pattern(master_of(host), "8M")

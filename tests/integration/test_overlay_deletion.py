@@ -17,7 +17,7 @@ import libvirt
 import pytest
 
 from tests.conftest import make_reservation
-from tests.local_host import local_host, local_provisioner, qemu_img
+from tests.local_host import local_host, local_server, qemu_img
 from vclvirt.models import parse_reservation
 
 COMPUTER = "tests-own1"
@@ -111,7 +111,7 @@ def reservation(state: str = "reload") -> Any:
 def test_unload_deletes_the_computers_domains_and_only_their_own_overlays(conn, layout):
     """unload removes both of the computer's domains, its two overlays and its XML file;
     the master, the look-alike overlays and the other computer's domain stay."""
-    local_provisioner(layout["host"]).unload(reservation())
+    local_server(layout["host"]).cleanup.delete_existing_domains(reservation())
 
     assert defined(conn) == [NEIGHBOUR_DOMAIN]
     assert remaining(layout["files"]) == [
@@ -126,7 +126,7 @@ def test_unload_deletes_the_computers_domains_and_only_their_own_overlays(conn, 
 
 def test_capture_of_state_image_deletes_only_its_domains_own_overlay(conn, layout):
     """After capturing (state image) the captured domain goes with its own overlay only."""
-    local_provisioner(layout["host"]).capture_finish(reservation("image"), {"domain": DOMAIN})
+    local_server(layout["host"]).capture.finish(reservation("image"), {"domain": DOMAIN})
 
     assert defined(conn) == sorted([OLD_STYLE_DOMAIN, NEIGHBOUR_DOMAIN])
     assert remaining(layout["files"]) == [

@@ -13,6 +13,7 @@ import pytest
 from tests import holder
 from tests.conftest import make_reservation
 from vclvirt.config.settings import Settings
+from vclvirt.identity import Identity
 from vclvirt.models import parse_reservation
 from vclvirt.recovery import (
     Reconciler,
@@ -20,13 +21,14 @@ from vclvirt.recovery import (
     no_worker,
     queue_keys,
     task_id,
-    this_process,
 )
 from vclvirt.state import keys
 from vclvirt.state.leases import Holder, Leases, WorkerRegistry
 from vclvirt.state.records import RecordStore, ReservationStatus
 
 HOST = "rec-host"
+
+ME = Identity.client()  # this test process, as a client claims leases
 
 
 class Published(list[tuple[int, int, bool]]):
@@ -43,7 +45,7 @@ def published() -> Published:
 
 def _reconciler(client: Any, published: Published, **settings: Any) -> Reconciler:
     return Reconciler(
-        client, Settings(broker_url="redis://unused", **settings), [HOST], this_process(), published
+        client, Settings(broker_url="redis://unused", **settings), [HOST], ME.holder(), published
     )
 
 
@@ -86,7 +88,7 @@ def test_a_dead_process_on_this_machine_is_replaced_without_waiting(state_redis,
     generation = _begin(state_redis, 9303)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = Holder(this_process().node, "old-boot", gone.pid)
+    dead = Holder(ME.holder().node, "old-boot", gone.pid)
     Leases(state_redis, ttl_seconds=30).claim(9303, generation, dead)
 
     _reconciler(state_redis, published).cycle()
@@ -138,7 +140,7 @@ def test_a_reconciler_beats_for_its_hosts(state_redis, published) -> None:
     reconciler = _reconciler(state_redis, published)
     reconciler.cycle()
     registry = WorkerRegistry(state_redis, ttl_seconds=30)
-    assert registry.live(HOST) == [this_process().node]
+    assert registry.live(HOST) == [ME.holder().node]
     reconciler.leave()
     assert registry.live(HOST) == []
 

@@ -22,13 +22,13 @@ from tests.conftest import make_reservation
 from vclvirt import cancellation
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor.connection import connect
-from vclvirt.hypervisor.drivers.kvm import KvmDriver
+from vclvirt.identity import Identity
 from vclvirt.locks import ResourceLock
 from vclvirt.models import parse_reservation
 from vclvirt.node.local import LocalTransport
-from vclvirt.provisioner import Provisioner
-from vclvirt.recovery import this_process
+from vclvirt.provisioning.host import Host, build_host
 from vclvirt.runner import Runner
 from vclvirt.state import keys
 from vclvirt.state.fence import FencedRecord, RecordFence
@@ -37,6 +37,8 @@ from vclvirt.state.records import RecordStore
 from vclvirt.state.steps import StepEntry
 
 IMAGE = "linux-RunnerImage-77-v0"
+
+ME = Identity.client()  # this test process, as a client claims leases
 
 
 def _free_port() -> int:
@@ -74,9 +76,10 @@ def sim_host(tmp_path: Path) -> HostConfig:
     )
 
 
-def _provisioner(host: HostConfig) -> Provisioner:
+def _server(host: HostConfig, client: Any, settings: Settings) -> Host:
     node = LocalTransport(host.name)
-    return Provisioner(host, node, KvmDriver(host, node), lambda: connect(host))
+    keys = GuestHostKeys(client)
+    return build_host(host, node, settings, keys, connect=lambda: connect(host))
 
 
 class Harness:
@@ -85,8 +88,8 @@ class Harness:
     def __init__(self, client: Any, host: HostConfig, settings: Settings) -> None:
         self.client, self.host, self.settings = client, host, settings
         self.records = RecordStore(client)
-        self.provisioner: Provisioner = _provisioner(host)
-        self.runner = Runner(client, settings, lambda _: self.provisioner)
+        self.server: Host = _server(host, client, settings)
+        self.runner = Runner(client, settings, lambda _: self.server, identity=ME)
 
     def reservation(self, rid: int, computer: str, image: str = IMAGE, **kw: Any) -> Any:
         data = make_reservation(rid, computer, image, host=self.host.name, image_id=77, **kw)
@@ -141,7 +144,7 @@ def test_a_load_runs_every_step_and_leaves_the_domain_and_its_overlay(harness) -
     assert record is not None and record.finished and record.lease_holder is None
     assert harness.client.get(keys.lease(9201)) is None
     assert (Path(harness.host.vm_dir) / "run-vm1_77-v0.qcow2").exists()
-    assert harness.provisioner.power_status(harness.reservation(9201, "run-vm1"))["power"] == "on"
+    assert harness.server.power.status(harness.reservation(9201, "run-vm1"))["power"] == "on"
 
 
 def test_a_message_for_an_old_generation_or_a_live_holders_run_is_dropped(harness) -> None:
@@ -193,7 +196,7 @@ def test_a_load_superseded_after_pre_define_removes_its_overlay(harness) -> None
     """The newer reservation takes the computer while the older one generates its XML:
     the older stops before define and leaves no overlay behind."""
     harness.begin(9206, "run-vm5")
-    original = harness.provisioner.generate_xml
+    original = harness.server.load.generate_xml
 
     def generate_then_lose_the_computer(reservation: Any) -> dict[str, Any]:
         harness.records.begin(
@@ -201,7 +204,7 @@ def test_a_load_superseded_after_pre_define_removes_its_overlay(harness) -> None
         )
         return original(reservation)
 
-    harness.provisioner.generate_xml = generate_then_lose_the_computer  # type: ignore[method-assign]
+    harness.server.load.generate_xml = generate_then_lose_the_computer  # type: ignore[method-assign]
     outcome = harness.run(9206)
 
     assert outcome["state"] == "superseded", outcome
@@ -305,7 +308,7 @@ def test_an_operation_that_loses_its_lease_stops_without_writing(state_redis, si
             time.sleep(0.05)
         raise AssertionError("the lost lease was not noticed")
 
-    harness.provisioner.power_on = power_on_while_the_lease_is_lost  # type: ignore[method-assign]
+    harness.server.power.on = power_on_while_the_lease_is_lost  # type: ignore[method-assign]
     outcome = harness.run(9211)
 
     assert outcome["state"] == "lease_lost"
@@ -319,7 +322,7 @@ def _interrupted(harness: Harness, rid: int, computer: str, step: str, times: in
     generation = harness.begin(rid, computer)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = Holder(this_process().node, "old-boot", gone.pid)
+    dead = Holder(ME.holder().node, "old-boot", gone.pid)
     Leases(harness.client, ttl_seconds=30).claim(rid, generation, dead)
     writes = FencedRecord(
         harness.client, RecordFence(rid, "node-a", computer, generation, str(dead))
@@ -364,13 +367,13 @@ def test_reload_and_reinstall_always_run_the_whole_load(harness) -> None:
     harness.begin(9214, "run-vm12")
     assert harness.run(9214)["state"] == "succeeded"
     calls: list[str] = []
-    original: Callable[[Any], dict[str, Any]] = harness.provisioner.node_status
+    original: Callable[[Any], dict[str, Any]] = harness.server.status.check
 
     def counted(reservation: Any) -> dict[str, Any]:
         calls.append(reservation.state)
         return original(reservation)
 
-    harness.provisioner.node_status = counted  # type: ignore[method-assign]
+    harness.server.status.check = counted  # type: ignore[method-assign]
     harness.records.begin(
         harness.reservation(9215, "run-vm12", state="reload"),
         "load",
@@ -403,7 +406,7 @@ def test_a_load_superseded_while_waiting_for_its_guest_stops_waiting(
         _LOAD_STEPS,
         owns_computer=True,
     )
-    original = harness.provisioner.post_load
+    original = harness.server.load.post_load
 
     def post_load_then_lose_the_computer(reservation: Any) -> dict[str, Any]:
         threading.Timer(
@@ -414,7 +417,7 @@ def test_a_load_superseded_while_waiting_for_its_guest_stops_waiting(
         ).start()
         return original(reservation)
 
-    harness.provisioner.post_load = post_load_then_lose_the_computer  # type: ignore[method-assign]
+    harness.server.load.post_load = post_load_then_lose_the_computer  # type: ignore[method-assign]
     started = time.monotonic()
     outcome = harness.run(9216)
 
@@ -432,17 +435,11 @@ def test_a_load_that_cannot_reach_its_guest_fails_before_touching_the_computer(
     step starts and the computer's running domain is left as it was."""
     harness.begin(9216, "run-vm13")  # os_type none: loads without a guest
     assert harness.run(9216)["state"] == "succeeded"
-    conn = harness.provisioner.conn
+    conn = harness.server.access.conn
     (before,) = [d for d in conn.listAllDomains(0) if d.name().startswith("run-vm13_")]
     assert before.isActive()
-    node = LocalTransport(harness.host.name)
-    harness.runner.provisioner_for = lambda _: Provisioner(
-        harness.host,
-        node,
-        KvmDriver(harness.host, node),
-        lambda: connect(harness.host),
-        settings=Settings(guest_key_file=None),
-    )
+    keyless = _server(harness.host, harness.client, Settings(guest_key_file=None))
+    harness.runner.hosts = lambda _: keyless
     harness.begin(9217, "run-vm13", state=state, os_type="linux")
     outcome = harness.run(9217)
     record = harness.records.get(9217)

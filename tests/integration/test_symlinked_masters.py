@@ -19,7 +19,7 @@ import libvirt
 import pytest
 
 from tests.conftest import make_reservation
-from tests.local_host import holds_pattern, local_host, local_provisioner, qemu_img
+from tests.local_host import holds_pattern, local_host, local_server, qemu_img
 from tests.local_host import repository_image as repo_image
 from vclvirt.errors import ImageExists
 from vclvirt.images.files import CommandFiles, LibvirtFiles
@@ -59,12 +59,12 @@ def linked(request: Any, tmp_path: Path, conn: libvirt.virConnect) -> dict[str, 
     link = Path(host.datastore_path) / f"{IMAGE}.qcow2"
     link.symlink_to(target)
     repo_image(host, IMAGE)  # pattern 0x5a: a copy of it would not read as the master
-    provisioner = local_provisioner(host)
+    server = local_server(host)
     if request.param == "commands":
-        provisioner.context._files = CommandFiles(provisioner.node, provisioner.driver)
+        server.access._files = CommandFiles(server.access.node, server.access.driver)
     else:
-        assert isinstance(provisioner.context.files, LibvirtFiles)
-    return {"host": host, "provisioner": provisioner, "link": link, "target": target}
+        assert isinstance(server.access.files, LibvirtFiles)
+    return {"host": host, "server": server, "link": link, "target": target}
 
 
 def reservation(rid: int, image: str = IMAGE, image_id: int = 521) -> Any:
@@ -86,14 +86,14 @@ def intact(linked: dict[str, Any]) -> bool:
 def test_a_symlinked_master_is_found_and_used_not_copied_over(linked):
     """pre_define takes the link as the master (no copy from the repository) and builds the
     overlay on it; the image queries see it as a master."""
-    provisioner, link = linked["provisioner"], linked["link"]
-    result = provisioner.pre_define(reservation(9501))
+    server, link = linked["server"], linked["link"]
+    result = server.load.pre_define(reservation(9501))
     assert (result["master"], result["master_copied"]) == (str(link), False)
-    info = provisioner.driver.image_info(result["overlay"])
+    info = server.access.driver.image_info(result["overlay"])
     assert (info["backing-filename"], info["backing-filename-format"]) == (str(link), "qcow2")
-    assert provisioner.does_image_exist(IMAGE)
-    assert IMAGE in provisioner.list_images()["datastore"]
-    assert provisioner.get_image_size_bytes(IMAGE) == os.stat(linked["target"]).st_blocks * 512
+    assert server.images.exists(IMAGE)
+    assert IMAGE in server.images.listing()["datastore"]
+    assert server.images.size_bytes(IMAGE) == os.stat(linked["target"]).st_blocks * 512
     assert intact(linked)
 
 
@@ -101,35 +101,35 @@ def test_nothing_that_removes_a_computers_files_removes_a_linked_master(linked, 
     """A failed load's cleanup, a reload's delete_existing_domains, unload and an `image`
     capture of a hand-made VM whose disk is the link itself remove the computer's own files
     only (domains defined on the real libvirtd; tests/e2e runs them)."""
-    provisioner, link = linked["provisioner"], linked["link"]
+    server, link = linked["server"], linked["link"]
     first = reservation(9502)
-    provisioner.pre_define(first)
-    assert provisioner.remove_overlay(first)  # a load abandoned after pre_define
+    server.load.pre_define(first)
+    assert server.cleanup.remove_overlay(first)  # a load abandoned after pre_define
     assert intact(linked)
 
-    provisioner.pre_define(first)
-    provisioner.define(first, provisioner.generate_xml(first)["xml"])
+    server.load.pre_define(first)
+    server.load.define(first, server.load.generate_xml(first)["xml"])
     (domain,) = [d for d in conn.listAllDomains(0) if d.name().startswith(f"{COMPUTER}_")]
-    assert provisioner.delete_existing_domains(first)["deleted_domains"] == [domain.name()]
+    assert server.cleanup.delete_existing_domains(first)["deleted_domains"] == [domain.name()]
     assert intact(linked)
 
-    provisioner.pre_define(first)
-    provisioner.define(first, provisioner.generate_xml(first)["xml"])
-    assert provisioner.unload(first)["deleted_domains"]
+    server.load.pre_define(first)
+    server.load.define(first, server.load.generate_xml(first)["xml"])
+    assert server.cleanup.delete_existing_domains(first)["deleted_domains"]
     assert intact(linked)
 
     # A hand-made VM of the computer running straight on the linked master, captured.
-    xml = provisioner.generate_xml(first)["xml"].replace(
+    xml = server.load.generate_xml(first)["xml"].replace(
         str(Path(linked["host"].vm_dir) / f"{COMPUTER}_521-v0.qcow2"), str(link)
     )
     conn.defineXML(xml)
     document = make_reservation(9503, COMPUTER, IMAGE, image_id=521, state="image")
     document["image"].update(revision=1, revision_id=52101)
     capture = parse_reservation(document)
-    prepared = provisioner.capture_prepare(capture)
+    prepared = server.capture.prepare(capture)
     assert prepared["disk"] == str(link)
-    provisioner.capture_flatten(capture, prepared)
-    assert provisioner.capture_finish(capture, prepared)["action"] == "deleted"
+    server.capture.flatten(capture, prepared)
+    assert server.capture.finish(capture, prepared)["action"] == "deleted"
     assert [d for d in conn.listAllDomains(0) if d.name().startswith(f"{COMPUTER}_")] == []
     assert intact(linked)
 
@@ -137,13 +137,13 @@ def test_nothing_that_removes_a_computers_files_removes_a_linked_master(linked, 
 def test_a_capture_does_not_take_a_linked_master_for_its_own_earlier_attempt(linked, conn):
     """The new image's name already taken by a linked master: IMAGE_EXISTS, the link and
     its master untouched (an unseen link would be taken for an earlier attempt's copy)."""
-    provisioner = linked["provisioner"]
+    server = linked["server"]
     first = reservation(9504)
-    provisioner.pre_define(first)
-    provisioner.define(first, provisioner.generate_xml(first)["xml"])
+    server.load.pre_define(first)
+    server.load.define(first, server.load.generate_xml(first)["xml"])
     taken = make_reservation(9505, COMPUTER, IMAGE, image_id=521, state="image")
     taken["image"].update(os_name="linux", pretty_name="Tests Linked", revision=0)
     with pytest.raises(ImageExists) as caught:
-        provisioner.capture_prepare(parse_reservation(taken))
+        server.capture.prepare(parse_reservation(taken))
     assert str(linked["link"]) in str(caught.value)
     assert intact(linked)

@@ -16,22 +16,22 @@ import libvirt
 import pytest
 
 from tests.conftest import make_reservation, repository_image
+from tests.local_host import server_over
 from vclvirt.errors import ImageInvalid
-from vclvirt.hypervisor.connection import connect
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.images.files import LibvirtFiles
 from vclvirt.images.master import MasterImage, ensure_master
 from vclvirt.models import parse_reservation
 from vclvirt.node.local import LocalTransport
 from vclvirt.node.ssh import SSHTransport
-from vclvirt.provisioner import Provisioner
+from vclvirt.provisioning.host import Host
 
 
 @pytest.fixture
-def provisioner(inventory: Any) -> Iterator[Provisioner]:
+def server(inventory: Any) -> Iterator[Host]:
     host = inventory.host("node-a")
     node = SSHTransport(host, connect_timeout=10)
-    yield Provisioner(host, node, KvmDriver(host, node), lambda: connect(host))
+    yield server_over(host, node)
     node.close()
 
 
@@ -48,20 +48,20 @@ def qemu_io(path: Path, command: str) -> str:
     ).stdout
 
 
-def load(provisioner: Provisioner, r: Any) -> dict[str, Any]:
+def load(server: Host, r: Any) -> dict[str, Any]:
     """The load chain's steps, in order, as the task layer calls them."""
-    provisioner.node_status(r)
-    provisioner.delete_existing_domains(r)
-    provisioner.pre_define(r)
-    generated = provisioner.generate_xml(r)
-    provisioner.define(r, generated["xml"])
-    provisioner.power_on(r)
-    provisioner.post_load(r)
+    server.status.check(r)
+    server.cleanup.delete_existing_domains(r)
+    server.load.pre_define(r)
+    generated = server.load.generate_xml(r)
+    server.load.define(r, generated["xml"])
+    server.power.on(r)
+    server.load.post_load(r)
     return generated
 
 
 def test_warm_load_runs_no_host_command(
-    testbed: Path, provisioner: Provisioner, cleanup_computers: list[str]
+    testbed: Path, server: Host, cleanup_computers: list[str]
 ) -> None:
     """Master cached, this process warm: the whole load, its node_status and its unload run
     no command over SSH, and leave the overlay, XML copy and running domain as always."""
@@ -69,26 +69,26 @@ def test_warm_load_runs_no_host_command(
     repository_image(testbed, image)
     cleanup_computers.append("perf-warm")
     r = parse_reservation(make_reservation(96401, "perf-warm", image, image_id=641))
-    load(provisioner, r)  # the first load on the host copies the master
-    node = provisioner.node
+    load(server, r)  # the first load on the host copies the master
+    node = server.access.node
     assert isinstance(node, SSHTransport)
     before = node.commands_run
 
-    generated = load(provisioner, r)
-    ready = provisioner.node_status(r)
+    generated = load(server, r)
+    ready = server.status.check(r)
     other = parse_reservation(
         {
             **r.model_dump(mode="json"),
             "image": {**r.image.model_dump(), "name": "linux-PerfOther-641-v0"},
         }
     )
-    stale = provisioner.node_status(other)
+    stale = server.status.check(other)
     vms, xml_dir = testbed / "hosts/node-a/vms", testbed / "hosts/node-a/xml"
     overlay, master = vms / "perf-warm_641-v0.qcow2", testbed / f"hosts/node-a/images/{image}.qcow2"
     found = info(overlay)
     written = (xml_dir / "perf-warm_641-v0.xml").read_text()
     running = libvirt.open("qemu:///system").lookupByName(generated["domain"]).isActive()
-    unloaded = provisioner.unload(r)
+    unloaded = server.cleanup.delete_existing_domains(r)
 
     assert node.commands_run == before, "a warm load ran commands over SSH"
     assert (found["format"], found["backing-filename"], found["backing-filename-format"]) == (
@@ -105,7 +105,7 @@ def test_warm_load_runs_no_host_command(
 
 
 def test_pre_define_recreates_the_overlay_unless_told_to_reuse_it(
-    testbed: Path, provisioner: Provisioner, cleanup_computers: list[str]
+    testbed: Path, server: Host, cleanup_computers: list[str]
 ) -> None:
     """Through libvirt's pools: an existing overlay loses its data by default; with
     reuse_overlay the right overlay keeps it."""
@@ -114,17 +114,17 @@ def test_pre_define_recreates_the_overlay_unless_told_to_reuse_it(
     cleanup_computers.append("perf-reuse")
     r = parse_reservation(make_reservation(96402, "perf-reuse", image, image_id=642))
     overlay = testbed / "hosts/node-a/vms/perf-reuse_642-v0.qcow2"
-    assert provisioner.pre_define(r)["overlay_created"] is True
+    assert server.load.pre_define(r)["overlay_created"] is True
     qemu_io(overlay, "write -P 0x66 0 64k")
 
-    assert provisioner.pre_define(r, reuse_overlay=True)["overlay_created"] is False
+    assert server.load.pre_define(r, reuse_overlay=True)["overlay_created"] is False
     assert "verification failed" not in qemu_io(overlay, "read -P 0x66 0 64k")
-    assert provisioner.pre_define(r)["overlay_created"] is True
+    assert server.load.pre_define(r)["overlay_created"] is True
     assert "verification failed" not in qemu_io(overlay, "read -P 0 0 64k")
 
 
 def test_remove_overlay_only_when_no_domain_uses_it(
-    testbed: Path, provisioner: Provisioner, cleanup_computers: list[str]
+    testbed: Path, server: Host, cleanup_computers: list[str]
 ) -> None:
     """A defined domain on the overlay keeps everything; once it is gone, the overlay and the
     XML copy are removed and named."""
@@ -132,16 +132,16 @@ def test_remove_overlay_only_when_no_domain_uses_it(
     repository_image(testbed, image)
     cleanup_computers.append("perf-remove")
     r = parse_reservation(make_reservation(96403, "perf-remove", image, image_id=643))
-    provisioner.pre_define(r)
-    generated = provisioner.generate_xml(r)
-    provisioner.define(r, generated["xml"])
+    server.load.pre_define(r)
+    generated = server.load.generate_xml(r)
+    server.load.define(r, generated["xml"])
     overlay = testbed / "hosts/node-a/vms/perf-remove_643-v0.qcow2"
     xml = testbed / "hosts/node-a/xml/perf-remove_643-v0.xml"
 
-    assert provisioner.remove_overlay(r) == []
+    assert server.cleanup.remove_overlay(r) == []
     assert overlay.exists() and xml.exists()
     libvirt.open("qemu:///system").lookupByName(generated["domain"]).undefine()
-    assert provisioner.remove_overlay(r) == [str(overlay), str(xml)]
+    assert server.cleanup.remove_overlay(r) == [str(overlay), str(xml)]
     assert not overlay.exists() and not xml.exists()
     assert (testbed / f"hosts/node-a/images/{image}.qcow2").exists()
 
@@ -175,7 +175,7 @@ def id_named_domain(testbed: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_unload_removes_a_domain_named_by_the_computers_id(
-    testbed: Path, provisioner: Provisioner, id_named_domain: tuple[str, Path]
+    testbed: Path, server: Host, id_named_domain: tuple[str, Path]
 ) -> None:
     """The 48-character rule named the domain by the computer's id: unload finds it and
     removes it with its overlay."""
@@ -183,7 +183,7 @@ def test_unload_removes_a_domain_named_by_the_computers_id(
     r = parse_reservation(
         make_reservation(96404, LONG_COMPUTER, "linux-PerfLong-644-v0", computer_id=964044)
     )
-    result = provisioner.unload(r)
+    result = server.cleanup.delete_existing_domains(r)
     assert result == {"deleted_domains": [name], "removed_files": [str(overlay)]}
     assert not overlay.exists()
     with pytest.raises(libvirt.libvirtError):
@@ -212,7 +212,7 @@ def test_master_search_behind_the_fast_path(private_host: Any, tmp_path: Path) -
     and still refuses two candidates; with it, the exact file wins at once."""
     host = private_host
     node = SSHTransport(host, connect_timeout=10)
-    files = Provisioner(host, node, KvmDriver(host, node), lambda: connect(host)).context.files
+    files = server_over(host, node).access.files
     driver, datastore = KvmDriver(host, node), tmp_path / "ds"
     try:
         (datastore / "sub").mkdir()
@@ -270,19 +270,19 @@ def test_host_with_local_transport_uses_storage_pools_too(
         check=True,
     )
     node = LocalTransport(host.name)
-    provisioner = Provisioner(host, node, KvmDriver(host, node), lambda: connect(host))
+    server = server_over(host, node)
     r = parse_reservation(
         make_reservation(96406, "perf-local", "linux-PerfLocal-646-v0", image_id=646)
     )
     try:
         assert host.effective_libvirt_uri == "qemu:///system"
-        assert isinstance(provisioner.context.files, LibvirtFiles)
-        pre = provisioner.pre_define(r)
-        generated = provisioner.generate_xml(r)
-        provisioner.define(r, generated["xml"])
+        assert isinstance(server.access.files, LibvirtFiles)
+        pre = server.load.pre_define(r)
+        generated = server.load.generate_xml(r)
+        server.load.define(r, generated["xml"])
         assert (tmp_path / "xml" / "perf-local_646-v0.xml").read_text() == generated["xml"]
         assert info(Path(pre["overlay"]))["backing-filename"] == pre["master"]
     finally:
-        unloaded = provisioner.unload(r)
+        unloaded = server.cleanup.delete_existing_domains(r)
     assert unloaded["deleted_domains"] == [generated["domain"]]
     assert list((tmp_path / "vms").iterdir()) == [] and list((tmp_path / "xml").iterdir()) == []

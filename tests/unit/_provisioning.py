@@ -18,13 +18,13 @@ from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.node.local import LocalTransport
-from vclvirt.provisioning.context import HostContext
+from vclvirt.provisioning.access import HostAccess
 from vclvirt.testing import memory_redis
 
 
 @dataclass
 class UnitHost:
-    context: HostContext
+    context: HostAccess
     conn: libvirt.virConnect
     root: Path
 
@@ -82,7 +82,7 @@ def make_host(tmp_path: Path) -> UnitHost:
     )
     conn = libvirt.open(uri)
     node = LocalTransport(host.name)
-    context = HostContext(
+    context = HostAccess(
         host=host,
         node=node,
         driver=KvmDriver(host, node),

@@ -2,8 +2,8 @@
 in-memory store and fake host of vclvirt.testing, libvirt's in-process test driver, and
 toy operations whose step bodies a test writes.
 
-The provisioner-shaped part (what a run gets for its host) is all in `provisioner_for`
-and `ToyWorld.provisioner`: when the provisioner facade changes, only they change.
+What a run gets for its host is built in one place, `host_for`, with the composition
+root's own build_host.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ import redis
 
 from tests.unit._provisioning import UnitHost, make_host
 from tests.unit._provisioning import reservation as unit_reservation
+from vclvirt import operations
 from vclvirt.config.inventory import HostConfig
 from vclvirt.config.settings import Settings
 from vclvirt.guest.hostkeys import GuestHostKeys
-from vclvirt.hypervisor.drivers.kvm import KvmDriver
+from vclvirt.identity import Identity
 from vclvirt.models import Reservation
 from vclvirt.node.transport import Transport
-from vclvirt.operations import Operation, StepContext, registry
-from vclvirt.provisioner import Provisioner
-from vclvirt.recovery import Reconciler, this_process
+from vclvirt.operation import Operation, Step, StepContext
+from vclvirt.provisioning.host import Host, build_host
+from vclvirt.recovery import Reconciler
 from vclvirt.runner import Runner
 from vclvirt.state.records import RecordStore, ReservationStatus
 from vclvirt.testing import FakeTransport, memory_redis
@@ -51,36 +52,29 @@ def host_config(tmp_path: Path) -> HostConfig:
     )
 
 
-def provisioner_for(
-    host: HostConfig, node: Transport, client: redis.Redis, connect: Callable[[], Any]
-) -> Provisioner:
-    """What the runner gets for its host: a real Provisioner over the given transport and
+def host_for(
+    config: HostConfig, node: Transport, client: redis.Redis, connect: Callable[[], Any]
+) -> Host:
+    """What the runner gets for its host: a real Host over the given transport and
     libvirt connection, its guests' host keys in the same store."""
-    return Provisioner(
-        host,
-        node,
-        KvmDriver(host, node),
-        connect,
-        management_node="unit-tests",
-        settings=SETTINGS,
-        guest_host_keys=GuestHostKeys(client),
-    )
+    return build_host(config, node, SETTINGS, GuestHostKeys(client), connect=connect)
 
 
 @dataclass
 class ToyWorld:
-    """One worker process's view: its store, its host's provisioner, its runner."""
+    """One worker process's view: its store, its host, its runner."""
 
     redis: redis.Redis
-    host: HostConfig
-    node: FakeTransport  # the host's commands, unless the provisioner has a transport of its own
-    provisioner: Provisioner
+    config: HostConfig
+    node: FakeTransport  # the host's commands, unless the host has a transport of its own
+    host: Host
     monkeypatch: pytest.MonkeyPatch
     published: list[tuple[int, int, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.records = RecordStore(self.redis)
-        self.runner = Runner(self.redis, SETTINGS, lambda _host: self.provisioner)
+        self.identity = Identity.worker([HOST])
+        self.runner = Runner(self.redis, SETTINGS, lambda _name: self.host, identity=self.identity)
 
     def operation(
         self,
@@ -93,12 +87,12 @@ class ToyWorld:
         """A toy operation, known to the registry for this test only."""
         op = Operation(
             name=name,
-            steps=tuple(bodies),
-            bodies=bodies,
+            summary="a toy operation of the unit tests",
+            steps=tuple(Step(step, body) for step, body in bodies.items()),
             owns_computer=owns_computer,
             on_abandon=on_abandon,
         )
-        self.monkeypatch.setitem(registry.OPERATIONS, name, op)
+        self.monkeypatch.setitem(operations.OPERATIONS, name, op)
         return op
 
     def begin(self, op: Operation, reservation: Reservation | None = None) -> int:
@@ -106,7 +100,7 @@ class ToyWorld:
         return self.records.begin(
             reservation or toy_reservation(),
             op.name,
-            list(op.steps),
+            list(op.step_names),
             owns_computer=op.owns_computer,
         )
 
@@ -121,7 +115,7 @@ class ToyWorld:
         def publish(record: ReservationStatus, generation: int, resumed: bool) -> None:
             self.published.append((record.reservation_id, generation, resumed))
 
-        return Reconciler(self.redis, settings, [HOST], this_process(), publish)
+        return Reconciler(self.redis, settings, [HOST], self.identity.holder(), publish)
 
 
 def toy_reservation(**top: Any) -> Reservation:
@@ -136,9 +130,9 @@ def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ToyWorld:
     node_file = tmp_path / "node.xml"
     node_file.write_text("<node/>")
     conn = libvirt.open(f"test://{node_file}")
-    client, host, node = memory_redis(), host_config(tmp_path), FakeTransport(HOST)
-    provisioner = provisioner_for(host, node, client, lambda: conn)
-    return ToyWorld(client, host, node, provisioner, monkeypatch)
+    client, config, node = memory_redis(), host_config(tmp_path), FakeTransport(HOST)
+    host = host_for(config, node, client, lambda: conn)
+    return ToyWorld(client, config, node, host, monkeypatch)
 
 
 def load_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ToyWorld, UnitHost]:
@@ -148,7 +142,7 @@ def load_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ToyWorl
     unit = make_host(tmp_path)
     unit.master(toy_reservation().image.name)
     # Switches, so the domain has NICs with the computer's MACs (a capture finds it so).
-    host = unit.context.host.model_copy(update={"private_switch": "br0", "public_switch": "br1"})
+    config = unit.context.host.model_copy(update={"private_switch": "br0", "public_switch": "br1"})
     client = memory_redis()
-    provisioner = provisioner_for(host, unit.context.node, client, unit.context.connect)
-    return ToyWorld(client, host, FakeTransport(HOST), provisioner, monkeypatch), unit
+    host = host_for(config, unit.context.node, client, unit.context.connect)
+    return ToyWorld(client, config, FakeTransport(HOST), host, monkeypatch), unit

@@ -474,3 +474,15 @@ def test_redis_keeps_queues_and_records_through_a_restart() -> None:
         "--appendfsync": "everysec",
         "--maxmemory-policy": "noeviction",
     }
+
+
+def test_the_cli_imports_no_prometheus_client_before_the_worker_sets_its_directory():
+    """prometheus_client picks its multiprocess mode when first imported: `vclvirt
+    worker` sets the directory first, so the CLI module must not import it (else every
+    pool process's metrics are lost)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, vclvirt.cli; print('prometheus_client' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert found.stdout.strip() == "False", found.stderr

@@ -11,37 +11,42 @@ from typing import Any
 import pytest
 import redis
 
-from tests.unit._runs import HOST, host_config, toy_reservation
-from vclvirt import dispatch
+from tests.unit._runs import HOST, SETTINGS, host_config, toy_reservation
+from vclvirt import composition, dispatch
 from vclvirt.config.inventory import Inventory
 from vclvirt.errors import InvalidInput, ResourceBusy, UnknownHost, UnknownReservation
+from vclvirt.identity import Identity
 from vclvirt.state import keys
 from vclvirt.state.records import RecordStore
 from vclvirt.testing import memory_redis
 
 
 class Sent(list[tuple[str, int, int, bool]]):
-    """The messages published: (operation, reservation id, generation, resumed)."""
+    """The messages published: (operation, reservation id, generation, resumed); it
+    stands where the composition root's Publisher stands."""
+
+    def publish(
+        self, operation: str, reservation: Any, generation: int, *, resumed: bool = False
+    ) -> str:
+        self.append((operation, reservation.reservation_id, generation, resumed))
+        return ""
+
+    def publish_many(self, begun: list[tuple[str, Any, int]]) -> None:
+        for operation, reservation, generation in begun:
+            self.publish(operation, reservation, generation)
 
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[redis.Redis, Sent]:
-    """dispatch's seams, in one place: its store, its inventory, its publisher."""
+    """dispatch's seams, in one place: the composition root's store and publisher, and
+    the inventory."""
     client, sent = memory_redis(), Sent()
     inventory = Inventory(hosts={HOST: host_config(tmp_path)})
-
-    def publish(operation: str, reservation: Any, generation: int, **kw: Any) -> str:
-        sent.append((operation, reservation.reservation_id, generation, kw.get("resumed", False)))
-        return ""
-
-    def publish_many(begun: list[tuple[str, Any, int]]) -> None:
-        for operation, reservation, generation in begun:
-            publish(operation, reservation, generation)
-
-    monkeypatch.setattr(dispatch, "_client", lambda: client)
+    root = composition.Root(SETTINGS, Identity.client())
+    monkeypatch.setattr(composition.Root, "redis", property(lambda _root: client))
+    monkeypatch.setattr(composition.Root, "publisher", property(lambda _root: sent))
+    monkeypatch.setattr(composition, "_root", root)
     monkeypatch.setattr(dispatch, "get_inventory", lambda: inventory)
-    monkeypatch.setattr("vclvirt.tasks.publish.publish", publish)
-    monkeypatch.setattr("vclvirt.tasks.publish.publish_many", publish_many)
     return client, sent
 
 

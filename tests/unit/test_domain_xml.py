@@ -62,7 +62,7 @@ def facts(**overrides) -> HostFacts:
 
 
 def spec_for(reservation, host_facts, private="br0", public="br1", host="kvmhost1"):
-    """The DomainSpec the provisioner would plan for this reservation (fixed load time)."""
+    """The DomainSpec the load would plan for this reservation (fixed load time)."""
     names = LoadNames.for_reservation(
         reservation, datastore_path="/var/lib/libvirt/images", vm_path="/srv/vms", xml_dir="/tmp"
     )
@@ -104,7 +104,7 @@ def test_topology_matches_reference_formula_for_one_two_and_even(vcpus):
 
 @pytest.mark.parametrize("vcpus", [3, 5, 7])
 def test_topology_for_odd_counts_is_one_socket(vcpus):
-    """Odd counts above 2 get one socket of n cores (fix for §7.4 C2)."""
+    """Odd counts above 2 get one socket of n cores (VCL's 2 x n//2 is refused)."""
     assert cpu_topology(vcpus) == Topology(1, vcpus)
 
 
@@ -238,7 +238,7 @@ def test_qemu_args_render_in_the_qemu_namespace(reservation):
     assert args == ["-fw_cfg", "name=opt/x,string=1"]
 
 
-# --- NIC plan (§4.2 with fixes) ----------------------------------------------
+# --- NIC plan (VCL's project rules, one eth1 MAC) ------------------------------
 
 
 def test_vcl_project_gets_exactly_eth0_and_eth1(reservation):
@@ -282,7 +282,7 @@ def test_vclhpc_project_adds_network_with_its_own_mac(reservation):
 
 
 def test_several_hpc_networks_only_one_gets_eth1_mac(reservation):
-    """With several intersecting networks only the first (sorted) gets eth1's MAC (D9 fix)."""
+    """With several intersecting networks only the first (sorted) gets eth1's MAC."""
     nics = plan_nics(
         reservation(image={"project": "hpc"}),
         "br0",

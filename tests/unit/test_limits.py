@@ -58,7 +58,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     monkeypatch.setattr(dispatch, "get_inventory", _Inventory)
     monkeypatch.setattr(dispatch, "_send", send)
     monkeypatch.setattr(dispatch, "_begin", begin)
-    monkeypatch.setattr("vclvirt.tasks.publish.publish_many", lambda begun: None)
+    monkeypatch.setattr("vclvirt.tasks.publish.Publisher.publish_many", lambda _p, begun: None)
     monkeypatch.setattr(dispatch, "status", lambda reservation_id: _Record())
     yield sent
 
@@ -452,27 +452,31 @@ def test_snapshot_name_on_the_cli(monkeypatch, tmp_path, name, accepted):
 # -- image names given alone: CLI argument and URL, up to 128 characters ------------------------
 
 
-class _Provisioner:
-    def does_image_exist(self, image: str) -> bool:
+class _Images:
+    def exists(self, image: str) -> bool:
         return True
 
-    def get_image_size(self, image: str) -> int:
+    def size_mb(self, image: str) -> int:
         return 1
 
-    def get_image_size_bytes(self, image: str) -> int:
+    def size_bytes(self, image: str) -> int:
         return 2**20
+
+
+class _Host:
+    images = _Images()
 
 
 @pytest.fixture
 def provisioners(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The hosts a provisioner was made for (made: the host would have been contacted)."""
+    """The hosts a Host was made for (made: the host would have been contacted)."""
     made: list[str] = []
 
-    def provisioner_for(host: str) -> _Provisioner:
-        made.append(host)
-        return _Provisioner()
+    def host(_root: Any, name: str) -> _Host:
+        made.append(name)
+        return _Host()
 
-    monkeypatch.setattr("vclvirt.workers.context.provisioner_for", provisioner_for)
+    monkeypatch.setattr("vclvirt.composition.Root.host", host)
     return made
 
 

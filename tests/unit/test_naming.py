@@ -1,4 +1,4 @@
-"""Names and paths derived from a reservation (reference §0.3, §2.2.3, §2.2.6)."""
+"""Names and paths derived from a reservation (as VCL derives them)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from vclvirt.naming import (
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# (C, CID, P, IID, R, expected) — every row of the §2.2.3 table.
+# (C, CID, P, IID, R, expected) — every example of VCL's get_domain_name, as vcld names them.
 REFERENCE_VECTORS = [
     ("vm4-22", 22, "CentOS 7 Base (64 bit VM)", 3081, 5, "vm4-22_CentOS7Base64bitVM_3081-v5"),
     (
@@ -230,7 +230,7 @@ def test_domain_uuid_differs(other_host, other_domain):
 
 
 def test_load_names_paths(reservation):
-    """Overlay in vm_path, XML in xml_dir, reference XML in the datastore (§0.3)."""
+    """Overlay in vm_path, XML in xml_dir, reference XML in the datastore (VCL's paths)."""
     names = LoadNames.for_reservation(
         reservation(),
         datastore_path="/var/lib/libvirt/images",

@@ -6,8 +6,8 @@ import pytest
 
 from vclvirt.config.settings import Settings
 from vclvirt.errors import InvalidInput
+from vclvirt.operations import OPERATIONS, operation
 from vclvirt.operations.load import LOAD_STEPS, RELOAD_STEPS, plan_after_status
-from vclvirt.operations.registry import OPERATIONS, operation
 from vclvirt.recovery import retry_delay
 
 
@@ -29,12 +29,15 @@ def test_plan_after_node_status(state: str, status: str, plan: list[str]) -> Non
 
 def test_operations_own_and_lock_the_computer_as_they_change_it() -> None:
     """Loads and captures own the computer; read-only operations take no lock."""
-    assert [n for n, op in OPERATIONS.items() if op.owns_computer] == ["load", "capture"]
-    unlocked = sorted(n for n, op in OPERATIONS.items() if not op.locks_computer)
-    assert unlocked == ["node_status", "power_status", "snapshot_list"]
-    assert OPERATIONS["load"].steps == LOAD_STEPS
+    assert sorted(n for n, op in OPERATIONS.items() if op.owns_computer) == ["capture", "load"]
+    unlocked = {n for n, op in OPERATIONS.items() if not op.locks_computer}
+    assert {"node_status", "power_status", "snapshot_list"} <= unlocked
+    changing = {"load", "capture", "power_on", "power_off", "power_reset", "unload"}
+    changing |= {"post_maintenance_action", "snapshot_create", "snapshot_revert", "snapshot_delete"}
+    assert not changing & unlocked
+    assert OPERATIONS["load"].step_names == LOAD_STEPS
     assert OPERATIONS["load"].task_name == "vclvirt.load"
-    assert OPERATIONS["power_off"].task_name == "vclvirt.op.power_off"
+    assert OPERATIONS["power_off"].task_name == "vclvirt.power_off"
 
 
 def test_unknown_operation_names_the_field() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.unit._runs import ToyWorld, load_world, toy_reservation
 from vclvirt.models import Reservation, parse_reservation
-from vclvirt.operations.registry import OPERATIONS, operation
+from vclvirt.operations import OPERATIONS, operation
 
 
 def run(
@@ -18,12 +18,12 @@ def run(
     """Enqueue (as dispatch does) and run the operation; what its only or last step gave."""
     op = operation(name)
     generation = world.records.begin(
-        reservation, op.name, list(op.steps), params or {}, owns_computer=op.owns_computer
+        reservation, op.name, list(op.step_names), params or {}, owns_computer=op.owns_computer
     )
     summary = world.runner.run(reservation.reservation_id, generation)
     record = world.record(reservation.reservation_id)
     assert summary["state"] == "succeeded", (name, record.to_dict())
-    return dict(record.step_records[op.steps[-1]].get("result") or {})
+    return dict(record.step_records[op.step_names[-1]].get("result") or {})
 
 
 def test_every_operation_runs_to_its_end_through_the_runner(tmp_path, monkeypatch):
@@ -43,6 +43,8 @@ def test_every_operation_runs_to_its_end_through_the_runner(tmp_path, monkeypatc
     assert run(world, "power_off", r)["method"] == "already off"
     run(world, "power_on", r)
     assert run(world, "power_status", r)["power"] == "on"
+    picture = run(world, "screenshot", r)["file"]
+    assert picture["mime"].startswith("image/") and picture["size_bytes"] > 0  # test driver
     run(world, "snapshot_create", r, {"name": "before"})
     assert [s["name"] for s in run(world, "snapshot_list", r)["snapshots"]] == ["before"]
     run(world, "snapshot_revert", r, {"name": "before"})

@@ -15,8 +15,8 @@ import pytest
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt.cancellation import Cancelled
 from vclvirt.errors import LeaseLost, Superseded
-from vclvirt.operations import StepContext
-from vclvirt.recovery import LeaseKeeper, this_process
+from vclvirt.operation import StepContext
+from vclvirt.recovery import LeaseKeeper
 from vclvirt.state import keys
 from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.leases import Holder, Leases
@@ -73,7 +73,7 @@ def test_a_dead_holder_on_this_machine_is_recovered_before_its_lease_expires(wor
     longer exists: dispatched again at once, naming the dead holder."""
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
-    me = this_process()
+    me = world.identity.holder()
     dead = Holder(me.node, me.boot, dead_pid())
     assert world.runner.leases.claim(rid, generation, dead).ok
 
@@ -88,7 +88,7 @@ def test_a_run_whose_holder_is_alive_is_left_alone(world: ToyWorld):
     run however long its step takes: nothing is dispatched again, the record untouched."""
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
-    me = this_process()
+    me = world.identity.holder()
     alive = Holder(me.node, me.boot, os.getppid())
     assert world.runner.leases.claim(rid, generation, alive).ok
     before = world.redis.hgetall(keys.record(rid))
@@ -143,7 +143,7 @@ def keeper(world: ToyWorld, rid: int, *, watch: bool) -> LeaseKeeper:
         Leases(world.redis, ttl_seconds=SETTINGS.lease_ttl),
         ComputerOwners(world.redis),
         rid,
-        this_process(),
+        world.identity.holder(),
         ttl=SETTINGS.lease_ttl,
         watch_owner=(HOST, "unit-vm1") if watch else None,
     )
@@ -163,10 +163,10 @@ def cancelled_reason(kept: LeaseKeeper, within: float) -> Exception | None:
 def test_the_lease_keeper_renews_the_lease_while_the_run_holds_it(world: ToyWorld):
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
-    assert world.runner.leases.claim(rid, generation, this_process()).ok
+    assert world.runner.leases.claim(rid, generation, world.identity.holder()).ok
     with keeper(world, rid, watch=False) as kept:
         assert cancelled_reason(kept, within=2.5) is None  # past its first renewal
-        assert world.redis.get(keys.lease(rid)) == str(this_process()).encode()
+        assert world.redis.get(keys.lease(rid)) == str(world.identity.holder()).encode()
         assert world.redis.pttl(keys.lease(rid)) > 1000  # renewed: unrenewed, 500 ms were left
     assert not world.redis.exists(keys.lease(rid))  # released at the end
 
@@ -174,7 +174,7 @@ def test_the_lease_keeper_renews_the_lease_while_the_run_holds_it(world: ToyWorl
 def test_the_lease_keeper_cancels_a_run_whose_lease_was_taken(world: ToyWorld):
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
-    assert world.runner.leases.claim(rid, generation, this_process()).ok
+    assert world.runner.leases.claim(rid, generation, world.identity.holder()).ok
     with keeper(world, rid, watch=False) as kept:
         world.redis.set(keys.lease(rid), "node-b|boot|1")
         assert isinstance(cancelled_reason(kept, within=SETTINGS.lease_ttl), LeaseLost)
@@ -186,7 +186,7 @@ def test_the_lease_keeper_cancels_a_run_whose_computer_a_newer_reservation_owns(
 ):
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
-    assert world.runner.leases.claim(rid, generation, this_process()).ok
+    assert world.runner.leases.claim(rid, generation, world.identity.holder()).ok
     with keeper(world, rid, watch=True) as kept:
         kept.check()  # still ours
         world.redis.set(keys.computer_owner(HOST, "unit-vm1"), 9999)

@@ -1,4 +1,4 @@
-"""Repository selection (reference §2.2.18 vectors, with D4 and D11 fixed)."""
+"""Repository selection: VCL's cases, without its prefix match and stray-vmdk swap."""
 
 from __future__ import annotations
 
@@ -58,14 +58,14 @@ def test_single_vmdk() -> None:
 
 
 def test_later_revision_beside_is_not_taken() -> None:
-    """Image `…-v1` takes its own qcow2 even when `…-v10.qcow2` is beside it (D4)."""
+    """Image `…-v1` takes its own qcow2 even when `…-v10.qcow2` is beside it."""
     source = select(f"{IMAGE}0.qcow2", f"{IMAGE}.qcow2", f"{IMAGE}x.qcow2")
     assert source is not None
     assert source.path == f"{DIR}/{IMAGE}.qcow2"
 
 
 def test_later_revision_alone_is_not_taken() -> None:
-    """Image `…-v1` finds nothing when only `…-v10.qcow2` and `…-v1x.qcow2` exist (D4)."""
+    """Image `…-v1` finds nothing when only `…-v10.qcow2` and `…-v1x.qcow2` exist."""
     assert select(f"{IMAGE}0.qcow2", f"{IMAGE}x.qcow2", f"{IMAGE}0-s001.vmdk") is None
 
 
@@ -124,7 +124,7 @@ def test_descriptor_in_another_directory_does_not_adopt_extents() -> None:
 
 
 def test_stray_vmdk_beside_qcow2_is_ignored() -> None:
-    """`X.qcow2` with a stray `X.vmdk` gives the qcow2, not the vmdk (D11)."""
+    """`X.qcow2` with a stray `X.vmdk` gives the qcow2, not the vmdk."""
     source = select(f"{IMAGE}.vmdk", f"{IMAGE}.qcow2")
     assert source == RepositorySource(f"{DIR}/{IMAGE}.qcow2", "qcow2", (f"{DIR}/{IMAGE}.qcow2",))
 

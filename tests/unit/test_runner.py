@@ -14,7 +14,7 @@ from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
 from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable
 from vclvirt.locks import ResourceLock, RunOwner
-from vclvirt.operations import StepContext
+from vclvirt.operation import StepContext
 from vclvirt.runner import Runner
 from vclvirt.state import keys
 from vclvirt.state.leases import Holder
@@ -28,7 +28,7 @@ def on_host(*argv: str) -> Any:
     """A step that runs one command on the host (the fake transport)."""
 
     def body(ctx: StepContext) -> dict[str, Any]:
-        result = ctx.provisioner.node.run(list(argv), timeout=0.2)
+        result = ctx.host().access.node.run(list(argv), timeout=0.2)
         return {"out": result.text}
 
     return body
@@ -50,7 +50,7 @@ def test_an_operation_runs_to_succeeded_behind_the_computers_fencing_token(world
     assert [c.argv for c in world.node.calls] == [("true",), ("hostname",)]
     token = world.node.calls[0].token
     assert token is not None and all(c.token == token for c in world.node.calls)
-    assert world.node.tokens == {f"{world.host.fence_dir}/unit-vm1": token}
+    assert world.node.tokens == {f"{world.config.fence_dir}/unit-vm1": token}
     assert not world.redis.exists(keys.lease(record.reservation_id))  # released
 
 
@@ -213,7 +213,7 @@ def test_a_command_refused_by_the_hosts_fence_stops_the_run_with_no_write(world:
     """The host has seen a newer token for the computer (a newer holder took it): the
     command is refused there and runs nothing, and the run stops as one that lost its
     lease: the record is the newer holder's now, so it writes nothing more."""
-    world.node.tokens[f"{world.host.fence_dir}/unit-vm1"] = 2**62
+    world.node.tokens[f"{world.config.fence_dir}/unit-vm1"] = 2**62
     op = world.operation("toy", {"only": on_host("touch", "x")})
     rid = toy_reservation().reservation_id
     summary = world.runner.run(rid, world.begin(op))
@@ -224,17 +224,18 @@ def test_a_command_refused_by_the_hosts_fence_stops_the_run_with_no_write(world:
     assert (record.state, record.step_records["only"]["state"]) == ("running", "running")
     # The first command (fence_host's) was refused, so the step's never went out.
     assert [c.argv for c in world.node.calls] == [("true",)]
-    assert world.node.tokens[f"{world.host.fence_dir}/unit-vm1"] == 2**62
+    assert world.node.tokens[f"{world.config.fence_dir}/unit-vm1"] == 2**62
 
 
 def test_a_load_runs_to_succeeded_on_a_real_host_of_the_unit_tier(tmp_path, monkeypatch):
     """The real load operation, every step, through the runner: on libvirt's test driver
     with real qemu-img (no service), from enqueue to a running domain on its overlay."""
     from tests.unit._runs import load_world
-    from vclvirt.operations.load import LOAD, LOAD_STEPS
+    from vclvirt.operations import operation
+    from vclvirt.operations.load import LOAD_STEPS
 
     world, unit = load_world(tmp_path, monkeypatch)
-    rid, generation = toy_reservation().reservation_id, world.begin(LOAD)
+    rid, generation = toy_reservation().reservation_id, world.begin(operation("load"))
 
     summary = world.runner.run(rid, generation)
 
@@ -276,7 +277,8 @@ def test_transient_errors_fail_the_step_at_their_deadline(world: ToyWorld):
     strict = Runner(
         world.redis,
         SETTINGS.model_copy(update={"transient_deadline": 0.5}),
-        lambda _host: world.provisioner,
+        lambda _name: world.host,
+        identity=world.identity,
     )
     summary = strict.run(toy_reservation().reservation_id, world.begin(op))
 

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from vclvirt.config.settings import get_settings
 from vclvirt.errors import InvalidInput, UnknownHost
 from vclvirt.models import HOST_NAME_PATTERN, HOSTNAME_PATTERN
 
@@ -196,8 +197,6 @@ _loaded: dict[Path, Inventory] = {}
 
 def get_inventory(path: Path | None = None) -> Inventory:
     """The inventory named by the argument or VCLVIRT_INVENTORY, read once per process."""
-    from vclvirt.config.settings import get_settings
-
     path = path or get_settings().inventory
     if path is None:
         raise InvalidInput(

@@ -1,4 +1,4 @@
-"""`~/currentimage.txt` in the guest: the image's name, then `key=value` tags (§5.5).
+"""`~/currentimage.txt` in the guest: the image's name, then `key=value` tags (as VCL writes it).
 
 node_status reads `imagerevision_id`, `vcld_post_load` and `vcld_tainted` from it.
 Pure text functions; unknown lines are kept as they are.

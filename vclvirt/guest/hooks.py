@@ -27,7 +27,7 @@ def read_current_image(guest: Transport) -> str:
 
 
 def guest_status(guest: Transport, reservation: Reservation) -> tuple[str, str]:
-    """READY / POST_LOAD / RELOAD from the guest's tags (§2.4.1 steps 2-6), with the reason."""
+    """READY / POST_LOAD / RELOAD from the guest's tags (VCL's rules), with the reason."""
     tags = parse_tags(read_current_image(guest))
     expected = str(reservation.image.revision_id)
     if tags.get("imagerevision_id") != expected:
@@ -81,7 +81,7 @@ def run_scripts(guest: Transport, scripts_dir: Path) -> list[str]:
 def pre_capture(
     guest: Transport, reservation: Reservation, new_image: str, domain_xml: str
 ) -> dict[str, Any]:
-    """Leave in the guest what the captured image should say about itself (§3.5)."""
+    """Leave in the guest what the captured image should say about itself (VCL reads it)."""
     image, computer = reservation.image, reservation.computer
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     lines = [

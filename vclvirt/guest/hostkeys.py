@@ -19,6 +19,7 @@ import structlog
 
 from vclvirt.errors import GuestHostKeyChanged
 from vclvirt.state import keys
+from vclvirt.state.client import redis_client
 from vclvirt.state.fence import FencedRecord, Write
 from vclvirt.state.fence import current as fenced_record
 from vclvirt.state.records import GUEST_HOST_KEY
@@ -50,8 +51,6 @@ class GuestHostKeys:
 
     @classmethod
     def from_url(cls, url: str) -> GuestHostKeys:
-        from vclvirt.state.client import redis_client
-
         return cls(redis_client(url))
 
     def pinned(self, reservation_id: int) -> str | None:

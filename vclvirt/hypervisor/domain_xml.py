@@ -1,8 +1,8 @@
 """The domain XML, built from typed objects (never by string formatting).
 
 `plan_domain` turns a reservation plus facts about the host into a `DomainSpec`;
-`render_domain_xml` serialises it deterministically. Both are pure. See §4 of
-vcl-libvirt-behaviour.md for the reference and ARCHITECTURE.md for the fixes.
+`render_domain_xml` serialises it deterministically. Both are pure. Elements follow VCL's
+module; docs/departures.md lists where they differ and why.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def cpu_topology(vcpus: int) -> Topology:
     """Sockets x cores x threads that multiply to exactly `vcpus`.
 
     The reference gives 2 sockets x n//2 cores for n > 2, which libvirt rejects
-    for odd n (§7.4 C2); odd counts here get one socket of n cores.
+    for odd n (the product must equal the vCPUs); odd counts here get one socket of n cores.
     """
     if vcpus < 1:
         raise ValueError("vcpus must be at least 1")
@@ -115,9 +115,9 @@ def plan_nics(
     public_switch: str | None,
     facts: HostFacts,
 ) -> tuple[Nic, ...]:
-    """eth0 to the private switch, eth1 (or project networks) per §4.2, in a stable order.
+    """eth0 to the private switch, eth1 (or project networks) as VCL picks them, in a stable order.
 
-    Fixes D9: only one network gets the eth1 MAC; extra NICs get distinct stable MACs.
+    Only one network gets the eth1 MAC (never two NICs alike); extra NICs get distinct stable MACs.
     """
     computer, project = reservation.computer, reservation.image.project.lower()
     nics: list[Nic] = []

@@ -1,7 +1,7 @@
 """Capture: flatten a domain's disk into a new master, then publish it to the repository.
 
 Each copy is written under a temporary name and renamed only after qemu-img has
-verified it, so nothing is reported as captured before it is whole (fixes D7). The
+verified it, so nothing is reported as captured before it is whole (VCL renamed first). The
 new master is in the datastore's format (qcow2) whatever the disk was (qcow2, raw,
 vmdk: the format libvirt opens it with), as the reference converts to its datastore
 type. The repository copy is made where the repository is: on the host, or on the

@@ -1,9 +1,9 @@
-"""Which file in `<repository>/<image>/` becomes the host's master (reference §2.2.18).
+"""Which file in `<repository>/<image>/` becomes the host's master (VCL's layout).
 
 `select_image_source` is the pure decision (tested by value); `find_repository_image`
 lists the directory on the host and hands the paths to it. Unlike the reference, the
-name must match exactly (fixes D4: `…-v1` no longer picks up `…-v10.qcow2`) and a
-VMware descriptor replaces only its own extents (fixes D11).
+name must match exactly (`…-v1` never picks up `…-v10.qcow2`, VCL's prefix match did) and a
+VMware descriptor replaces only its own extents, not a stray qcow2 beside it.
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ def select_image_source(paths: Iterable[str], image_name: str) -> RepositorySour
        `.nvram`) and base names without an extension.
     2. A file belongs to the image only if its base name is exactly `<image>.<ext>`, or
        a VMware extent `<image>-sNNN.vmdk`, `<image>-fNNN.vmdk` or `<image>-flat.vmdk`
-       (NNN = three digits). So image `…-v1` never takes `…-v10.qcow2` (fixes D4).
+       (NNN = three digits). So image `…-v1` never takes `…-v10.qcow2` (another revision).
     3. VMware extents are read through their descriptor `<image>.vmdk` in the same
        directory: the source is the descriptor, its `files` the descriptor and those
-       extents. Only extents are replaced by the descriptor (fixes D11).
+       extents. Only extents are replaced by the descriptor (never an unrelated disk).
     4. When several disks exist, the format decides: qcow2 > raw/img > vdi, vhdx, qed >
        vmdk > any other extension (format_hint None, qemu-img detects it). So a stray
        `<image>.vmdk` beside `<image>.qcow2` is ignored.

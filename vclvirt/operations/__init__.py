@@ -1,88 +1,40 @@
-"""What each operation is: its steps, what each step does, and the bookkeeping around it.
+"""Every operation, one module each (or a few related ones per module): a module here
+declares `OPERATIONS`, a tuple of vclvirt.operation.Operation, and is found by name.
 
-Below the task layer and independent of Celery: `vclvirt.runner` runs an operation's
-steps, a Celery task only hands a message to the runner.
+Adding an operation is adding a module; the API, the CLI, the Celery tasks and the
+parameter validation list what is found here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import importlib
+import pkgutil
 
-from vclvirt.errors import PermanentError
-
-if TYPE_CHECKING:
-    from vclvirt.models import Reservation
-    from vclvirt.provisioner import Provisioner
+from vclvirt.errors import InvalidInput
+from vclvirt.operation import Operation
+from vclvirt.textcheck import field_label
 
 
-class MissingStepResult(PermanentError):
-    """A step needs what an earlier step recorded, and it is not there."""
-
-    code = "MISSING_STEP_RESULT"
-    default_hint = "Run the whole operation again"
-
-
-class StepContext:
-    """What a step body may use besides the provisioner: the reservation, its parameters,
-    earlier steps' results, and the few things a step records for later steps."""
-
-    def __init__(
-        self,
-        provisioner: Provisioner,
-        reservation: Reservation,
-        params: dict[str, Any],
-        *,
-        result_of: Callable[[str], dict[str, Any] | None],
-        attempts: Callable[[str], int],
-        progress: Callable[[int, int], None],
-        set_plan: Callable[[list[str]], None],
-        set_outcome: Callable[[dict[str, Any]], None],
-        set_computer_image: Callable[[dict[str, Any] | None], None],
-    ) -> None:
-        self.provisioner = provisioner
-        self.reservation = reservation
-        self.params = params
-        self._result_of = result_of
-        self.attempts = attempts  # how often a step of this operation has been started
-        self.progress = progress
-        self.set_plan = set_plan
-        self.set_outcome = set_outcome
-        self.set_computer_image = set_computer_image
-
-    def result(self, step: str) -> dict[str, Any]:
-        """What `step` recorded; MissingStepResult if it recorded nothing."""
-        found = self._result_of(step)
-        if not found:
-            raise MissingStepResult(f"step {step} has recorded nothing for this reservation")
-        return found
+def _discover() -> dict[str, Operation]:
+    found: dict[str, Operation] = {}
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        declared = importlib.import_module(f"{__name__}.{module.name}").OPERATIONS
+        for op in declared:
+            if op.name in found:
+                raise RuntimeError(f"operation {op.name} is declared twice (in {module.name})")
+            found[op.name] = op
+    return found
 
 
-StepBody = Callable[[StepContext], dict[str, Any]]
+OPERATIONS: dict[str, Operation] = _discover()
 
 
-@dataclass(frozen=True)
-class Operation:
-    """An operation on a reservation's computer.
-
-    `owns_computer`: beginning it makes the reservation the computer's owner, and it stops
-    (superseded) when a newer reservation takes the computer. `locks_computer`: it changes
-    the computer, so it holds the computer's lock while it runs (one at a time).
-    `on_abandon` runs when it fails or is superseded: it removes what it created.
-    """
-
-    name: str
-    steps: tuple[str, ...]
-    bodies: Mapping[str, StepBody]
-    owns_computer: bool = False
-    locks_computer: bool = True
-    on_abandon: Callable[[StepContext], dict[str, Any]] | None = field(default=None)
-
-    @property
-    def task_name(self) -> str:
-        return (
-            f"vclvirt.{self.name}"
-            if self.name in ("load", "capture")
-            else f"vclvirt.op.{self.name}"
+def operation(name: str) -> Operation:
+    """The operation called `name`; InvalidInput (field `operation`) if there is none."""
+    found = OPERATIONS.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise InvalidInput(
+            f"unknown operation {field_label(str(name))}; known: {', '.join(sorted(OPERATIONS))}",
+            field="operation",
         )
+    return found

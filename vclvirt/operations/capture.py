@@ -10,20 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from vclvirt.operations import Operation, StepContext
+from vclvirt.models import Reservation
+from vclvirt.operation import Operation, Step, StepContext
 
-CAPTURE_STEPS = (
-    "capture_prepare",
-    "capture_shutdown",
-    "capture_flatten",
-    "capture_publish",
-    "capture_finish",
-)
+CAPTURE_STATES = ("image", "checkpoint")
 
 
 def flatten(ctx: StepContext) -> dict[str, Any]:
     prepared = ctx.result("capture_prepare")
-    result = ctx.provisioner.capture_flatten(ctx.reservation, prepared)
+    result = ctx.host().capture.flatten(ctx.reservation, prepared)
     ctx.set_outcome(
         {
             "new_image": prepared["new_image"],
@@ -36,21 +31,38 @@ def flatten(ctx: StepContext) -> dict[str, Any]:
     return result
 
 
+def capturable(reservation: Reservation) -> str | None:
+    if reservation.state in CAPTURE_STATES:
+        return None
+    return f"a capture needs state image or checkpoint, not {reservation.state!r}"
+
+
 CAPTURE = Operation(
     name="capture",
-    steps=CAPTURE_STEPS,
-    bodies={
-        "capture_prepare": lambda ctx: ctx.provisioner.capture_prepare(ctx.reservation),
-        "capture_shutdown": lambda ctx: ctx.provisioner.capture_shutdown(
-            ctx.reservation, ctx.result("capture_prepare")["domain"]
+    summary="Capture the computer's disk as a new image (state image) or checkpoint",
+    steps=(
+        Step("capture_prepare", lambda ctx: ctx.host().capture.prepare(ctx.reservation)),
+        Step(
+            "capture_shutdown",
+            lambda ctx: ctx.host().capture.shutdown(
+                ctx.reservation, ctx.result("capture_prepare")["domain"]
+            ),
         ),
-        "capture_flatten": flatten,
-        "capture_publish": lambda ctx: ctx.provisioner.capture_publish(
-            ctx.reservation, ctx.result("capture_prepare"), ctx.result("capture_flatten")["master"]
+        Step("capture_flatten", flatten),
+        Step(
+            "capture_publish",
+            lambda ctx: ctx.host().capture.publish(
+                ctx.reservation,
+                ctx.result("capture_prepare"),
+                ctx.result("capture_flatten")["master"],
+            ),
         ),
-        "capture_finish": lambda ctx: ctx.provisioner.capture_finish(
-            ctx.reservation, ctx.result("capture_prepare")
+        Step(
+            "capture_finish",
+            lambda ctx: ctx.host().capture.finish(ctx.reservation, ctx.result("capture_prepare")),
         ),
-    },
+    ),
     owns_computer=True,
+    accepts=capturable,
 )
+OPERATIONS = (CAPTURE,)

@@ -5,7 +5,7 @@ node_status decides like VCL's new.pm: READY skips everything, POST_LOAD runs on
 post_load, RELOAD runs the rest; a reservation in state reload or reinstall always runs
 the whole load (vcld reloads such a computer whatever its guest says). pre_define runs
 before generate_xml so the disk bus and NIC model come from the master's reference XML
-even on the first load on a host (fixes D1).
+even on the first load on a host.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from vclvirt.guest.hooks import POST_LOAD, READY, RELOAD
-from vclvirt.metrics import MASTER_BYTES, MASTER_COPIES
-from vclvirt.operations import Operation, StepContext
+from vclvirt.operation import Operation, Step, StepContext
 
 RELOAD_STEPS = (
     "delete_existing_domains",
@@ -44,10 +43,10 @@ def node_status(ctx: StepContext) -> dict[str, Any]:
     if state in ALWAYS_RELOAD:
         # post_load will need the guest: a configuration that gives no way in fails now,
         # before delete_existing_domains destroys the running VM.
-        ctx.provisioner.check_guest_access(ctx.reservation)
+        ctx.host().status.check_guest_access(ctx.reservation)
         result: dict[str, Any] = {"status": RELOAD, "reason": f"state {state} always reloads"}
     else:
-        result = ctx.provisioner.node_status(ctx.reservation)
+        result = ctx.host().status.check(ctx.reservation)
     plan = plan_after_status(state, result["status"])
     ctx.set_plan(plan)
     return {**result, "plan": plan}
@@ -56,20 +55,11 @@ def node_status(ctx: StepContext) -> dict[str, Any]:
 def pre_define(ctx: StepContext) -> dict[str, Any]:
     # The overlay is always made anew: a file found at its path may be a previous user's
     # disk (a user's disk is never handed to another); creating one costs milliseconds.
-    result = ctx.provisioner.pre_define(ctx.reservation, progress=ctx.progress, reuse_overlay=False)
-    if result["master_copied"]:
-        MASTER_COPIES.labels(host=ctx.reservation.host).inc()
-        MASTER_BYTES.labels(host=ctx.reservation.host).inc(result["master_bytes"])
-    return result
-
-
-def define(ctx: StepContext) -> dict[str, Any]:
-    generated = ctx.result("generate_xml")
-    return ctx.provisioner.define(ctx.reservation, generated["xml"])
+    return ctx.host().load.pre_define(ctx.reservation, ctx.progress, reuse_overlay=False)
 
 
 def post_load(ctx: StepContext) -> dict[str, Any]:
-    result = ctx.provisioner.post_load(ctx.reservation)
+    result = ctx.host().load.post_load(ctx.reservation)
     image = ctx.reservation.image
     ctx.set_computer_image(
         {
@@ -85,23 +75,28 @@ def remove_overlay(ctx: StepContext) -> dict[str, Any]:
     """A load that stops after pre_define leaves no overlay behind (unless a domain uses it)."""
     if not ctx.attempts("pre_define"):
         return {}
-    return {"removed_files": ctx.provisioner.remove_overlay(ctx.reservation)}
+    return {"removed_files": ctx.host().cleanup.remove_overlay(ctx.reservation)}
 
 
 LOAD = Operation(
     name="load",
-    steps=LOAD_STEPS,
-    bodies={
-        "node_status": node_status,
-        "delete_existing_domains": lambda ctx: ctx.provisioner.delete_existing_domains(
-            ctx.reservation
+    summary="Load the reservation's image on its computer, up to a guest that answers",
+    steps=(
+        Step("node_status", node_status),
+        Step(
+            "delete_existing_domains",
+            lambda ctx: ctx.host().cleanup.delete_existing_domains(ctx.reservation),
         ),
-        "pre_define": pre_define,
-        "generate_xml": lambda ctx: ctx.provisioner.generate_xml(ctx.reservation),
-        "define": define,
-        "power_on": lambda ctx: ctx.provisioner.power_on(ctx.reservation),
-        "post_load": post_load,
-    },
+        Step("pre_define", pre_define),
+        Step("generate_xml", lambda ctx: ctx.host().load.generate_xml(ctx.reservation)),
+        Step(
+            "define",
+            lambda ctx: ctx.host().load.define(ctx.reservation, ctx.result("generate_xml")["xml"]),
+        ),
+        Step("power_on", lambda ctx: ctx.host().power.on(ctx.reservation)),
+        Step("post_load", post_load),
+    ),
     owns_computer=True,
     on_abandon=remove_overlay,
 )
+OPERATIONS = (LOAD,)

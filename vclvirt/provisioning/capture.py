@@ -26,14 +26,14 @@ from vclvirt.images.capture import flatten_to_master, publish_to_repository
 from vclvirt.images.master import find_in_repository, find_master
 from vclvirt.models import IMAGE_NAME_PATTERN, Reservation
 from vclvirt.naming import captured_image_name
+from vclvirt.provisioning.access import HostAccess
 from vclvirt.provisioning.cleanup import Cleanup
-from vclvirt.provisioning.context import HostContext
 
 
 class Capture:
     """The five capture steps; later ones take what capture_prepare recorded."""
 
-    def __init__(self, context: HostContext, cleanup: Cleanup) -> None:
+    def __init__(self, context: HostAccess, cleanup: Cleanup) -> None:
         self.ctx = context
         self.cleanup = cleanup
 

@@ -12,7 +12,7 @@ import structlog
 
 from vclvirt.hypervisor import domains
 from vclvirt.models import Reservation
-from vclvirt.provisioning.context import HostContext
+from vclvirt.provisioning.access import HostAccess
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +28,7 @@ def is_own_overlay(path: str, computer: str, vm_dir: str) -> bool:
 class Cleanup:
     """delete_existing_domains / unload, and the overlay of a load that will not run."""
 
-    def __init__(self, context: HostContext) -> None:
+    def __init__(self, context: HostAccess) -> None:
         self.ctx = context
 
     def delete_existing_domains(self, reservation: Reservation) -> dict[str, Any]:

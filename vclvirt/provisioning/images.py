@@ -9,13 +9,13 @@ import posixpath
 from vclvirt.errors import ImageNotFound
 from vclvirt.images.master import find_in_repository, find_master, repository_node
 from vclvirt.images.repository import NOT_DISKS, allocated_bytes
-from vclvirt.provisioning.context import HostContext
+from vclvirt.provisioning.access import HostAccess
 
 
 class ImageQueries:
     """What the scheduler asks about images, answered by the host."""
 
-    def __init__(self, context: HostContext) -> None:
+    def __init__(self, context: HostAccess) -> None:
         self.ctx = context
 
     def exists(self, image_name: str) -> bool:

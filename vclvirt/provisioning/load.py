@@ -36,7 +36,7 @@ from vclvirt.images.files import OverlayFacts
 from vclvirt.images.master import MASTER_FORMAT, MasterImage, ensure_master
 from vclvirt.models import Reservation
 from vclvirt.naming import domain_uuid
-from vclvirt.provisioning.context import HostContext
+from vclvirt.provisioning.access import HostAccess
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ Hardware = tuple[str | None, str | None]  # disk bus, NIC model
 class LoadSteps:
     """pre_define, generate_xml, define and post_load on one host."""
 
-    def __init__(self, context: HostContext) -> None:
+    def __init__(self, context: HostAccess) -> None:
         self.ctx = context
         self._hardware: dict[str, Hardware] = {}  # reference XML path -> bus, model
         self._vm_fstype: str | None = None

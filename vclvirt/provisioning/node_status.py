@@ -1,4 +1,4 @@
-"""node_status, the first step of a load: READY / POST_LOAD / RELOAD (§2.4.1)."""
+"""node_status, the first step of a load: READY / POST_LOAD / RELOAD (as VCL decides)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from vclvirt.guest import hooks
 from vclvirt.guest.access import GuestTarget, connect_guest
 from vclvirt.hypervisor import domains
 from vclvirt.models import Reservation
-from vclvirt.provisioning.context import HostContext
+from vclvirt.provisioning.access import HostAccess
 
 
 class NodeStatus:
     """Asks the hypervisor, then the guest, whether the computer already holds the load."""
 
-    def __init__(self, context: HostContext) -> None:
+    def __init__(self, context: HostAccess) -> None:
         self.ctx = context
 
     def check(self, reservation: Reservation) -> dict[str, Any]:
@@ -69,6 +69,15 @@ class NodeStatus:
             return None
         ctx = self.ctx
         return ctx.guest_target(reservation)
+
+    def check_guest_access(self, reservation: Reservation) -> dict[str, Any]:
+        """GuestAccessNotConfigured unless the configuration says how to log in to the
+        guest (key, address); no host or guest is contacted. A load that will need the
+        guest checks this before it destroys anything."""
+        target = self.guest_access(reservation)
+        if target is None:
+            return {"guest": "not contacted: os_type none"}
+        return {"guest": f"{target.address}:{target.port}", "key_file": str(target.key_file)}
 
     def backing_image(self, domain: Any) -> str | None:
         """Name of the master behind the running domain's first disk (its file name sans

@@ -7,13 +7,13 @@ from typing import Any
 
 from vclvirt.hypervisor import domains
 from vclvirt.models import Reservation
-from vclvirt.provisioning.context import HostContext
+from vclvirt.provisioning.access import HostAccess
 
 
 class Power:
     """power_status / power_on / power_off / power_reset of the reservation's domain."""
 
-    def __init__(self, context: HostContext) -> None:
+    def __init__(self, context: HostAccess) -> None:
         self.ctx = context
 
     def status(self, reservation: Reservation) -> dict[str, Any]:

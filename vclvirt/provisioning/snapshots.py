@@ -7,13 +7,13 @@ from typing import Any
 from vclvirt.hypervisor import domains
 from vclvirt.images.space import disk_full_judged
 from vclvirt.models import Reservation
-from vclvirt.provisioning.context import HostContext
+from vclvirt.provisioning.access import HostAccess
 
 
 class Snapshots:
     """snapshot_create / list / revert / delete; the name is validated by the caller."""
 
-    def __init__(self, context: HostContext) -> None:
+    def __init__(self, context: HostAccess) -> None:
         self.ctx = context
 
     def create(self, reservation: Reservation, name: str) -> dict[str, Any]:

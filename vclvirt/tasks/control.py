@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vclvirt.workers.app import app
+from celery import Celery
+
+from vclvirt.recovery import task_id
+from vclvirt.restart import restart
+
+if TYPE_CHECKING:
+    from vclvirt.composition import Root
 
 
-@app.task(name="vclvirt.run_reservation", acks_late=True)
-def run_reservation(reservation_id: int, from_step: str | None = None) -> dict[str, Any]:
-    """Re-run a failed reservation from its failed step (or `from_step`): Flower has no
-    retry button, so operators send this task by name."""
-    from vclvirt import dispatch
-
-    handle = dispatch.retry(int(reservation_id), from_step)
-    return {"reservation_id": handle.reservation_id, "task_id": handle.task_id}
+def register(app: Celery, root: Root) -> None:
+    @app.task(name="vclvirt.run_reservation", acks_late=True)
+    def run_reservation(reservation_id: int, from_step: str | None = None) -> dict[str, Any]:
+        """Re-run a failed reservation from its failed step (or `from_step`): Flower has
+        no retry button, so operators send this task by name."""
+        rid = int(reservation_id)
+        generation = restart(root.records, root.publisher, rid, from_step)
+        return {"reservation_id": rid, "task_id": task_id(rid, generation)}

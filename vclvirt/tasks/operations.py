@@ -1,4 +1,4 @@
-"""One Celery task per operation (`vclvirt.load`, `vclvirt.capture`, `vclvirt.op.<name>`).
+"""One Celery task per operation, named `vclvirt.<operation>` (`vclvirt.load`, ...).
 
 A message carries only the reservation id and the generation it was dispatched for (plus
 host, computer and request id for log lines); the reservation itself is in its record.
@@ -6,15 +6,16 @@ host, computer and request id for log lines); the reservation itself is in its r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from celery import Task
+from celery import Celery, Task
 
-from vclvirt.operations import Operation
-from vclvirt.operations.registry import OPERATIONS
-from vclvirt.workers.app import app
-from vclvirt.workers.context import runner, worker_hosts
+from vclvirt.operation import Operation
+from vclvirt.operations import OPERATIONS
+
+if TYPE_CHECKING:
+    from vclvirt.composition import Root
 
 log = structlog.get_logger(__name__)
 
@@ -24,7 +25,7 @@ class OperationFailed(Exception):
     failed task with the error's code, message and hint."""
 
 
-def _register(op: Operation) -> Any:
+def _register(app: Celery, root: Root, op: Operation) -> Any:
     @app.task(
         name=op.task_name,
         bind=True,
@@ -32,21 +33,23 @@ def _register(op: Operation) -> Any:
         reject_on_worker_lost=True,
         throws=(OperationFailed,),  # an expected outcome: logged without a traceback
     )
-    def run(self: Task, reservation_id: int, generation: int, host: str, **_: Any) -> Any:
-        serving = worker_hosts()
-        if serving is not None and host not in serving:
+    def execute(self: Task, reservation_id: int, generation: int, host: str, **_: Any) -> Any:
+        if not root.identity.serves(host):
             # Recovery dispatches it again to the host's own queue.
-            log.error("message_misrouted", host=host, serving=sorted(serving))
+            log.error("message_misrouted", host=host, serving=sorted(root.identity.hosts))
             return {"dropped": "misrouted"}
-        outcome = runner().run(int(reservation_id), int(generation), task_id=self.request.id)
+        outcome = root.runner.run(int(reservation_id), int(generation), task_id=self.request.id)
         if outcome.get("state") in ("failed", "superseded"):
             raise OperationFailed(
                 f"{outcome['state']} at {outcome['failed_step']}: {outcome['error']}"
             )
         return outcome
 
-    run.__doc__ = f"Run the {op.name} of a reservation ({', '.join(op.steps)})."
-    return run
+    execute.__doc__ = f"{op.summary} ({', '.join(op.step_names)})."
+    return execute
 
 
-TASKS = {name: _register(op) for name, op in OPERATIONS.items()}
+def register(app: Celery, root: Root) -> None:
+    """One task per declared operation, run by `root`'s runner."""
+    for op in OPERATIONS.values():
+        _register(app, root, op)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
+
 from vclvirt.models import Reservation, parse_reservation
-from vclvirt.operations.registry import operation
+from vclvirt.operations import operation
 from vclvirt.recovery import task_id
 from vclvirt.state.records import ReservationStatus
-from vclvirt.workers.app import app
 from vclvirt.workers.routing import host_queue
 
 # kombu's Redis transport consumes lower priority numbers first: an operation already
@@ -25,41 +26,47 @@ def describe(reservation: Reservation) -> str:
     )
 
 
-def publish(
-    operation_name: str,
-    reservation: Reservation,
-    generation: int,
-    *,
-    resumed: bool = False,
-    producer: Any = None,
-) -> str:
-    """Send the operation's message for this generation; returns the task id."""
-    identifier = task_id(reservation.reservation_id, generation)
-    app.send_task(
-        operation(operation_name).task_name,
-        kwargs={
-            "reservation_id": reservation.reservation_id,
-            "generation": generation,
-            "host": reservation.host,
-            "computer": reservation.computer.hostname,
-            "request_id": reservation.request_id,
-        },
-        queue=host_queue(reservation.host),
-        task_id=identifier,
-        priority=RESUMED if resumed else NEW,
-        kwargsrepr=f"{describe(reservation)} generation={generation}",
-        producer=producer,
-    )
-    return identifier
+class Publisher:
+    """Sends operations' messages through one Celery app."""
 
+    def __init__(self, app: Celery) -> None:
+        self.app = app
 
-def publish_many(messages: list[tuple[str, Reservation, int]]) -> None:
-    """Send many operations' messages in pipelined batches (a bulk enqueue)."""
-    with app.producer_or_acquire() as producer, producer.batch():
-        for operation_name, reservation, generation in messages:
-            publish(operation_name, reservation, generation, producer=producer)
+    def publish(
+        self,
+        operation_name: str,
+        reservation: Reservation,
+        generation: int,
+        *,
+        resumed: bool = False,
+        producer: Any = None,
+    ) -> str:
+        """Send the operation's message for this generation; returns the task id."""
+        identifier = task_id(reservation.reservation_id, generation)
+        self.app.send_task(
+            operation(operation_name).task_name,
+            kwargs={
+                "reservation_id": reservation.reservation_id,
+                "generation": generation,
+                "host": reservation.host,
+                "computer": reservation.computer.hostname,
+                "request_id": reservation.request_id,
+            },
+            queue=host_queue(reservation.host),
+            task_id=identifier,
+            priority=RESUMED if resumed else NEW,
+            kwargsrepr=f"{describe(reservation)} generation={generation}",
+            producer=producer,
+        )
+        return identifier
 
+    def publish_many(self, messages: list[tuple[str, Reservation, int]]) -> None:
+        """Send many operations' messages in pipelined batches (a bulk enqueue)."""
+        with self.app.producer_or_acquire() as producer, producer.batch():
+            for operation_name, reservation, generation in messages:
+                self.publish(operation_name, reservation, generation, producer=producer)
 
-def publish_record(record: ReservationStatus, generation: int, resumed: bool) -> None:
-    """Recovery's publisher: the operation a record holds, sent again."""
-    publish(record.operation, parse_reservation(record.reservation), generation, resumed=resumed)
+    def publish_record(self, record: ReservationStatus, generation: int, resumed: bool) -> None:
+        """Recovery's publisher: the operation a record holds, sent again."""
+        reservation = parse_reservation(record.reservation)
+        self.publish(record.operation, reservation, generation, resumed=resumed)

@@ -19,9 +19,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from vclvirt import dispatch
+from vclvirt import composition, dispatch
 from vclvirt.errors import ImageNotFound, InvalidInput, UnknownReservation
 from vclvirt.models import IMAGE_NAME_PATTERN, MAX_ID
+from vclvirt.provisioning.images import ImageQueries
 
 router = APIRouter(prefix="/v1", tags=["vcl"])
 
@@ -83,10 +84,10 @@ def _checked_image(image: str) -> str:
     return image
 
 
-def _provisioner(host: str) -> Any:
-    from vclvirt.workers.context import provisioner_for
-
-    return provisioner_for(host)  # unknown host: UnknownHost, before any connection
+def _images(host: str) -> ImageQueries:
+    return (
+        composition.current().host(host).images
+    )  # unknown host: UnknownHost, before any connection
 
 
 @router.get("/hosts/{host}/images/{image}")
@@ -94,16 +95,13 @@ def image_info(host: str, image: str) -> dict[str, Any]:
     """Whether the image is a master on the host or in its repository, and its allocated
     size (bytes, and MB as VCL's get_image_size counts them); sizes are null when absent."""
     name = _checked_image(image)
-    provisioner = _provisioner(host)
+    images = _images(host)
     answer: dict[str, Any] = {"host": host, "image": name, "exists": False}
     answer.update(size_bytes=None, size_mb=None)
-    if provisioner.does_image_exist(name):
+    if images.exists(name):
         try:
-            answer.update(
-                exists=True,
-                size_bytes=int(provisioner.get_image_size_bytes(name)),
-                size_mb=int(provisioner.get_image_size(name)),
-            )
+            size = images.size_bytes(name)
+            answer.update(exists=True, size_bytes=size, size_mb=size // 2**20)
         except ImageNotFound:  # removed between the two questions
             answer.update(exists=False, size_bytes=None, size_mb=None)
     return answer
@@ -112,5 +110,5 @@ def image_info(host: str, image: str) -> dict[str, Any]:
 @router.get("/hosts/{host}/images")
 def image_list(host: str) -> dict[str, Any]:
     """Masters in the host's datastore and image directories in its repository."""
-    found = _provisioner(host).list_images()
+    found = _images(host).listing()
     return {"host": host, **found}

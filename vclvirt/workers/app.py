@@ -1,19 +1,27 @@
-"""The Celery application and its configuration (celery-practice.md §1)."""
+"""The Celery application and its configuration (acks late, prefetch one), built by
+`create_app` for one composition root: its operation tasks registered, its signals
+(logging, the worker's life) connected."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from celery import Celery
 
-from vclvirt.config.settings import Settings, get_settings
 from vclvirt.state.client import CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from vclvirt.tasks import control, operations
 from vclvirt.workers import lifecycle
-from vclvirt.workers import logging as _logging  # noqa: F401 - connects Celery's log signals
+from vclvirt.workers import logging as log_signals
 from vclvirt.workers.routing import CONTROL_QUEUE
 
+if TYPE_CHECKING:
+    from vclvirt.composition import Root
 
-def create_app(settings: Settings) -> Celery:
+
+def create_app(root: Root) -> Celery:
     """A Celery app for long, idempotent operations whose truth is the status record."""
-    app = Celery("vclvirt", include=["vclvirt.tasks.operations", "vclvirt.tasks.control"])
+    settings = root.settings
+    app = Celery("vclvirt")
     transport_options = {
         # Correctness never depends on this (a duplicate message is dropped when it claims
         # the record); it only keeps Redis from handing out a running operation again.
@@ -59,8 +67,8 @@ def create_app(settings: Settings) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    operations.register(app, root)
+    control.register(app, root)
+    log_signals.connect_celery_signals()
+    lifecycle.connect_worker_signals(root)
     return app
-
-
-lifecycle.connect_worker_signals()
-app = create_app(get_settings())

@@ -9,63 +9,72 @@ alive at once, so its hosts' reservations show "waiting" instead of trusting it.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import signals
 
-from vclvirt.config.settings import get_settings
-from vclvirt.recovery import Reconciler, this_process
-from vclvirt.state.client import redis_client
+from vclvirt.recovery import Reconciler
+
+if TYPE_CHECKING:
+    from vclvirt.composition import Root
 
 log = structlog.get_logger(__name__)
 
-_stop = threading.Event()
-_running: list[Reconciler] = []
 
+class WorkerLife:
+    """The recovery loop and the warm-up of one worker (its root)."""
 
-def _start_recovery(**_: Any) -> None:
-    from vclvirt.tasks.publish import publish_record
-    from vclvirt.workers.context import worker_hosts
+    def __init__(self, root: Root) -> None:
+        self.root = root
+        self.stop = threading.Event()
+        self.reconciler: Reconciler | None = None
 
-    hosts = worker_hosts()
-    if not hosts:
-        return
-    settings = get_settings()
-    reconciler = Reconciler(
-        redis_client(settings.broker_url), settings, sorted(hosts), this_process(), publish_record
-    )
-    _running.append(reconciler)
-    threading.Thread(target=reconciler.run, args=(_stop,), name="reconciler", daemon=True).start()
-    log.info("recovery_started", hosts=sorted(hosts), node=reconciler.me.node)
+    def started(self, **_: Any) -> None:
+        root = self.root
+        hosts = sorted(root.identity.hosts)
+        if not hosts:
+            return
+        self.reconciler = Reconciler(
+            root.redis, root.settings, hosts, root.identity.holder(), root.publisher.publish_record
+        )
+        threading.Thread(
+            target=self.reconciler.run, args=(self.stop,), name="reconciler", daemon=True
+        ).start()
+        log.info("recovery_started", hosts=hosts, node=root.identity.node)
 
-
-def _stop_recovery(**_: Any) -> None:
-    _stop.set()
-    for reconciler in _running:
-        try:
-            reconciler.leave()
-        except Exception as error:  # the heartbeat expires by itself
-            log.warning("leave_failed", error=str(error))
-
-
-def _warm_up(**_: Any) -> None:
-    """Open this pool process's connections in the background (off the first load's path)."""
-    from vclvirt.workers.context import provisioner_for, worker_hosts
-
-    def warm() -> None:
-        for host in sorted(worker_hosts() or ()):
+    def shutting_down(self, **_: Any) -> None:
+        self.stop.set()
+        if self.reconciler is not None:
             try:
-                provisioner = provisioner_for(host)
-                provisioner.conn  # noqa: B018 - opens the libvirt connection
-                provisioner.node.run(["true"], timeout=30)
-            except Exception as error:  # the first step reports it properly
-                log.info("warm_up_failed", host=host, error=str(error))
+                self.reconciler.leave()
+            except Exception as error:  # the heartbeat expires by itself
+                log.warning("leave_failed", error=str(error))
 
-    threading.Thread(target=warm, name="warm-up", daemon=True).start()
+    def pool_process_started(self, **_: Any) -> None:
+        """Open this pool process's connections in the background (off the first load's
+        path); a failure here is reported by the first step that needs the host."""
+        root = self.root
+
+        def warm() -> None:
+            for name in sorted(root.identity.hosts):
+                try:
+                    access = root.host(name).access
+                    access.conn  # noqa: B018 - opens the libvirt connection
+                    access.node.run(["true"], timeout=30)
+                except Exception as error:
+                    log.info("warm_up_failed", host=name, error=str(error))
+
+        threading.Thread(target=warm, name="warm-up", daemon=True).start()
 
 
-def connect_worker_signals() -> None:
-    signals.worker_ready.connect(_start_recovery, weak=False)
-    signals.worker_shutting_down.connect(_stop_recovery, weak=False)
-    signals.worker_process_init.connect(_warm_up, weak=False)
+def connect_worker_signals(root: Root) -> None:
+    """Celery's signals are process-wide: connected once, for the process's root."""
+    life = WorkerLife(root)
+    signals.worker_ready.connect(life.started, weak=False, dispatch_uid="vclvirt.started")
+    signals.worker_shutting_down.connect(
+        life.shutting_down, weak=False, dispatch_uid="vclvirt.shutting_down"
+    )
+    signals.worker_process_init.connect(
+        life.pool_process_started, weak=False, dispatch_uid="vclvirt.pool_process"
+    )

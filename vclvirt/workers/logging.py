@@ -129,9 +129,6 @@ def _clear_task_context(**_: Any) -> None:
 
 def connect_celery_signals() -> None:
     """Let Celery's signals configure logging and bind task context (idempotent)."""
-    signals.setup_logging.connect(_celery_setup_logging, weak=False)
-    signals.task_prerun.connect(_bind_task_context, weak=False)
-    signals.task_postrun.connect(_clear_task_context, weak=False)
-
-
-connect_celery_signals()
+    signals.setup_logging.connect(_celery_setup_logging, weak=False, dispatch_uid="vclvirt.log")
+    signals.task_prerun.connect(_bind_task_context, weak=False, dispatch_uid="vclvirt.bind")
+    signals.task_postrun.connect(_clear_task_context, weak=False, dispatch_uid="vclvirt.clear")

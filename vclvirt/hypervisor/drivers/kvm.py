@@ -167,10 +167,10 @@ class KvmDriver:
         return spec
 
     def pre_define(self, reservation: Reservation, master: str, overlay: str) -> list[str]:
-        """Windows images: disable the VMware services in the registry (§2.3.8).
+        """Windows images: disable the VMware services in the registry (as VCL does).
 
         The patch goes into the VM's own overlay on every load, never into the shared
-        master, so it holds whether or not the master was just copied (fixes D15).
+        master, so it holds whether or not the master was just copied (VCL missed cached ones).
         """
         if not reservation.image.is_windows:
             return []

@@ -23,7 +23,7 @@ from vclvirt.node.transport import Stream, Transport
 
 
 @dataclass
-class HostContext:
+class HostAccess:
     """One host, as every provisioning module sees it (one per process and host)."""
 
     host: HostConfig
