@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_for  # noqa: F401 - the other tiers import it from here
+
 ROOT = Path(__file__).resolve().parents[1]
 HOLD_DIR_ENV = "VCLVIRT_TEST_HOLD_DIR"  # tests/e2e/conftest.py `holds`
 TESTBED = Path(os.environ.get("VCLVIRT_TESTBED", "/var/lib/vclvirt-testbed"))
@@ -257,17 +259,6 @@ def vclvirt_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.Comp
         env={**os.environ, **env},
         check=False,
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def computer_domains(computer: str) -> list[str]:

@@ -1,5 +1,6 @@
 """A host for the provisioning unit tests: libvirt's test driver (a private node per test),
-the local transport and real qemu-img on files in the test's tmp dir. With the test
+the local transport and real qemu-img on files in the test's tmp dir, guest host keys
+in an in-memory store (vclvirt.testing). With the test
 driver the host's files are reached by commands (images.files.CommandFiles)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.node.local import LocalTransport
 from vclvirt.provisioning.access import HostAccess
+from vclvirt.testing import memory_redis
 
 
 @dataclass
@@ -87,7 +89,7 @@ def make_host(tmp_path: Path) -> UnitHost:
         connect=lambda: conn,
         settings=Settings(power_off_timeout=5),
         management_node="unit-tests",
-        guest_host_keys=GuestHostKeys.from_url(Settings().broker_url),
+        guest_host_keys=GuestHostKeys(memory_redis()),
     )
     return UnitHost(context, conn, tmp_path)
 

@@ -1,13 +1,18 @@
-"""Shared fixtures for unit tests: valid reservation documents with overrides."""
+"""Shared fixtures for unit tests: valid reservation documents with overrides, and a
+worker's world of in-memory doubles (tests/unit/_runs.py). Nothing here, or in any unit
+test, reaches a service: `make test-unit` runs this tier with the test bed's fixtures
+(tests/conftest.py) left out."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.unit._runs import ToyWorld, make_world
 from vclvirt.models import Reservation, parse_reservation
 
 VALID_RESERVATION: dict[str, Any] = {
@@ -64,3 +69,9 @@ def reservation() -> Callable[..., Reservation]:
         return parse_reservation(reservation_document(computer, image, **top))
 
     return build
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ToyWorld:
+    """A worker's store, host and runner, all in memory (tests/unit/_runs.py)."""
+    return make_world(tmp_path, monkeypatch)

@@ -7,10 +7,10 @@ import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
 from vclvirt.models import IMAGE_NAME_PATTERN, Image, check_image_name
 from vclvirt.naming import (
     MAX_DOMAIN_NAME,
@@ -22,6 +22,8 @@ from vclvirt.naming import (
     file_base_name,
     new_image_name,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # (C, CID, P, IID, R, expected) — every example of VCL's get_domain_name, as vcld names them.
 REFERENCE_VECTORS = [

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.events import HUNG, finishes, pid_ended
+from tests.waiting import wait_for
 from vclvirt.errors import CommandFailed, CommandTimeout
 from vclvirt.node.local import LocalTransport
 from vclvirt.node.transport import CommandResult, command_line, path_exists, write_file

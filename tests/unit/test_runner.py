@@ -1,0 +1,335 @@
+"""The runner (vclvirt/runner.py) against the unit tier's doubles: what happens when
+things go wrong is decided there, and each outcome is checked here on the record it
+writes. Unit twins of tests/integration's runner and fencing tests, which prove the same
+on real Redis, libvirtd and hosts."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
+from vclvirt import cancellation
+from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable
+from vclvirt.locks import ResourceLock, RunOwner
+from vclvirt.operation import StepContext
+from vclvirt.runner import Runner
+from vclvirt.state import keys
+from vclvirt.state.leases import Holder
+
+
+def ok(ctx: StepContext) -> dict[str, Any]:
+    return {"ran": True}
+
+
+def on_host(*argv: str) -> Any:
+    """A step that runs one command on the host (the fake transport)."""
+
+    def body(ctx: StepContext) -> dict[str, Any]:
+        result = ctx.host().access.node.run(list(argv), timeout=0.2)
+        return {"out": result.text}
+
+    return body
+
+
+def test_an_operation_runs_to_succeeded_behind_the_computers_fencing_token(world: ToyWorld):
+    """Every step succeeds: the record says succeeded, each step its result; every host
+    command carried the computer's token, which the host recorded first (fence_host)."""
+    world.node.on("hostname", stdout=b"unit-host\n")
+    op = world.operation("toy", {"first": ok, "second": on_host("hostname")})
+    generation = world.begin(op)
+
+    summary = world.runner.run(toy_reservation().reservation_id, generation)
+
+    assert summary["state"] == "succeeded"
+    record = world.record()
+    assert record.state == "succeeded"
+    assert record.step_records["second"]["result"] == {"out": "unit-host\n"}
+    assert [c.argv for c in world.node.calls] == [("true",), ("hostname",)]
+    token = world.node.calls[0].token
+    assert token is not None and all(c.token == token for c in world.node.calls)
+    assert world.node.tokens == {f"{world.config.fence_dir}/unit-vm1": token}
+    assert not world.redis.exists(keys.lease(record.reservation_id))  # released
+
+
+def test_a_transient_error_retries_later_then_succeeds(world: ToyWorld):
+    """A hung command times out (transient): the record waits in `retrying`, due on the
+    host's due set; recovery dispatches it when due, and the next run succeeds from the
+    step that failed."""
+    world.node.on("virsh", "list", hang=True, times=1)
+    op = world.operation("toy", {"first": ok, "second": on_host("virsh", "list")})
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+
+    summary = world.runner.run(rid, generation)
+
+    assert summary["state"] == "retrying"
+    record = world.record()
+    assert record.state == "retrying"
+    assert record.step_records["second"]["error"]["code"] == CommandTimeout.code
+    assert world.redis.zscore(keys.due(HOST), rid) is not None
+
+    world.redis.zadd(keys.due(HOST), {str(rid): 0})  # its backoff is over
+    world.reconciler().dispatch_due(HOST)
+    assert len(world.published) == 1
+    _, again, resumed = world.published[0]
+    assert again == generation + 1 and resumed
+
+    assert world.runner.run(rid, again)["state"] == "succeeded"
+    record = world.record()
+    assert record.step_records["first"]["attempt"] == 1  # not run again
+    assert record.step_records["second"]["attempt"] == 2
+    assert world.node.argvs("virsh") == [("virsh", "list")] * 2
+
+
+def test_a_permanent_error_fails_the_operation_and_runs_on_abandon(world: ToyWorld):
+    """A command that exits non-zero fails the operation at once (no retry); on_abandon
+    removes what it made, and the record says what failed, where and the cleanup."""
+    world.node.on("qemu-img", "create", exit_status=1, stderr=b"disk full-ish")
+    abandoned: list[str] = []
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        abandoned.append(ctx.reservation.computer.short_name)
+        return {"removed_files": ["overlay"]}
+
+    op = world.operation(
+        "toy", {"first": ok, "second": on_host("qemu-img", "create"), "third": ok}, on_abandon=undo
+    )
+    summary = world.runner.run(toy_reservation().reservation_id, world.begin(op))
+
+    assert summary["state"] == "failed" and summary["failed_step"] == "second"
+    record = world.record()
+    assert (record.state, record.failed_step) == ("failed", "second")
+    assert record.error is not None and record.error["code"] == CommandFailed.code
+    assert record.error["host"] == HOST
+    assert record.error["cleanup"] == {"removed_files": ["overlay"]}
+    assert abandoned == ["unit-vm1"]
+    assert "third" not in record.step_records
+    assert world.redis.zscore(keys.due(HOST), record.reservation_id) is None  # no retry
+
+
+def test_a_duplicate_message_is_dropped(world: ToyWorld):
+    """The broker delivers the same message twice: the second finds the operation ended
+    and runs nothing."""
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    assert world.runner.run(rid, generation)["state"] == "succeeded"
+    before = world.redis.hgetall(keys.record(rid))
+
+    assert world.runner.run(rid, generation) == {"dropped": "succeeded"}
+    assert world.redis.hgetall(keys.record(rid)) == before
+    assert world.node.argvs("touch") == [("touch", "x")]
+
+
+def test_a_message_of_a_stale_generation_is_dropped(world: ToyWorld):
+    """A message of an older generation (the record was dispatched again since) runs
+    nothing: only the newest generation's message may claim the lease."""
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid, old = toy_reservation().reservation_id, world.begin(op)
+    assert world.records.redispatch(rid, old, "test: dispatched again") == old + 1
+    before = world.redis.hgetall(keys.record(rid))
+
+    assert world.runner.run(rid, old) == {"dropped": "stale"}
+    assert world.redis.hgetall(keys.record(rid)) == before
+    assert world.node.calls == []
+
+
+def taking_the_lease(world: ToyWorld, rid: int, snapshot: dict[bytes, bytes], *, report: bool):
+    """A long step during which another holder takes the lease; it reports progress (a
+    record write) or only checks whether it was cancelled."""
+
+    def body(ctx: StepContext) -> dict[str, Any]:
+        world.redis.set(keys.lease(rid), "node-b|boot|1")  # taken over meanwhile
+        snapshot.update(world.redis.hgetall(keys.record(rid)))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if report:
+                ctx.progress(1, 2)
+            cancellation.check()
+            time.sleep(0.05)
+        raise AssertionError("the run was not cancelled")
+
+    return body
+
+
+@pytest.mark.parametrize(
+    "report", [True, False], ids=["its-next-write-is-refused", "its-keeper-notices"]
+)
+def test_a_lost_lease_stops_the_run_with_no_write(world: ToyWorld, report: bool):
+    """Another holder takes the lease while a step runs: the step's next record write is
+    refused, or (no write) the keeper notices at its next renewal and cancels the run.
+    Either way the run writes nothing more, runs no further host command and leaves the
+    new holder's lease alone."""
+    rid = toy_reservation().reservation_id
+    snapshot: dict[bytes, bytes] = {}
+    body = taking_the_lease(world, rid, snapshot, report=report)
+    op = world.operation("toy", {"long": body, "after": on_host("touch", "x")})
+    summary = world.runner.run(rid, world.begin(op))
+
+    assert summary["state"] == "lease_lost"
+    assert ("record write refused" in summary["error"]) is report
+    assert world.redis.hgetall(keys.record(rid)) == snapshot
+    assert world.node.argvs("touch") == []
+    assert world.redis.get(keys.lease(rid)) == b"node-b|boot|1"  # not released by us
+
+
+def test_a_superseded_reservation_stops_and_cleans_up(world: ToyWorld):
+    """A newer reservation takes the computer while a load runs: the run stops before its
+    next step, ends as superseded and removes what it made."""
+    abandoned: list[int] = []
+
+    def newer_reservation_arrives(ctx: StepContext) -> dict[str, Any]:
+        world.records.begin(
+            toy_reservation(reservation_id=9999, request_id=9998),
+            "toy",
+            ["first", "second"],
+            owns_computer=True,
+        )
+        return {}
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        abandoned.append(ctx.reservation.reservation_id)
+        return {}
+
+    op = world.operation(
+        "toy",
+        {"first": newer_reservation_arrives, "second": on_host("touch", "x")},
+        on_abandon=undo,
+    )
+    rid = toy_reservation().reservation_id
+    summary = world.runner.run(rid, world.begin(op))
+
+    assert summary["state"] == "superseded"
+    record = world.record(rid)
+    assert record.state == "superseded"
+    assert record.error is not None and "9999" in record.error["message"]
+    assert abandoned == [rid]
+    assert world.node.argvs("touch") == []
+
+
+def test_a_command_refused_by_the_hosts_fence_stops_the_run_with_no_write(world: ToyWorld):
+    """The host has seen a newer token for the computer (a newer holder took it): the
+    command is refused there and runs nothing, and the run stops as one that lost its
+    lease: the record is the newer holder's now, so it writes nothing more."""
+    world.node.tokens[f"{world.config.fence_dir}/unit-vm1"] = 2**62
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid = toy_reservation().reservation_id
+    summary = world.runner.run(rid, world.begin(op))
+
+    assert summary["state"] == "lease_lost"
+    assert "refused fencing token" in summary["error"]
+    record = world.record()
+    assert (record.state, record.step_records["only"]["state"]) == ("running", "running")
+    # The first command (fence_host's) was refused, so the step's never went out.
+    assert [c.argv for c in world.node.calls] == [("true",)]
+    assert world.node.tokens[f"{world.config.fence_dir}/unit-vm1"] == 2**62
+
+
+def test_a_load_runs_to_succeeded_on_a_real_host_of_the_unit_tier(tmp_path, monkeypatch):
+    """The real load operation, every step, through the runner: on libvirt's test driver
+    with real qemu-img (no service), from enqueue to a running domain on its overlay."""
+    from tests.unit._runs import load_world
+    from vclvirt.operations import operation
+    from vclvirt.operations.load import LOAD_STEPS
+
+    world, unit = load_world(tmp_path, monkeypatch)
+    rid, generation = toy_reservation().reservation_id, world.begin(operation("load"))
+
+    summary = world.runner.run(rid, generation)
+
+    assert summary["state"] == "succeeded", world.record().to_dict()
+    record = world.record()
+    assert [record.step_records[s]["state"] for s in LOAD_STEPS] == ["succeeded"] * 7
+    domain = unit.conn.lookupByName(record.step_records["define"]["result"]["domain"])
+    assert domain.isActive()
+    assert (unit.vms / "unit-vm1_11-v0.qcow2").exists()
+    image = world.redis.get(keys.computer_image(HOST, "unit-vm1"))
+    assert image is not None and b"linux-Unit-11-v0" in image
+
+
+def test_a_computer_held_by_another_reservation_is_waited_for(world: ToyWorld):
+    """One operation at a time per computer: while another reservation holds its lock the
+    run takes no step, frees its worker slot and waits (due again later), saying why."""
+    other = ResourceLock(
+        world.redis, f"computer:{HOST}:unit-vm1", RunOwner(555, 1, "n|b|1"), ttl=30, fenced=True
+    )
+    assert other.acquire(wait=0)
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid = toy_reservation().reservation_id
+
+    summary = world.runner.run(rid, world.begin(op))
+
+    assert summary["state"] == "waiting"
+    record = world.record()
+    assert record.state == "waiting" and record.waiting is not None
+    assert "busy (r555.g1|n|b|1)" in record.waiting["reason"]
+    assert world.redis.zscore(keys.due(HOST), rid) is not None
+    assert world.node.calls == []
+
+
+def test_transient_errors_fail_the_step_at_their_deadline(world: ToyWorld):
+    """Retried with backoff, but not for ever: past transient_deadline the step fails,
+    and the error says how long it was retried and how to retry it."""
+    world.node.on("virsh", error=NodeUnreachable("no route to host"))
+    op = world.operation("toy", {"only": on_host("virsh", "list")})
+    strict = Runner(
+        world.redis,
+        SETTINGS.model_copy(update={"transient_deadline": 0.5}),
+        lambda _name: world.host,
+        identity=world.identity,
+    )
+    summary = strict.run(toy_reservation().reservation_id, world.begin(op))
+
+    assert summary["state"] == "failed"
+    record = world.record()
+    assert record.error is not None and record.error["code"] == NodeUnreachable.code
+    assert "Retried for" in record.error["hint"] and "vclvirt retry" in record.error["hint"]
+
+
+def test_a_message_for_a_run_a_live_holder_holds_is_dropped(world: ToyWorld):
+    """Two workers never run the same operation at once: a holder on another machine has
+    the lease (it may be alive), so a second message for it runs nothing."""
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    elsewhere = Holder("worker@other-machine", "boot", 4242)
+    assert world.runner.leases.claim(rid, generation, elsewhere).ok
+    before = world.redis.hgetall(keys.record(rid))
+
+    assert world.runner.run(rid, generation)["dropped"] == "held"
+    assert world.redis.hgetall(keys.record(rid)) == before
+    assert world.node.calls == []
+
+
+def test_a_run_whose_record_was_dispatched_again_writes_nothing(world: ToyWorld):
+    """A worker paused mid-step while recovery gave its record a new generation: its
+    writes carry the old generation and are refused; the run stops as one that lost its
+    lease."""
+    rid = toy_reservation().reservation_id
+    snapshot: dict[bytes, bytes] = {}
+
+    def paused_meanwhile(ctx: StepContext) -> dict[str, Any]:
+        world.redis.hincrby(keys.record(rid), "generation", 1)
+        snapshot.update(world.redis.hgetall(keys.record(rid)))
+        return {"done": True}
+
+    op = world.operation("toy", {"only": paused_meanwhile})
+    assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
+    assert world.redis.hgetall(keys.record(rid)) == snapshot
+
+
+def test_nothing_is_written_into_a_record_after_it_ended(world: ToyWorld):
+    """The record ended while the step ran (here: failed by the reconciler): the step's
+    success and the operation's end are not written over it."""
+    rid = toy_reservation().reservation_id
+    snapshot: dict[bytes, bytes] = {}
+
+    def ended_meanwhile(ctx: StepContext) -> dict[str, Any]:
+        world.redis.hset(keys.record(rid), "state", "failed")
+        snapshot.update(world.redis.hgetall(keys.record(rid)))
+        return {"done": True}
+
+    op = world.operation("toy", {"only": ended_meanwhile})
+    assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
+    assert world.redis.hgetall(keys.record(rid)) == snapshot
