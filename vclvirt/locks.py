@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from vclvirt.state import keys
+from vclvirt.state.owned import DELETE_IF_OWNED, RENEW_IF_OWNED
 
 _TAKE = """
 local held = redis.call('GET', KEYS[1])
@@ -37,14 +38,6 @@ local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if token <= last then token = last + 1 end
 redis.call('SET', KEYS[2], string.format('%.0f', token))
 return {1, string.format('%.0f', token)}
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -83,8 +76,8 @@ class ResourceLock:
         self.fence_key = keys.fence(resource) if fenced else ""
         self.ttl_ms = int(ttl * 1000)
         self._take = client.register_script(_TAKE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(RENEW_IF_OWNED)
+        self._release = client.register_script(DELETE_IF_OWNED)
         self.held_by: str | None = None  # the other owner, after a failed acquire
         self.token: int | None = None  # the fencing token of the last grant
 

@@ -15,17 +15,9 @@ from dataclasses import dataclass
 import redis
 
 from vclvirt.state import keys
+from vclvirt.state.owned import DELETE_IF_OWNED, RENEW_IF_OWNED
 from vclvirt.state.records import now
 from vclvirt.state.writer import RecordWriter
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -63,8 +55,8 @@ class Leases:
         self.redis = client
         self.ttl_ms = int(ttl_seconds * 1000)
         self._writer = RecordWriter(client)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(RENEW_IF_OWNED)
+        self._release = client.register_script(DELETE_IF_OWNED)
 
     def claim(
         self, reservation_id: int, generation: int, holder: Holder, *, take_over: str = ""
