@@ -31,6 +31,7 @@ from vclvirt.runner import Runner
 from vclvirt.state.client import redis_client
 from vclvirt.state.leases import WorkerRegistry
 from vclvirt.state.records import RecordStore
+from vclvirt.state.stores import Stores
 from vclvirt.tasks.publish import Publisher
 from vclvirt.workers.app import create_app
 
@@ -73,14 +74,16 @@ class Root:
         return self._once("redis", lambda: redis_client(self.settings.broker_url, patient=patient))
 
     @property
+    def stores(self) -> Stores:
+        return self._once("stores", lambda: Stores.on(self.redis, self.settings))
+
+    @property
     def records(self) -> RecordStore:
-        ttl = self.settings.status_ttl_days * 86400
-        return self._once("records", lambda: RecordStore(self.redis, ttl_seconds=ttl))
+        return self.stores.records
 
     @property
     def registry(self) -> WorkerRegistry:
-        ttl = 3 * self.settings.heartbeat_interval
-        return self._once("registry", lambda: WorkerRegistry(self.redis, ttl_seconds=ttl))
+        return self.stores.registry
 
     def host(self, name: str) -> Host:
         """The Host `name` of the inventory, reached over SSH (or locally), with its
@@ -105,7 +108,12 @@ class Root:
         return self._once(
             "runner",
             lambda: Runner(
-                self.redis, self.settings, self.host, identity=self.identity, hooks=self.hooks
+                self.redis,
+                self.settings,
+                self.host,
+                identity=self.identity,
+                hooks=self.hooks,
+                stores=self.stores,
             ),
         )
 

@@ -47,9 +47,10 @@ from vclvirt.retrypolicy import RetryPolicy
 from vclvirt.state import keys
 from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.fence import FencedRecord, RecordFence
-from vclvirt.state.leases import Holder, Leases, WorkerRegistry
+from vclvirt.state.leases import Holder, Leases
 from vclvirt.state.machine import State
 from vclvirt.state.records import Glance, RecordStore, ReservationStatus, now
+from vclvirt.state.stores import WORKER_LIFE_BEATS, Stores
 from vclvirt.workers.routing import host_queue
 
 log = structlog.get_logger(__name__)
@@ -186,7 +187,7 @@ def _quietly(action: Callable[[], Any]) -> None:
 
 def worker_ttl(settings: Settings) -> float:
     """A worker counts as alive for three heartbeats."""
-    return 3 * settings.heartbeat_interval
+    return WORKER_LIFE_BEATS * settings.heartbeat_interval
 
 
 @dataclass(frozen=True)
@@ -287,12 +288,13 @@ class Reconciler:
         hosts: list[str],
         me: Holder,
         publish: Publish,
+        *,
+        stores: Stores | None = None,
     ) -> None:
         self.redis, self.settings, self.hosts, self.me = client, settings, hosts, me
         self.publish = publish
-        self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
-        self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
-        self.registry = WorkerRegistry(client, ttl_seconds=worker_ttl(settings))
+        stores = stores or Stores.on(client, settings)
+        self.records, self.leases, self.registry = stores.records, stores.leases, stores.registry
         self._last_beat = 0.0
         self._last_scan: dict[str, float] = {}
 

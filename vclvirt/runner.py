@@ -48,8 +48,9 @@ from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.fence import FencedRecord, RecordFence, writing_as
 from vclvirt.state.leases import Holder, Leases
 from vclvirt.state.machine import State
-from vclvirt.state.records import RecordStore, ReservationStatus, now
+from vclvirt.state.records import ReservationStatus, now
 from vclvirt.state.steps import StepEntry
+from vclvirt.state.stores import Stores
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +66,7 @@ class Runner:
         *,
         identity: Identity | None = None,
         hooks: RunHooks | None = None,
+        stores: Stores | None = None,
     ) -> None:
         self.redis = client
         self.settings = settings
@@ -72,8 +74,8 @@ class Runner:
         self.identity = identity or Identity.client()
         self.hooks = hooks or Hooks([LogHooks(), MetricsHooks()])
         self.policy = RetryPolicy.from_settings(settings)
-        self.records = RecordStore(client, ttl_seconds=settings.status_ttl_days * 86400)
-        self.leases = Leases(client, ttl_seconds=settings.lease_ttl)
+        stores = stores or Stores.on(client, settings)
+        self.records, self.leases = stores.records, stores.leases
         # What keeps a lease alive fails fast instead of riding out a broker restart.
         self.keeping = deadline_client(client, settings.lease_ttl * CALL_DEADLINE)
 

@@ -21,7 +21,12 @@ from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.images.copy import FROM_STDIN, CopyOutcome, Progress, Recheck, verified_copy
 from vclvirt.images.files import HostFiles
-from vclvirt.images.repository import NOT_DISKS, RepositorySource, find_repository_image
+from vclvirt.images.repository import (
+    NOT_DISKS,
+    RepositorySource,
+    find_repository_image,
+    is_master_file,
+)
 from vclvirt.images.space import disk_full_judged
 from vclvirt.node.host_lock import host_lock
 from vclvirt.node.local import LocalTransport
@@ -39,7 +44,8 @@ class MasterImage:
 
 
 def _image_files(node: Transport, directory: str, image_name: str, *, recursive: bool) -> list[str]:
-    """Files named `<image>.<ext>` (any case) under directory, minus non-disk files.
+    """Files named `<image>.<ext>` (any case) under directory whose extension is a disk
+    format vclvirt loads (is_master_file).
     Symlinks to files count as files: sites keep masters on another volume and link them
     in (-xtype f; -H: the directory itself may be a link)."""
     depth = [] if recursive else ["-maxdepth", "1"]
@@ -48,9 +54,7 @@ def _image_files(node: Transport, directory: str, image_name: str, *, recursive:
         timeout=120,
         check=False,  # a directory that does not exist yet holds no image
     )
-    return sorted(
-        path for path in result.text.splitlines() if path and not path.lower().endswith(NOT_DISKS)
-    )
+    return sorted(path for path in result.text.splitlines() if path and is_master_file(path))
 
 
 def _choose(paths: list[str], preferred: str, host: str, what: str) -> str | None:
@@ -137,7 +141,7 @@ def ensure_master(
                 timeout=driver_timeout(driver),
             )
     if outcome.found:  # another load copied it while this one waited for the lock
-        files_found = sorted(p for p in outcome.found if not p.lower().endswith(NOT_DISKS))
+        files_found = sorted(p for p in outcome.found if is_master_file(p))
         chosen = _choose(files_found, destination, host.name, f"master of {image_name}")
         chosen = chosen or destination
         return MasterImage(chosen, _format(driver, chosen), copied=False)

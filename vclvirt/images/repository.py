@@ -54,6 +54,14 @@ _RANK_OF_EXTENSION = {
 }
 _RANK_UNKNOWN = 4
 
+
+def is_master_file(path: str) -> bool:
+    """A file in a datastore that can be a master: a disk format vclvirt loads, by its
+    extension (a key, a note or a lock beside the masters never answers for an image)."""
+    extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    return extension in _RANK_OF_EXTENSION and not path.lower().endswith(NOT_DISKS)
+
+
 # VMware extents of `<image>.vmdk`: split sparse (-s001), split flat (-f001), flat (-flat).
 _EXTENT_SUFFIX = re.compile(r"-(?:s\d{3}|f\d{3}|flat)\.vmdk")
 

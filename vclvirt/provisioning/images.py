@@ -8,7 +8,7 @@ import posixpath
 
 from vclvirt.errors import ImageNotFound
 from vclvirt.images.master import find_in_repository, find_master, repository_node
-from vclvirt.images.repository import NOT_DISKS, allocated_bytes
+from vclvirt.images.repository import allocated_bytes, is_master_file
 from vclvirt.provisioning.access import HostAccess
 
 
@@ -50,11 +50,7 @@ class ImageQueries:
             ["find", "-H", ctx.host.datastore_path, "-xtype", "f", "-name", "*.*"], check=False
         ).text.splitlines()
         names = sorted(
-            {
-                posixpath.splitext(posixpath.basename(p))[0]
-                for p in masters
-                if not p.lower().endswith(NOT_DISKS)
-            }
+            {posixpath.splitext(posixpath.basename(p))[0] for p in masters if is_master_file(p)}
         )
         repository: list[str] = []
         if ctx.host.repository_path:

@@ -36,7 +36,12 @@ class WorkerLife:
         if not hosts:
             return
         self.reconciler = Reconciler(
-            root.redis, root.settings, hosts, root.identity.holder(), root.publisher.publish_record
+            root.redis,
+            root.settings,
+            hosts,
+            root.identity.holder(),
+            root.publisher.publish_record,
+            stores=root.stores,
         )
         threading.Thread(
             target=self.reconciler.run, args=(self.stop,), name="reconciler", daemon=True
