@@ -1,4 +1,5 @@
-"""A real guest through the whole life cycle: load, post_load, node_status, power, unload.
+"""A real guest through the whole life cycle: load, post_load, node_status, power, unload;
+its SSH host key pinned at post_load and required later.
 
 One guest boots (under TCG, a few seconds) and is reused by the steps of one test,
 so the real-guest tier stays short.
@@ -7,14 +8,29 @@ so the real-guest tier stays short.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+from typing import Any
 
 import libvirt
+import paramiko
 import pytest
+import redis
 
-from tests.conftest import computer_domains, guest_shell, make_reservation, vclvirt_cli
-from vclvirt import dispatch
+from tests.conftest import (
+    TEST_BROKER,
+    computer_domains,
+    guest_shell,
+    make_reservation,
+    vclvirt_cli,
+)
+from vclvirt import composition, dispatch
+from vclvirt.config.inventory import get_inventory
+from vclvirt.errors import GuestHostKeyChanged
 from vclvirt.guest.currentimage import parse_tags
+from vclvirt.guest.hostkeys import key_text
+from vclvirt.models import parse_reservation
+from vclvirt.state import keys
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +41,47 @@ def step_states(reservation_id: int) -> dict[str, str]:
     return {s["name"]: s["state"] for s in record.to_dict()["steps"]}
 
 
+def _guest_key(port: int) -> str:
+    """The key the guest offers paramiko (the same negotiation the worker does)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        transport = paramiko.Transport(sock)
+        try:
+            transport.start_client(timeout=10)
+            return key_text(transport.get_remote_server_key())
+        finally:
+            transport.close()
+
+
+def _host_key_is_pinned_and_required(reservation: dict[str, Any]) -> None:
+    """post_load pinned the guest's real key in the record; a later node_status operation
+    passes with it and fails with GUEST_HOST_KEY_CHANGED when the guest answers with
+    another (through the worker and through the host's node status). The pin is restored."""
+    client = redis.Redis.from_url(TEST_BROKER)
+    pin = keys.guest_host_key(reservation["reservation_id"])
+    port = get_inventory().host("node-a").forwarded_ssh_port(reservation["computer"]["id"])
+    pinned = client.get(pin)
+    assert pinned is not None and pinned.decode() == _guest_key(port)
+
+    checked = dispatch.run(reservation, "node_status").wait(timeout=120)
+    assert checked.state == "succeeded", checked.error
+    assert checked.step_records["node_status"]["result"]["status"] == "READY"
+    assert client.get(pin) == pinned
+
+    # Another real key pinned: the guest now answering is not the one first contacted.
+    client.set(pin, key_text(paramiko.ECDSAKey.generate()), keepttl=True)
+    refused = dispatch.run(reservation, "node_status").wait(timeout=120)
+    assert refused.state == "failed"
+    assert refused.error is not None and refused.error["code"] == "GUEST_HOST_KEY_CHANGED"
+    with pytest.raises(GuestHostKeyChanged):
+        composition.current().host("node-a").status.check(parse_reservation(reservation))
+    client.set(pin, pinned, keepttl=True)
+    client.close()
+
+
 def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers, tmp_path):
-    """load → READY; tag removed → POST_LOAD and a post_load-only load; power off/on/reset;
-    destroyed → RELOAD; unload and maintenance remove only their computer's files."""
+    """load → READY, the guest's host key pinned and required; tag removed → POST_LOAD and
+    a post_load-only load; power off/on/reset; destroyed → RELOAD; unload (which drops the
+    pin) and maintenance remove only their computer's files."""
     cleanup_computers.extend(["e2e-guest", "e2e-bystander"])
     start_worker("node-a")
     reservation = make_reservation(8001, "e2e-guest", guest_image, image_id=900, os_type="linux")
@@ -44,6 +98,7 @@ def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers,
     tags = parse_tags(guest_shell(testbed, reservation, "cat", "currentimage.txt"))
     assert tags["imagerevision_id"] == str(reservation["image"]["revision_id"])
     assert tags["vcld_post_load"].startswith("success (")
+    _host_key_is_pinned_and_required(reservation)
 
     # Without the post_load tag the guest needs only post_load: no new domain is defined.
     conn = libvirt.open("qemu:///system")
@@ -98,8 +153,12 @@ def test_guest_life_cycle(testbed, guest_image, start_worker, cleanup_computers,
     assert dispatch.load(bystander).wait(180).state == "succeeded"
     bystander_files = sorted(testbed.glob("hosts/node-a/*/e2e-bystander_*"))
     assert len(bystander_files) == 2  # overlay and XML
+    pins = redis.Redis.from_url(TEST_BROKER)
+    assert pins.get(keys.guest_host_key(8002)) is not None
     unloaded = vclvirt_cli("unload", str(path))
     assert unloaded.returncode == 0, unloaded.stderr
+    assert pins.get(keys.guest_host_key(8002)) is None  # the domain is gone, and its pin
+    pins.close()
     assert computer_domains("e2e-guest") == []
     assert dispatch.status(8002).to_dict()["computer_image"]["image"] == "noimage"
     assert list(testbed.glob("hosts/node-a/*/e2e-guest_*")) == []
