@@ -166,6 +166,22 @@ def test_the_host_refuses_an_older_token_and_kills_what_it_started(node_a, tmp_p
     assert marker.exists()
 
 
+def test_a_newer_holders_libvirt_connection_opens_at_once_when_it_ends_an_older_one(
+    node_a,
+) -> None:
+    """The fence wrapper tells on stderr that it ended the older holder's tunnel; the new
+    tunnel must carry libvirt's traffic anyway. (It once read stdout because the channel
+    was readable, blocked, and each takeover's first libvirt call waited out the 30 s
+    open timeout, then failed LIBVIRT_UNAVAILABLE.) Default settings."""
+    host, node = node_a
+    start = int(time.time() * 1e6)
+    with fence.holding(_fence(host, "takeover-open", start)):
+        assert connect(host, node).listAllDomains(0) is not None
+    for newer in (start + 1, start + 2):  # the older connection is still open each time
+        with fence.holding(_fence(host, "takeover-open", newer)):
+            assert connect(host, node).listAllDomains(0) is not None
+
+
 def _pgrep(pattern: str) -> bool:
     return (
         subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False).returncode == 0

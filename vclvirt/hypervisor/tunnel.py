@@ -19,6 +19,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 
+import paramiko
 import structlog
 
 from vclvirt.node.transport import Stream
@@ -92,9 +93,25 @@ def _pump(a: socket.socket, b: Stream, closed: threading.Event) -> None:
             ready, _, _ = select.select(list(other), [], [], 1.0)
             for fd in ready:
                 source, sink = other[fd]
+                if not _has_output(source):
+                    continue
                 data = source.recv(_CHUNK)
                 if not data:
                     return
                 sink.sendall(data)
         except (OSError, EOFError, ValueError):
             return
+
+
+def _has_output(end: Stream | socket.socket) -> bool:
+    """Whether a read of `end` returns at once. An SSH channel's descriptor also signals
+    its stderr (the fence wrapper's note that it ended an older holder's processes): that
+    is logged, and the channel's output is read only when there is some, or it ended —
+    a read would otherwise block the tunnel, libvirt's request unsent, until the open
+    times out."""
+    if not isinstance(end, paramiko.Channel):
+        return True
+    while end.recv_stderr_ready():
+        note = end.recv_stderr(_CHUNK).decode(errors="replace").strip()
+        log.info("libvirt_tunnel_note", note=note)
+    return bool(end.recv_ready() or end.eof_received or end.closed)
