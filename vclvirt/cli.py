@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from vclvirt.api_guard import MIN_TOKEN_LENGTH, api_token, is_loopback
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.secrets import MASK, known_secrets, masked_url
 from vclvirt.config.settings import get_settings
@@ -35,6 +36,7 @@ from vclvirt.errors import (
     UnknownReservation,
     VclvirtError,
 )
+from vclvirt.identity import Identity
 from vclvirt.models import MAX_DOCUMENT_BYTES, check_image_name
 from vclvirt.operations import OPERATIONS
 from vclvirt.operations import operation as find_operation
@@ -42,6 +44,7 @@ from vclvirt.state.client import redis_client
 from vclvirt.state.machine import State
 from vclvirt.state.records import ReservationStatus
 from vclvirt.workers.logging import configure_logging
+from vclvirt.workers.routing import CONTROL_QUEUE, host_queue
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -116,8 +119,6 @@ def worker(
         _serve_worker_metrics(settings.metrics_port, host)
     # After the metrics directory is set: composition imports prometheus_client.
     from vclvirt import composition
-    from vclvirt.identity import Identity
-    from vclvirt.workers.routing import CONTROL_QUEUE, host_queue
 
     root = composition.install(composition.Root(settings, Identity.worker(host)))
     node = root.identity.node
@@ -657,7 +658,6 @@ def api(
     """Serve the JSON HTTP API (OpenAPI at /openapi.json); needs VCLVIRT_API_TOKEN unless
     bound to loopback."""
     from vclvirt.api import create_api
-    from vclvirt.api_guard import MIN_TOKEN_LENGTH, api_token, is_loopback
 
     settings = get_settings()
     try:
