@@ -85,7 +85,7 @@ RETRIES: list[str] = []  # transient errors the in-process run retried, as a wor
 
 
 def retrying(step: Any, *args: Any) -> Any:
-    """Call a Provisioner step; on a transient error retry once after 1 s (the worker's
+    """Call a load step on the Host; on a transient error retry once after 1 s (the worker's
     backoff), and remember the error for the report."""
     from vclvirt.errors import TransientError
 
@@ -98,7 +98,7 @@ def retrying(step: Any, *args: Any) -> Any:
 
 
 def run_inprocess(server: Any) -> tuple[float, int, float, int]:
-    """The same Provisioner steps a worker runs, called in this process: same SSH and
+    """The same load steps a worker runs, called on the Host in this process: same SSH and
     libssh connections (pooled), no Celery, no status record, no computer lock."""
     from vclvirt.models import parse_reservation
 
@@ -352,7 +352,7 @@ def run(ctx: Context) -> list[tuple[str, str]]:
     med = {k: median(v) for k, v in times.items()}
     labels = {
         "vclvirt": "vclvirt (Redis + worker over SSH/libssh)",
-        "in-process": "vclvirt Provisioner in-process (same SSH/libssh, no queue)",
+        "in-process": "vclvirt load steps in-process (same SSH/libssh, no queue)",
         "floor": "floor (qemu-img + defineXML + create, one process)",
         "virt-install": "virt-install --import (overlay created first)",
         "vcl": "VCL-style (one ssh process per command)",
@@ -390,7 +390,7 @@ def run(ctx: Context) -> list[tuple[str, str]]:
         f"connections)."
     )
     main += (
-        f"\n\nThe in-process Provisioner ran {median(ssh_commands):.0f} commands over SSH per "
+        f"\n\nThe in-process load steps ran {median(ssh_commands):.0f} commands over SSH per "
         f"load, {median(ssh_time):.3f} s of its {med['in-process']:.3f} s (median); the rest is "
         f"libvirt over qemu+libssh and Python. Transient errors retried in-process: "
         f"{'; '.join(RETRIES) or 'none'}.\n\n" + table(["one operation", "median ms"], costs)
