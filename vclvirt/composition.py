@@ -1,6 +1,7 @@
 """The composition root: the one place a process's objects are built, from its settings
 and its identity — the Redis client, the hosts (SSH, libvirt), the runner, the Celery app
-and its publisher. Nothing else reads the environment or keeps its own connections.
+and its publisher. Nothing else builds them (libvirt connections are still cached per
+process by hypervisor.connection, which the hosts built here call).
 
 Connections are per process: they are made on first use in each process, after the
 worker's pool has forked, never shared across a fork. `install` makes a root the
