@@ -69,7 +69,11 @@ def stop_host(testbed: Path, node: str) -> None:
     """The host goes away: its sshd listener and every connection it serves (a reboot
     drops established connections too), so pooled SSH and libvirt connections break."""
     listener = int((testbed / "sshd" / node / "sshd.pid").read_text().strip())
+    # Stopped first, so no connection is accepted between listing its sessions and ending
+    # them (a worker warming up its connection at that moment once kept it, and loaded).
+    os.kill(listener, signal.SIGSTOP)
     sessions = _children(listener)
+    os.kill(listener, signal.SIGKILL)
     _end([listener, *sessions])
 
 
