@@ -366,12 +366,7 @@ def operation(operation: str, body: RawBody) -> Enqueued:
 @router.get("/v1/reservations/{reservation_id}")
 def status(reservation_id: ReservationId) -> dict[str, Any]:
     """The reservation's status record."""
-    record = dispatch.status(reservation_id)
-    if record is None:
-        raise UnknownReservation(
-            f"no status record for reservation {reservation_id}", reservation_id=reservation_id
-        )
-    return record.to_dict()
+    return dispatch.known_status(reservation_id).to_dict()
 
 
 @router.get("/v1/failed")

@@ -12,7 +12,7 @@ import redis
 from vclvirt import composition
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
-from vclvirt.errors import InvalidInput, VclvirtError
+from vclvirt.errors import InvalidInput, UnknownReservation, VclvirtError
 from vclvirt.models import Reservation, parse_reservation
 from vclvirt.operations import operation
 from vclvirt.recovery import no_worker, task_id
@@ -171,6 +171,16 @@ def status(reservation_id: int) -> ReservationStatus | None:
     "waiting"; past the deadline `waiting.abandoned` is true until a reconciler fails it."""
     viewed = _records().view([reservation_id])
     return _shown(viewed[0]) if viewed else None
+
+
+def known_status(reservation_id: int) -> ReservationStatus:
+    """The reservation's status record; UnknownReservation if there is none."""
+    record = status(reservation_id)
+    if record is None:
+        raise UnknownReservation(
+            f"no status record for reservation {reservation_id}", reservation_id=reservation_id
+        )
+    return record
 
 
 def _shown(viewed: Viewed) -> ReservationStatus:

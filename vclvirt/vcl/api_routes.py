@@ -20,7 +20,7 @@ from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from vclvirt import composition, dispatch
-from vclvirt.errors import ImageNotFound, InvalidInput, UnknownReservation
+from vclvirt.errors import ImageNotFound, InvalidInput
 from vclvirt.models import IMAGE_NAME_PATTERN, MAX_ID
 from vclvirt.provisioning.images import ImageQueries
 from vclvirt.state.machine import State
@@ -40,12 +40,7 @@ def record_etag(record: dict[str, Any]) -> str:
 
 
 def _record(reservation_id: int) -> dict[str, Any]:
-    current = dispatch.status(reservation_id)
-    if current is None:
-        raise UnknownReservation(
-            f"no status record for reservation {reservation_id}", reservation_id=reservation_id
-        )
-    return current.to_dict()
+    return dispatch.known_status(reservation_id).to_dict()
 
 
 @router.get("/reservations/{reservation_id}/wait")
