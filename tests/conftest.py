@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,16 +237,19 @@ def start_worker(
     started: list[Worker] = []
 
     def start(
-        host: str,
-        concurrency: int = 2,
+        host: str | Sequence[str],
+        concurrency: int | None = 2,
         *,
         wrap: tuple[str, ...] = (),
         unset: tuple[str, ...] = (),
         **env: str,
     ) -> Worker:
-        """`wrap`: argv the worker's command is appended to (it must exec it, e.g. unshare);
-        `unset`: environment variables the worker does not get."""
-        log_path = tmp_path / f"worker-{host}-{len(started)}.log"
+        """`host`: one name or several (one worker serving them all); `concurrency` None:
+        the CLI's default; `wrap`: argv the worker's command is appended to (it must exec
+        it, e.g. unshare); `unset`: environment variables the worker does not get."""
+        hosts = [host] if isinstance(host, str) else list(host)
+        name = "+".join(hosts)
+        log_path = tmp_path / f"worker-{name}-{len(started)}.log"
         environment = {k: v for k, v in {**os.environ, **env}.items() if k not in unset}
         hold = environment.pop(HOLD_DIR_ENV, None)  # the step hold: a hook, not a setting
         argv = [
@@ -255,10 +258,8 @@ def start_worker(
             "-m",
             *(("tests.hold_worker", hold) if hold else ("vclvirt",)),
             "worker",
-            "--host",
-            host,
-            "--concurrency",
-            str(concurrency),
+            *(arg for served in hosts for arg in ("--host", served)),
+            *(("--concurrency", str(concurrency)) if concurrency is not None else ()),
         ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
@@ -269,7 +270,7 @@ def start_worker(
                 start_new_session=True,
                 cwd=ROOT,
             )
-        worker = Worker(host, process, log_path)
+        worker = Worker(name, process, log_path)
         started.append(worker)
         deadline = time.monotonic() + 60
         while "ready." not in log_path.read_text(errors="replace"):
@@ -415,3 +416,22 @@ def qemu_img_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     faults = QemuImgFaults(tmp_path / "qemu-img-faults", monkeypatch)
     yield faults
     faults.resume()  # no paused copy outlives its test
+
+
+@pytest.fixture
+def holds(tmp_path: Path) -> Iterator[tuple[dict[str, str], Any]]:
+    """A hold directory for workers (their env) and a function that holds or releases
+    step S of reservation R (`hold(R, S)` / `hold(R, S, False)`)."""
+    directory = tmp_path / "holds"
+    directory.mkdir()
+
+    def hold(rid: int, step: str, on: bool = True) -> None:
+        marker = directory / f"{rid}.{step}"
+        if on:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+
+    yield {"VCLVIRT_TEST_HOLD_DIR": str(directory)}, hold
+    for marker in directory.iterdir():
+        marker.unlink()

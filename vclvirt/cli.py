@@ -105,7 +105,11 @@ def worker(
         ),
     ],
     concurrency: Annotated[
-        int | None, typer.Option(help="Parallel steps (default: the host's max_concurrent_loads)")
+        int | None,
+        typer.Option(
+            help="Worker processes (default: the sum of the served hosts' "
+            "max_concurrent_loads, so each host can run up to its own limit)"
+        ),
     ] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
@@ -131,7 +135,7 @@ def worker(
             "--hostname",
             node,
             "--concurrency",
-            str(concurrency or configs[0].max_concurrent_loads),
+            str(concurrency or sum(config.max_concurrent_loads for config in configs)),
             "--pool",
             "prefork",
             "--loglevel",

@@ -4,7 +4,6 @@ and libvirt call on the host carries that token (node/fence.py)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,14 +16,11 @@ from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.node import fence
 from vclvirt.node.fence import HostFence
 from vclvirt.recovery import LeaseKeeper
-from vclvirt.state.fence import FencedRecord, Write
-from vclvirt.state.records import now
 from vclvirt.state.slots import HostSlot
 
 log = structlog.get_logger(__name__)
 
 COMPUTER_LOCK_WAIT = 0.5  # a busy computer is waited for outside the worker slot
-HOST_SLOT_POLL = 0.5
 
 
 class RunHoldings:
@@ -34,14 +30,13 @@ class RunHoldings:
         self,
         client: redis.Redis,
         keeper: LeaseKeeper,
-        writes: FencedRecord,
         *,
         host: HostConfig,
         computer: str,
         owner: RunOwner,
         ttl: float,
     ) -> None:
-        self.client, self.keeper, self.writes = client, keeper, writes
+        self.client, self.keeper = client, keeper
         self.host, self.computer, self.owner, self.ttl = host, computer, owner, ttl
         self.fence: HostFence | None = None
         self.held_by: str | None = None  # who has the computer, when we could not take it
@@ -69,23 +64,18 @@ class RunHoldings:
         log.info("computer_taken", fencing_token=lock.token)
         return True
 
-    def take_host_slot(self) -> None:
-        """One of the host's operation slots, counted across all its workers; waits here
-        (renewing its lease) while the host runs as many operations as it may."""
+    def take_host_slot(self) -> bool:
+        """One of the host's operation slots, counted across all its workers; False when
+        the host runs as many operations as it may (the run then waits outside the worker:
+        a worker serving several hosts must not lend one host's processes to another's
+        queue)."""
         limit = self.host.max_concurrent_loads
         slot = HostSlot(self.client, self.host.name, str(self.owner), limit=limit, ttl=self.ttl)
-        waited = False
-        while not slot.acquire():
-            if not waited:
-                why = f"host {self.host.name} runs {limit} operations already (its limit)"
-                self.writes.set(waiting={"reason": why, "since": round(now(), 3)})
-                log.info("host_busy", limit=limit, holders=slot.holders())
-                waited = True
-            self.keeper.check()
-            time.sleep(HOST_SLOT_POLL)
+        if not slot.acquire():
+            log.info("host_busy", limit=limit, holders=slot.holders())
+            return False
         self.keeper.hold(slot)
-        if waited:
-            self.writes.apply(Write(hset={}, hdel=("waiting",)))
+        return True
 
     @contextmanager
     def behind_the_fence(self) -> Iterator[None]:

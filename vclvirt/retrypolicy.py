@@ -1,8 +1,9 @@
 """When an operation that did not get through is tried again, and when it gives up.
 
 Every such decision is here, read from the settings once: a transient error's backoff
-and deadline, a busy computer's wait, how often a lost worker may interrupt a step, and
-how long a reservation waits for a worker of its host before it fails NO_WORKER.
+and deadline, a busy computer's or full host's wait, how often a lost worker may
+interrupt a step, and how long a reservation waits for a worker of its host before it
+fails NO_WORKER.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from vclvirt.config.settings import Settings
 
 BUSY_RETRY_MAX = 30.0  # a busy computer is looked at again at least this often
+# A host at its limit frees a slot when any of its operations ends: looked at again soon
+# (recovery dispatches what is due every reconcile_interval).
+HOST_BUSY_RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class RetryPolicy:
     max_interruptions: int = 3
     no_worker_deadline: float = 900.0
     busy_max: float = BUSY_RETRY_MAX
+    host_busy_delay: float = HOST_BUSY_RETRY
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:

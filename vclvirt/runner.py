@@ -153,7 +153,6 @@ class OperationRun:
             self.holdings = RunHoldings(
                 self.runner.keeping,
                 keeper,
-                self.writes,
                 host=self._host.config,
                 computer=self.computer,
                 owner=RunOwner(self.rid, self.record.generation, str(self.me)),
@@ -163,7 +162,8 @@ class OperationRun:
                 with cancellation.scope(keeper.token), writing_as(self.writes):
                     if self.operation.locks_computer and not self.holdings.take_computer():
                         return self._wait_for_computer()
-                    self.holdings.take_host_slot()
+                    if not self.holdings.take_host_slot():
+                        return self._wait_for_host()
             except Cancelled as cancelled:
                 return self._cancelled(cancelled.reason)
             # From here to the end, failure and cleanup included, the host sees our token.
@@ -187,6 +187,18 @@ class OperationRun:
         why = f"computer {self.computer} is busy ({held_by})"
         self.writes.wait(State.WAITING, time.time() + delay, why, waits)
         log.info("computer_busy", held_by=held_by, retry_in_s=delay)
+        return self._summary(State.WAITING, reason=why)
+
+    def _wait_for_host(self) -> dict[str, Any]:
+        """The host runs as many operations as it may: free this worker process (and the
+        computer) and come back shortly, so that a full or slow host never holds a process
+        another host's loads need."""
+        self.keeper.check()
+        limit = self._host.config.max_concurrent_loads
+        delay = self.policy.host_busy_delay
+        why = f"host {self.host} runs {limit} operations already (its limit)"
+        self.writes.wait(State.WAITING, time.time() + delay, why, self.record.waits)
+        log.info("waiting_for_host_slot", limit=limit, retry_in_s=delay)
         return self._summary(State.WAITING, reason=why)
 
     # -- steps -------------------------------------------------------------------------

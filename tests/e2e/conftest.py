@@ -12,26 +12,6 @@ from tests.e2e import vcl_real
 from tests.e2e.vcl_helpers import ApiServer, api_server
 from tests.e2e.vcl_real import VclSite
 
-
-@pytest.fixture
-def holds(tmp_path: Path) -> Iterator[tuple[dict[str, str], Any]]:
-    """A hold directory for workers (their env) and a function that holds or releases
-    step S of reservation R (`hold(R, S)` / `hold(R, S, False)`)."""
-    directory = tmp_path / "holds"
-    directory.mkdir()
-
-    def hold(rid: int, step: str, on: bool = True) -> None:
-        marker = directory / f"{rid}.{step}"
-        if on:
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
-
-    yield {"VCLVIRT_TEST_HOLD_DIR": str(directory)}, hold
-    for marker in directory.iterdir():
-        marker.unlink()
-
-
 # -- Apache VCL's own code against its schema (tests/e2e/test_vcl_real.py, test_vcl_vcld.py)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-FLEET_SIZE = "2"  # a fleet already up (e.g. `make fleet`, 4 hosts) is used as it is
+FLEET_SIZE = "4"  # a fleet already up (e.g. `make fleet`) is used as it is
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +75,14 @@ def fleet_link(machine: str, *change: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def need_hosts(fleet: Any, count: int) -> Any:
+    """The fleet, failing (never skipping) when it has fewer hosts than the test needs."""
+    if len(fleet.hosts) < count:
+        pytest.fail(
+            f"this test needs {count} fleet hosts; the fleet up has {len(fleet.hosts)} "
+            f"(scripts/testbed fleet down, then fleet up {count})",
+            pytrace=False,
+        )
+    return fleet

@@ -18,6 +18,7 @@ from vclvirt.operation import StepContext
 from vclvirt.runner import Runner
 from vclvirt.state import keys
 from vclvirt.state.leases import Holder
+from vclvirt.state.slots import HostSlot
 
 
 def ok(ctx: StepContext) -> dict[str, Any]:
@@ -269,6 +270,41 @@ def test_a_computer_held_by_another_reservation_is_waited_for(world: ToyWorld):
     assert "busy (r555.g1|n|b|1)" in record.waiting["reason"]
     assert world.redis.zscore(keys.due(HOST), rid) is not None
     assert world.node.calls == []
+
+
+def test_a_host_at_its_limit_frees_the_worker_process_and_the_computer(world: ToyWorld):
+    """The host runs max_concurrent_loads operations (other workers' runs hold its slots):
+    the run takes no step and returns at once (its worker process is free for another
+    host's loads), lets go of the computer, says why and is due again in a second; once a
+    slot is free, the next dispatch runs it to the end."""
+    limit = world.config.max_concurrent_loads
+    others = [
+        HostSlot(world.redis, HOST, f"r{900 + i}.g1|n|b|1", limit=limit, ttl=30)
+        for i in range(limit)
+    ]
+    assert all(slot.acquire() for slot in others)
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+
+    started = time.monotonic()
+    summary = world.runner.run(rid, generation)
+
+    assert time.monotonic() - started < 1.0  # not waited out inside the worker
+    assert summary["state"] == "waiting"
+    record = world.record()
+    assert record.waiting is not None
+    assert f"runs {limit} operations already" in record.waiting["reason"]
+    due = world.redis.zscore(keys.due(HOST), rid)
+    assert due is not None and 0 < due - time.time() <= 1.0
+    assert world.node.calls == []
+    assert not world.redis.exists(keys.lock(f"computer:{HOST}:unit-vm1"))
+
+    others[0].release()
+    world.redis.zadd(keys.due(HOST), {str(rid): 0})
+    world.reconciler().dispatch_due(HOST)
+    (_, again, _) = world.published[0]
+    assert world.runner.run(rid, again)["state"] == "succeeded"
 
 
 def test_transient_errors_fail_the_step_at_their_deadline(world: ToyWorld):
