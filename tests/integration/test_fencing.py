@@ -272,3 +272,22 @@ def test_the_test_beds_hosts_have_a_fence_dir_of_their_own(inventory: Any, testb
     """Each "host" keeps its fences in its own directory (they share one machine)."""
     dirs = {inventory.host(n).fence_dir for n in ("node-a", "node-b")}
     assert len(dirs) == 2 and all(str(testbed) in d for d in dirs)
+
+
+def test_a_fence_on_a_full_disk_runs_nothing_and_says_the_disk_is_full(node_a, tmp_path) -> None:
+    """The host cannot record the token (its fence_dir's filesystem has no byte left):
+    the command does not run, and the error is HOST_DISK_FULL naming the fence directory,
+    not a bare exit status of the wrapper."""
+    from tests.disk_full import fill, small_filesystem
+    from vclvirt.errors import HostDiskFull
+
+    host, node = node_a
+    marker = tmp_path / "ran"
+    with small_filesystem(tmp_path / "fence-disk", size="64k") as disk:
+        fill(disk)
+        held = HostFence(host.name, f"{disk}/probe", 300, 9402)
+        with fence.holding(held), pytest.raises(HostDiskFull) as full:
+            node.run(["touch", str(marker)])
+        assert full.value.path == held.directory and full.value.free_bytes == 0
+        assert "no space left" in full.value.message and str(disk) in full.value.hint
+        assert not marker.exists()

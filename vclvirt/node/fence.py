@@ -28,19 +28,26 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from vclvirt.cancellation import Cancelled
-from vclvirt.errors import Fenced
+from vclvirt.errors import CommandFailed, Fenced, HostDiskFull, VclvirtError
 from vclvirt.node.transport import CommandResult
 from vclvirt.scoped import bound
 
 REFUSED = 75  # EX_TEMPFAIL: the wrapper's exit status for a stale token
+UNWRITABLE = 74  # EX_IOERR: the wrapper could not write its own files; nothing ran
 MARKER = "vclvirt-fence: refused"
+UNWRITABLE_MARKER = "vclvirt-fence: cannot write"
 
 # A constant script: the fence directory, the token and the command are positional
 # arguments, quoted by the transport like every argument.
 SCRIPT = r"""
 dir=$1 token=$2
 shift 2
-{ [ -d "$dir" ] || mkdir -p -- "$dir"; } && exec 9>>"$dir/lock" || exit 74
+unwritable() {  # say where, and the room left there (a full disk is the usual cause)
+  free=$(df -Pk -- "$dir" 2>/dev/null | { read -r _; read -r _ _ _ kib _; echo "$kib"; })
+  echo "vclvirt-fence: cannot write $dir (${free:-?} KiB free)" >&2
+  exit 74
+}
+{ [ -d "$dir" ] || mkdir -p -- "$dir"; } && exec 9>>"$dir/lock" || unwritable
 flock -x -w 120 9 || { echo "vclvirt-fence: cannot lock $dir" >&2; exit 74; }
 seen=0
 [ -e "$dir/token" ] && read -r seen < "$dir/token"
@@ -55,7 +62,8 @@ identity() {  # "<process group> <start time>" of a live pid (builtins only: no 
   echo "$3 ${20}"
 }
 if [ "$seen" -lt "$token" ]; then
-  printf '%s\n' "$token" > "$dir/token.new" && mv -f -- "$dir/token.new" "$dir/token" || exit 74
+  printf '%s\n' "$token" > "$dir/token.new" && mv -f -- "$dir/token.new" "$dir/token" || {
+    rm -f -- "$dir/token.new"; unwritable; }
   for run in "$dir"/run.*; do
     [ -e "$run" ] || continue
     if read -r pid group start < "$run" && [ "$group" -gt 1 ] \
@@ -68,7 +76,7 @@ if [ "$seen" -lt "$token" ]; then
 fi
 [ "$#" -gt 0 ] || exit 0
 run="$dir/run.$$"
-me=$(identity $$) && echo "$$ $me" > "$run" || exit 74
+me=$(identity $$) && echo "$$ $me" > "$run" || { rm -f -- "$run"; unwritable; }
 trap 'rm -f -- "$run"' EXIT
 trap 'exit 129' HUP
 trap 'exit 143' TERM
@@ -93,6 +101,27 @@ class HostFence:
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """argv, run on the host only if this token is still the newest it has seen."""
         return ["sh", "-c", SCRIPT, "vclvirt-fence", self.directory, str(self.token), *argv]
+
+    def unwritable(self, detail: str) -> VclvirtError:
+        """The host could not record the token (nothing ran): HOST_DISK_FULL when its
+        filesystem has no room left, else a failed command naming the fence directory."""
+        why = detail.strip()[-300:]
+        message = f"host {self.host} cannot write its fence directory {self.directory}: {why}"
+        if "(0 KiB free)" in why:
+            return HostDiskFull(
+                f"{message}; no space left on device",
+                path=self.directory,
+                free_bytes=0,
+                host=self.host,
+                reservation_id=self.reservation_id,
+            )
+        return CommandFailed(
+            message,
+            host=self.host,
+            reservation_id=self.reservation_id,
+            hint=f"Make {self.directory} writable on {self.host} (fence_dir in the "
+            "inventory), then retry the reservation (vclvirt retry ID)",
+        )
 
     def refusal(self, detail: str) -> Cancelled:
         return Cancelled(
@@ -131,4 +160,6 @@ def checked(result: CommandResult, fence: HostFence | None, argv: Sequence[str])
         return result
     if result.exit_status == REFUSED and MARKER.encode() in result.stderr:
         raise fence.refusal(result.stderr.decode(errors="replace"))
+    if result.exit_status == UNWRITABLE and UNWRITABLE_MARKER.encode() in result.stderr:
+        raise fence.unwritable(result.stderr.decode(errors="replace"))
     return CommandResult(tuple(argv), result.exit_status, result.stdout, result.stderr)
