@@ -73,8 +73,9 @@ def main(
 
 
 # Exit codes (README, "CLI"): 0 success, 1 the operation failed, 2 invalid input,
-# 3 timed out waiting, 4 unknown reservation, 5 broker unreachable, 6 busy.
+# 3 timed out waiting, 4 unknown reservation, 5 broker unreachable, 6 busy, 7 orphans listed.
 EXIT_FAILED, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNKNOWN, EXIT_BROKER, EXIT_BUSY = 1, 2, 3, 4, 5, 6
+EXIT_ORPHANS = 7
 
 
 def exit_code_of(error: VclvirtError) -> int:
@@ -613,6 +614,54 @@ def images_list(host: HostOption, as_json: Annotated[bool, typer.Option("--json"
     for where, names in found.items():
         for name in names:
             typer.echo(f"{where}\t{name}")
+
+
+@app.command()
+def sweep(
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Inventory name of a host to sweep (repeat; default: all)"),
+    ] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove what is listed")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line")] = False,
+    grace: Annotated[
+        float, typer.Option(min=0, help="Seconds a .part file must be untouched to be stale")
+    ] = 3600.0,
+) -> None:
+    """What no record owns on each host (domains, overlays, XML and .part files named the
+    way VCL names them), one line each: host, kind, name, [outcome,] why. Exit 0 when
+    nothing is listed (or all of it was removed or left for a reason shown), 7 when orphans
+    are listed without --remove, 1 when a host could not be swept, 2 for an unknown host,
+    5 when Redis is unreachable."""
+    from vclvirt import composition  # not at the top: see `worker`
+    from vclvirt.sweep import Sweep
+
+    try:
+        names = host or sorted(get_inventory().hosts)
+        for name in names:
+            get_inventory().host(name)
+    except VclvirtError as error:
+        _fail(error, EXIT_INVALID)
+    root, failed, listed = composition.current(), False, False
+    for name in names:
+        try:
+            swept = Sweep(
+                root.redis, root.host(name), grace=grace, lock_ttl=root.settings.lease_ttl
+            )
+            found = swept.find()
+            if remove:
+                swept.remove(found)
+            listed = listed or bool(found)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            typer.echo(f"error: Redis is unreachable: {error}", err=True)
+            raise typer.Exit(EXIT_BROKER) from None
+        except VclvirtError as error:
+            typer.echo(f"error: sweeping {name}: {error}", err=True)
+            failed = True
+            continue
+        for orphan in found:
+            typer.echo(orphan.to_json() if as_json else orphan.line())
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_ORPHANS if listed and not remove else 0)
 
 
 @app.command()

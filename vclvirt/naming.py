@@ -17,6 +17,10 @@ _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 _NOT_WORD_OR_UNDERSCORE = re.compile(r"[\W_]", re.ASCII)
 _VMWARE_OR_IMAGE = re.compile(r"vmware|image")
 _UUID_NAMESPACE = uuid.UUID("6f1c8e52-3a07-4d0e-9b6e-8a4f5f1f2c11")
+# A computer's short name (models.HOSTNAME_PATTERN's first label: no '_', ':' or '.').
+_COMPUTER = r"(?P<computer>[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)"
+_VCL_DOMAIN = re.compile(rf"{_COMPUTER}_(?:[A-Za-z0-9]*_)?\d+-v\d+")
+_FILE_BASE = re.compile(rf"{_COMPUTER}_(?P<image_id>\d+)-v(?P<revision>\d+)")
 
 
 def domain_name(
@@ -61,6 +65,22 @@ def belongs_to_computer(domain: str, computer: str, computer_id: int | None = No
     return domain.startswith((f"{computer}_", f"{computer}:")) or domain in short_forms(
         computer, computer_id
     )
+
+
+def computer_of_domain(domain: str) -> str | None:
+    """C, for a domain named the way domain_name names one in full (`C_<pretty>_IID-vR`
+    or `C_IID-vR`); None for any other name. The short forms and the older `C:…` are
+    not told apart here: by name alone they could be anyone's domain."""
+    found = _VCL_DOMAIN.fullmatch(domain)
+    return found["computer"] if found else None
+
+
+def parse_file_base(base: str) -> tuple[str, int, int] | None:
+    """(computer, image id, revision) of a file_base_name `C_IID-vR`; None otherwise."""
+    found = _FILE_BASE.fullmatch(base)
+    if found is None:
+        return None
+    return found["computer"], int(found["image_id"]), int(found["revision"])
 
 
 def new_image_name(os_name: str, pretty_name: str, image_id: int, revision: int) -> str:

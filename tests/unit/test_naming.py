@@ -17,10 +17,12 @@ from vclvirt.naming import (
     LoadNames,
     belongs_to_computer,
     captured_image_name,
+    computer_of_domain,
     domain_name,
     domain_uuid,
     file_base_name,
     new_image_name,
+    parse_file_base,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +107,40 @@ def test_explicit_max_length_is_honoured():
 def test_file_base_name():
     """The file base name is `C_IID-vR`."""
     assert file_base_name("vclv99-37", 234, 23) == "vclv99-37_234-v23"
+
+
+@pytest.mark.parametrize(("computer", "cid", "pretty", "iid", "rev", "expected"), REFERENCE_VECTORS)
+def test_computer_of_every_full_domain_name(computer, cid, pretty, iid, rev, expected):
+    """The computer is read back from every name domain_name gives in full."""
+    if expected.startswith(f"{computer}_"):
+        assert computer_of_domain(expected) == computer
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "my-build-vm",
+        "vm1",
+        "22",
+        "vm1:old-image",
+        "vm1_CentOS",
+        "vm1_a_b_1-v0",
+        "vm1_1-v0.bak",
+        "-vm_1-v0",
+        "vm1_Cent-OS_1-v0",
+        "vm1_1-v",
+    ],
+)
+def test_other_names_have_no_computer(domain):
+    """Anyone's names, the short forms and older `C:…` are not read as a computer's."""
+    assert computer_of_domain(domain) is None
+
+
+def test_parse_file_base():
+    """`C_IID-vR` back to its parts; anything else is None."""
+    assert parse_file_base(file_base_name("vclv99-37", 234, 23)) == ("vclv99-37", 234, 23)
+    assert parse_file_base("vm1_Pretty_1-v0") is None
+    assert parse_file_base("linux-Foo-12-v0") is None
 
 
 @pytest.mark.parametrize(

@@ -323,3 +323,14 @@ def delete_snapshot(domain: libvirt.virDomain, name: str, host: str) -> None:
     snapshot = _snapshot(domain, name, host)
     with libvirt_errors(host, f"deleting snapshot {name} of {domain.name()}"):
         snapshot.delete(0)
+
+
+def disks_by_domain(conn: libvirt.virConnect, host: str) -> dict[str, list[str]]:
+    """Every domain (any state) with the files of its disks; one that vanished since the
+    listing is left out."""
+    found = {}
+    for domain in _listed(conn, host):
+        xml = _xml_if_still_there(domain, host)
+        if xml is not None:
+            found[domain.name()] = disk_files(xml)
+    return found

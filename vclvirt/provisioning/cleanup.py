@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Collection
 from typing import Any
 
 import libvirt
@@ -44,14 +45,19 @@ class Cleanup:
         ctx.files.remove_matching(ctx.host.xml_dir, f"{computer}_*.xml")
         return {"deleted_domains": deleted, "removed_files": removed_files}
 
-    def delete_domain(self, domain: libvirt.virDomain, computer: str) -> list[str]:
-        """Stop, drop snapshots, remove the computer's own overlays, undefine."""
+    def delete_domain(
+        self, domain: libvirt.virDomain, computer: str, keep: Collection[str] = ()
+    ) -> list[str]:
+        """Stop, drop snapshots, remove the computer's own overlays (but those in `keep`,
+        which something else still owns), undefine."""
         ctx, name = self.ctx, domain.name()
         domains.destroy(domain, ctx.host.name)
         domains.delete_snapshots(domain, ctx.host.name)
         removed = []
         for path in domains.disk_files(domains.domain_xml(domain, ctx.host.name)):
-            if is_own_overlay(path, computer, ctx.host.vm_dir):
+            if path in keep:
+                log.info("disk_kept", domain=name, path=path, reason="still owned")
+            elif is_own_overlay(path, computer, ctx.host.vm_dir):
                 ctx.files.remove(path)
                 removed.append(path)
             else:

@@ -18,6 +18,7 @@ from vclvirt.provisioning.access import HostAccess
 from vclvirt.provisioning.capture import Capture
 from vclvirt.provisioning.cleanup import Cleanup
 from vclvirt.provisioning.images import ImageQueries
+from vclvirt.provisioning.leftovers import Leftovers
 from vclvirt.provisioning.load import LoadSteps
 from vclvirt.provisioning.node_status import NodeStatus
 from vclvirt.provisioning.power import Power
@@ -36,6 +37,7 @@ class Host:
         self.capture = Capture(access, self.cleanup)
         self.snapshots = Snapshots(access)
         self.images = ImageQueries(access)
+        self.leftovers = Leftovers(access, self.cleanup)
 
     @property
     def config(self) -> HostConfig:
