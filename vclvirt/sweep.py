@@ -301,10 +301,11 @@ class Sweep:
     def _remove_under_lock(self, computer: str, listed: list[Orphan]) -> None:
         """Judged again under the lock: only what is still an orphan goes."""
         found, listing, claims = self._judged()
-        now = {(o.kind, o.name): o for o in found if o.computer == computer}
-        gone = [o.name for o in found if o.kind == "domain"]
-        keep = {d for name, disks in listing.domains.items() if name not in gone for d in disks}
+        now = {(o.kind, o.name) for o in found if o.computer == computer}
+        gone = {name for kind, name in now if kind == "domain"}
         claim = claims[computer]
+        # disks of the domains that stay, and the owned overlays (whoever has them as disk)
+        keep = {d for name, disks in listing.domains.items() if name not in gone for d in disks}
         keep |= {
             d
             for name in gone
@@ -314,9 +315,9 @@ class Sweep:
         leftovers, with_domains = self.host.leftovers, set()
         for orphan in sorted(listed, key=lambda o: o.kind != "domain"):
             if (orphan.kind, orphan.name) not in now:
-                orphan.outcome = f"left: no longer an orphan ({claim.summary})"
-                continue
-            if orphan.kind == "domain":
+                again = claim.summary if claim.whole else "no longer an orphan"
+                orphan.outcome = f"left: judged again under the lock: {again}"
+            elif orphan.kind == "domain":
                 with_domains |= set(leftovers.remove_domain(orphan.name, computer, sorted(keep)))
                 orphan.outcome = "removed"
             elif leftovers.remove_file(orphan.name) or orphan.name in with_domains:

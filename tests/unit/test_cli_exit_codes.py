@@ -51,9 +51,10 @@ def test_readme_lists_the_exit_codes_the_cli_uses():
         "4": "unknown reservation",
         "5": "broker unreachable",
         "6": "busy",
+        "7": "orphans listed",
     }
     assert (cli.EXIT_FAILED, cli.EXIT_INVALID, cli.EXIT_TIMEOUT) == (1, 2, 3)
-    assert (cli.EXIT_UNKNOWN, cli.EXIT_BROKER, cli.EXIT_BUSY) == (4, 5, 6)
+    assert (cli.EXIT_UNKNOWN, cli.EXIT_BROKER, cli.EXIT_BUSY, cli.EXIT_ORPHANS) == (4, 5, 6, 7)
 
 
 @pytest.mark.parametrize(

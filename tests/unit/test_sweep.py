@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit._provisioning import UnitHost
-from tests.unit._runs import ToyWorld, load_world, toy_reservation
+from tests.unit._runs import SETTINGS, ToyWorld, load_world, toy_reservation
 from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.node.host_lock import host_lock
 from vclvirt.operations import operation
@@ -167,7 +167,7 @@ def test_ownership_is_read_again_under_the_lock(bed):
 
     left = {o.outcome for o in done if o.computer == "unit-vm2"}
     assert left == {
-        "left: no longer an orphan (unit-vm2 is busy (reservation 1032 is queued (load)))"
+        "left: judged again under the lock: unit-vm2 is busy (reservation 1032 is queued (load))"
     }
     assert "unit-vm2_Old_11-v0" in everything(unit)[0]
 
@@ -208,3 +208,88 @@ def test_an_image_held_for_an_expired_record_keeps_the_whole_computer(bed):
     assert listed(world) == set()
     image = json.loads(world.redis.get(keys.computer_image(HOST, "unit-vm1")))
     assert image["image"] == IMAGE
+
+
+@pytest.fixture
+def cli_on(bed, monkeypatch: pytest.MonkeyPatch) -> tuple[ToyWorld, UnitHost]:
+    """`vclvirt sweep` in this process, its inventory the unit host, its store the world's."""
+    from vclvirt import cli, composition
+    from vclvirt.config.inventory import Inventory
+
+    world, unit = bed
+
+    class Root:
+        redis, settings = world.redis, SETTINGS
+
+        def host(self, name: str) -> object:
+            return world.host
+
+    monkeypatch.setattr(composition, "current", Root)
+    monkeypatch.setattr(cli, "get_inventory", lambda: Inventory(hosts={HOST: world.config}))
+    return world, unit
+
+
+def sweep_cli(*args: str) -> tuple[int, list[str]]:
+    from typer.testing import CliRunner
+
+    from vclvirt import cli
+
+    done = CliRunner().invoke(cli.app, ["sweep", *args])
+    return done.exit_code, [line for line in done.stdout.splitlines() if line.startswith(HOST)]
+
+
+def test_the_cli_exits_7_while_orphans_are_listed_and_0_once_removed(cli_on):
+    """One tab-separated line per orphan and exit 7; --remove adds each outcome and exits
+    0; then nothing is listed and the exit is 0."""
+    _world, unit = cli_on
+    planted = plant(unit)["orphans"]
+
+    status, lines = sweep_cli()
+    assert status == 7
+    assert {tuple(line.split("\t")[1:3]) for line in lines} == planted
+
+    status, lines = sweep_cli("--remove", "--host", HOST)
+    assert status == 0
+    assert {line.split("\t")[3] for line in lines} == {"removed"}
+    assert sweep_cli() == (0, [])
+
+
+def test_the_cli_refuses_an_unknown_host_before_anything_is_read(cli_on):
+    """An unknown host is invalid input (exit 2), whatever else is asked."""
+    from typer.testing import CliRunner
+
+    from vclvirt import cli
+
+    plant(cli_on[1])
+    before = everything(cli_on[1])
+
+    done = CliRunner().invoke(cli.app, ["sweep", "--host", HOST, "--host", "nope", "--remove"])
+
+    assert done.exit_code == 2
+    assert "host 'nope' is not in the inventory" in done.output
+    assert everything(cli_on[1]) == before
+
+
+def test_an_overlay_a_domain_that_became_busy_uses_is_left(bed):
+    """unit-vm9's orphan domain runs on unit-vm3's orphan overlay; between listing and
+    removal a load takes unit-vm9: its domain stays, so the overlay under it stays too."""
+    world, unit = bed
+    shared = overlay(unit, "unit-vm3_11-v0.qcow2")
+    define(unit, "unit-vm9_X_11-v0", [shared])
+    found = Sweep(world.redis, world.host).find()
+    assert {(o.kind, o.name) for o in found} == {
+        ("domain", "unit-vm9_X_11-v0"),
+        ("overlay", str(shared)),
+    }
+    lock = ResourceLock(
+        world.redis, f"computer:{HOST}:unit-vm9", RunOwner(78, 1, "n|b|1"), ttl=30, fenced=True
+    )
+    assert lock.acquire(wait=0)
+
+    done = Sweep(world.redis, world.host).remove(found)
+
+    assert {o.name: o.outcome for o in done} == {
+        "unit-vm9_X_11-v0": "left: unit-vm9 became busy",
+        str(shared): "left: judged again under the lock: no longer an orphan",
+    }
+    assert shared.exists()
