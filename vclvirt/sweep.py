@@ -291,9 +291,10 @@ class Sweep:
             held = HostFence(config.name, f"{config.fence_dir}/{computer}", lock.token, 0)
             with fence.holding(held):
                 self._remove_under_lock(computer, listed)
-        except Cancelled as cancelled:
-            for orphan in listed:
-                orphan.outcome = orphan.outcome or f"left: {cancelled.reason}"
+        except Cancelled:  # the host refused our token: a newer holder took the computer
+            for orphan in (o for o in listed if o.outcome is None):
+                orphan.outcome = f"left: {computer} was taken meanwhile (fenced)"
+                self._logged(orphan)
         finally:
             release_fenced(config.name)
             lock.release()

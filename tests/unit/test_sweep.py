@@ -293,3 +293,28 @@ def test_an_overlay_a_domain_that_became_busy_uses_is_left(bed):
         str(shared): "left: judged again under the lock: no longer an orphan",
     }
     assert shared.exists()
+
+
+def test_a_sweep_whose_computer_was_taken_meanwhile_runs_nothing_on_the_host(world: ToyWorld):
+    """The host has seen a newer fencing token for unit-vm2 than the sweep's (a load took
+    the computer while the sweep was paused past its lock): the host refuses the sweep's
+    commands, nothing is removed, and the orphan is reported left, saying why."""
+    xml = f"{world.config.xml_dir}/unit-vm2_11-v0.xml"
+    world.node.on("sh", "-c", "date +%s*", stdout=b"1000\n")
+    world.node.on(
+        "sh",
+        "-c",
+        "date +%s*",
+        "sh",
+        world.config.xml_dir,
+        stdout=b"1000\n990 unit-vm2_11-v0.xml\0",
+    )
+    (found,) = Sweep(world.redis, world.host).find()
+    assert (found.kind, found.name) == ("xml", xml)
+    world.node.tokens[f"{world.config.fence_dir}/unit-vm2"] = 2**62
+
+    (done,) = Sweep(world.redis, world.host).remove([found])
+
+    assert done.outcome == "left: unit-vm2 was taken meanwhile (fenced)"
+    assert world.node.argvs("rm") == [] and world.node.argvs("find") == []
+    assert world.redis.get(keys.lock(f"computer:{HOST}:unit-vm2")) is None  # let go
