@@ -22,8 +22,10 @@ overlays, domain XML files and `.part` files — listed, and with `--remove` rem
      an overlay, is not one), and that no kept domain has as a disk;
    - *xml*: `<xml_dir>/C_IID-vR.xml`;
    - *part*: `<datastore>/<name>.part` left by a copy (images.copy), older than the
-     grace; and `<vm_path or xml_dir>/C_IID-vR.<ext>.part` left by a write, as well.
+     grace, whose copy does not hold its lock (`.<image>.lock`) now; and
+     `<vm_path or xml_dir>/C_IID-vR.<ext>.part` left by a write, as well.
    A master — anything else in the datastore — and the repository are never touched.
+   The records judged are vclvirt's: a vcld managing the same host is not asked.
 4. **Removing** (`--remove`), per computer: take C's lock (fenced, locks.py) at once or
    leave C alone; under it, read ownership and the host again and judge anew; remove
    behind C's fencing token (node/fence.py), so that a load which takes C after a pause
@@ -215,7 +217,7 @@ def judge(
         parsed = parse_file_base(posixpath.splitext(stem)[0])
         claim = claims.get(parsed[0]) if parsed else None
         if stem != name:
-            if item.age <= grace:
+            if item.age <= grace or item.path in listing.copying:
                 continue
             age = f"untouched for {item.age:.0f}s"
             if directory == host.datastore_path:

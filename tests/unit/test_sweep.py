@@ -174,16 +174,19 @@ def test_ownership_is_read_again_under_the_lock(bed):
 
 def test_a_part_whose_copy_holds_its_lock_is_left(bed):
     """A copy (alive, holding `.<image>.lock`) may stall on a slow link: its old .part is
-    listed by age but not removed while the lock is held."""
+    not listed while the lock is held, and a removal listed before it took the lock
+    leaves it; once the copy is gone, it is listed."""
     world, unit = bed
     part = stale(unit.datastore / "linux-Slow-14-v0.qcow2.part")
     orphan = Orphan(HOST, "part", str(part), None, "left by a copy")
 
     with host_lock(world.host.access.node, part_lock(str(part)), wait=5):
+        assert listed(world) == set()
         (done,) = Sweep(world.redis, world.host).remove([orphan])
 
     assert done.outcome == "left: a copy holds its lock"
     assert part.exists()
+    assert listed(world) == {("part", str(part))}
 
 
 def test_an_unloaded_computer_owns_nothing(bed):

@@ -21,6 +21,11 @@ log = structlog.get_logger(__name__)
 _LIST = r"""date +%s
 [ -d "$1" ] || exit 0
 exec find "$1" -mindepth 1 -maxdepth 1 -type f -printf '%T@ %f\0'"""
+# Of the locks given, those a process holds now (an existing lock file is only opened).
+_HELD = r"""for lock in "$@"; do
+  [ -e "$lock" ] && ! flock -n "$lock" true && printf '%s\0' "$lock"
+done
+exit 0"""
 # Remove the .part $1 only under its copy's lock $2 (taken at once or not at all: a copy
 # that holds it is writing the file) and only if it is still older than $3 seconds.
 _REMOVE_PART = r"""part=$1 lock=$2 grace=$3
@@ -42,10 +47,12 @@ class HostFile:
 
 @dataclass(frozen=True)
 class Listing:
-    """A host's domains (name -> disk files) and the files directly in its directories."""
+    """A host's domains (name -> disk files), the files directly in its directories, and
+    the datastore's `.part` files whose copy holds its lock now (being written)."""
 
     domains: dict[str, list[str]]
     files: list[HostFile]
+    copying: frozenset[str] = frozenset()
 
 
 def part_lock(part: str) -> str:
@@ -70,7 +77,19 @@ class Leftovers:
         found = []
         for directory in self.directories:
             found += self._files(directory)
-        return Listing(domains.disks_by_domain(self.ctx.conn, self.ctx.host.name), found)
+        datastore = self.ctx.host.datastore_path
+        parts = [f.path for f in found if f.path.endswith(".part")]
+        locks = {part_lock(p): p for p in parts if posixpath.dirname(p) == datastore}
+        held = self._held(sorted(locks)) if locks else set()
+        return Listing(
+            domains.disks_by_domain(self.ctx.conn, self.ctx.host.name),
+            found,
+            frozenset(locks[lock] for lock in held),
+        )
+
+    def _held(self, locks: list[str]) -> set[str]:
+        out = self.ctx.node.run(["sh", "-c", _HELD, "sh", *locks]).stdout
+        return {lock.decode(errors="surrogateescape") for lock in out.split(b"\0") if lock}
 
     def _files(self, directory: str) -> list[HostFile]:
         out = self.ctx.node.run(["sh", "-c", _LIST, "sh", directory]).stdout
