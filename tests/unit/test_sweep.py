@@ -321,3 +321,19 @@ def test_a_sweep_whose_computer_was_taken_meanwhile_runs_nothing_on_the_host(wor
     assert done.outcome == "left: unit-vm2 was taken meanwhile (fenced)"
     assert world.node.argvs("rm") == [] and world.node.argvs("find") == []
     assert world.redis.get(keys.lock(f"computer:{HOST}:unit-vm2")) is None  # let go
+
+
+def test_an_orphan_domain_on_the_ready_overlay_goes_without_it(bed):
+    """A stray domain of the READY computer, under another pretty name, has the READY
+    overlay as its disk: the domain is an orphan and goes; the overlay is owned and stays."""
+    world, unit = bed
+    ready = unit.vms / "unit-vm1_11-v0.qcow2"
+    define(unit, "unit-vm1_Renamed_11-v0", [ready])
+
+    found = Sweep(world.redis, world.host).find()
+    assert {(o.kind, o.name) for o in found} == {("domain", "unit-vm1_Renamed_11-v0")}
+    (done,) = Sweep(world.redis, world.host).remove(found)
+
+    assert done.outcome == "removed"
+    assert ready.exists()
+    assert "unit-vm1_Renamed_11-v0" not in everything(unit)[0]
