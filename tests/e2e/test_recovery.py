@@ -4,6 +4,8 @@ each checked on the host (domains, overlays, .part files) as well as in the reco
 
 Workers here run with the deployed lease, heartbeat, reconcile and deadline settings.
 A step is held open (a step hook of tests/hold_worker.py) only so that a fault lands inside it.
+Hosts away for 3 minutes, losing power or filling their disk are on the fleet, with real
+link cuts (tests/fleet/test_fleet_faults.py).
 """
 
 from __future__ import annotations
@@ -280,33 +282,6 @@ def test_a_host_unreachable_for_20_s_mid_load_is_waited_out(
     assert final.state == "succeeded", final.to_dict()
     assert final.step_records["pre_define"]["transient_failures"] >= 1
     assert len(computer_domains("e2e-outage")) == 1
-
-
-@pytest.mark.slow
-def test_a_host_rebooting_for_3_minutes_mid_load_is_waited_out(
-    testbed, start_worker, cleanup_computers, holds
-) -> None:
-    """A reboot: node-b unreachable for 3 minutes during a load; with the deployed retry
-    deadline (15 min) the load finishes by itself once the host is back."""
-    env, hold = holds
-    image = "linux-E2eReboot-618-v0"
-    repository_image(testbed, image)
-    cleanup_computers.append("e2e-reboot")
-    hold(8971, "define")
-    start_worker("node-b", **env)
-    handle = dispatch.load(make_reservation(8971, "e2e-reboot", image, image_id=618, host="node-b"))
-    wait_for(lambda: _at(8971, "define"), 60, "the load to reach define")
-    stop_host(testbed, "node-b")
-    back = threading.Timer(180, start_testbed)
-    back.start()
-    try:
-        hold(8971, "define", False)
-        final = handle.wait(timeout=480)
-    finally:
-        back.join()
-    assert final.state == "succeeded", final.to_dict()
-    assert final.step_records["define"]["transient_failures"] >= 4
-    assert len(computer_domains("e2e-reboot")) == 1
 
 
 def test_twelve_identical_posts_at_once_make_one_load(testbed, start_worker, cleanup_computers):

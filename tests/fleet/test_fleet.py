@@ -8,13 +8,12 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import libvirt
 import pytest
 
 from tests.conftest import make_reservation, wait_for
-from tests.fleet.conftest import fleet_link, fleet_ssh
+from tests.fleet.conftest import fleet_link, fleet_ssh, library_image, remove_computers
 from vclvirt import dispatch
 from vclvirt.naming import belongs_to_computer, file_base_name
 
@@ -25,42 +24,6 @@ PROBE_XML = """<domain type='qemu'>
   <os><type arch='x86_64'>hvm</type></os>
   <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
 </domain>"""
-
-
-def _library(fleet: Any, testbed: Path) -> Any:
-    """The library server, as a host entry with the fleet's key, known_hosts and its address."""
-    env = (testbed / "fleet" / "env").read_text()
-    (address,) = [
-        line.split("=", 1)[1] for line in env.splitlines() if "VCLVIRT_FLEET_LIBRARY=" in line
-    ]
-    return fleet.host("fleet-1").model_copy(update={"address": address})
-
-
-def _library_image(fleet: Any, testbed: Path, name: str, data: str = "") -> None:
-    """A qcow2 image in the library server's repository, made there over SSH."""
-    library = _library(fleet, testbed)
-    directory = f"{fleet.host('fleet-1').repository_path}/{name}"
-    path = f"{directory}/{name}.qcow2"
-    fleet_ssh(library, "rm", "-rf", directory)
-    fleet_ssh(library, "mkdir", "-p", directory)
-    fleet_ssh(library, "qemu-img", "create", "-q", "-f", "qcow2", path, "128M")
-    if data:
-        fleet_ssh(library, "qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {data}", path)
-
-
-def _remove_computer(host: Any, computer: str) -> None:
-    """The computer's domains on the host's own libvirtd, and its files on the host's disk."""
-    conn = libvirt.open(host.effective_libvirt_uri)
-    try:
-        for domain in conn.listAllDomains(0):
-            if belongs_to_computer(domain.name(), computer):
-                with contextlib.suppress(libvirt.libvirtError):
-                    if domain.isActive():
-                        domain.destroy()
-                    domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    finally:
-        conn.close()
-    fleet_ssh(host, "find", host.vm_path, host.xml_dir, "-name", f"{computer}_*", "-delete")
 
 
 def test_a_fleet_hosts_domain_is_not_seen_by_the_root_libvirtd(fleet):
@@ -124,7 +87,7 @@ def test_worker_loads_a_reservation_onto_a_fleet_host(fleet_env, testbed, start_
     fleet = fleet_env
     host = fleet.host("fleet-1")
     image, computer = "linux-FleetLoad-611-v0", "fleet-load1"
-    _library_image(fleet, testbed, image)
+    library_image(fleet, testbed, image)
     fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{image}.qcow2")
     start_worker("fleet-1")
     reservation = make_reservation(7611, computer, image, image_id=611, host="fleet-1")
@@ -147,7 +110,7 @@ def test_worker_loads_a_reservation_onto_a_fleet_host(fleet_env, testbed, start_
         status = dispatch.run(reservation, "node_status").wait(60)
         assert status.step_records["node_status"]["result"]["status"] == "READY"
     finally:
-        _remove_computer(host, computer)
+        remove_computers(host, computer)
 
 
 @pytest.mark.slow
@@ -158,7 +121,7 @@ def test_load_survives_a_link_cut_for_a_few_seconds(fleet_env, testbed, start_wo
     fleet = fleet_env
     host = fleet.host("fleet-1")
     image, computer = "linux-FleetLinkCut-612-v0", "fleet-cut1"
-    _library_image(fleet, testbed, image, data="48M")
+    library_image(fleet, testbed, image, data="48M")
     fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{image}.qcow2")
     start_worker("fleet-1")
     reservation = make_reservation(7612, computer, image, image_id=612, host="fleet-1")
@@ -189,4 +152,4 @@ def test_load_survives_a_link_cut_for_a_few_seconds(fleet_env, testbed, start_wo
     finally:
         fleet_link("fleet-1", "up")
         fleet_link("fleet-1", "rate", "1gbit")
-        _remove_computer(host, computer)
+        remove_computers(host, computer)

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_reservation, wait_for
-from tests.fleet.conftest import fleet_link, fleet_ssh, need_hosts
-from tests.fleet.test_fleet import _library_image, _remove_computer
+from tests.fleet.conftest import fleet_link, fleet_ssh, library_image, need_hosts, remove_computers
 from vclvirt import dispatch
 
 pytestmark = pytest.mark.slow
@@ -25,6 +24,14 @@ def _finished(rid: int) -> bool:
     return bool(record and record.state in ("succeeded", "failed", "superseded"))
 
 
+def _remove_all(loads: dict[int, tuple[Any, str, dict[str, Any]]]) -> None:
+    by_host: dict[str, tuple[Any, list[str]]] = {}
+    for host, computer, _ in loads.values():
+        by_host.setdefault(host.name, (host, []))[1].append(computer)
+    for host, computers in by_host.values():
+        remove_computers(host, *computers)
+
+
 def test_a_slow_host_and_a_dead_one_never_delay_the_other_hosts_loads(
     fleet_env, testbed, start_worker
 ):
@@ -36,8 +43,8 @@ def test_a_slow_host_and_a_dead_one_never_delay_the_other_hosts_loads(
     fleet = need_hosts(fleet_env, 4)
     slow, dead = fleet.host("fleet-1"), fleet.host("fleet-2")
     busy = [fleet.host("fleet-3"), fleet.host("fleet-4")]
-    _library_image(fleet, testbed, SLOW_IMAGE, data="16M")
-    _library_image(fleet, testbed, BURST_IMAGE, data="8M")
+    library_image(fleet, testbed, SLOW_IMAGE, data="16M")
+    library_image(fleet, testbed, BURST_IMAGE, data="8M")
     for host in (slow, dead, *busy):
         fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{SLOW_IMAGE}.qcow2")
         fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{BURST_IMAGE}.qcow2")
@@ -49,17 +56,16 @@ def test_a_slow_host_and_a_dead_one_never_delay_the_other_hosts_loads(
         loads[rid] = (host, computer, reservation)
 
     for i in range(6):
-        add(7620 + i, slow, f"slow{i}", SLOW_IMAGE, SLOW_ID)
+        add(7720 + i, slow, f"slow{i}", SLOW_IMAGE, SLOW_ID)
     for i in range(2):
-        add(7630 + i, dead, f"dead{i}", BURST_IMAGE, BURST_ID)
+        add(7730 + i, dead, f"dead{i}", BURST_IMAGE, BURST_ID)
     burst = []
     for h, host in enumerate(busy):
         for i in range(4):
-            rid = 7640 + 10 * h + i
+            rid = 7740 + 10 * h + i
             add(rid, host, f"burst{h}x{i}", BURST_IMAGE, BURST_ID)
             burst.append(rid)
-    for host, computer, _ in loads.values():  # nothing of theirs left from an earlier run
-        _remove_computer(host, computer)
+    _remove_all(loads)  # nothing of theirs left from an earlier run
     slowed = [rid for rid, (host, _, _) in loads.items() if host is slow]
     deads = [rid for rid, (host, _, _) in loads.items() if host is dead]
 
@@ -100,5 +106,4 @@ def test_a_slow_host_and_a_dead_one_never_delay_the_other_hosts_loads(
         fleet_link("fleet-1", "rate", "1gbit")
         fleet_link("fleet-2", "up")
         worker.stop()
-        for host, computer, _ in loads.values():
-            _remove_computer(host, computer)
+        _remove_all(loads)
