@@ -36,6 +36,11 @@ test-unit: bootstrap
 demo: bootstrap testbed guest
 	scripts/demo $(IMAGE)
 
+# One reservation on each of FLEET hosts, by one worker serving them all (scripts/fleet-demo).
+.PHONY: fleet-demo
+fleet-demo: fleet guest
+	$(PY) scripts/fleet-demo
+
 lint: bootstrap
 	.venv/bin/ruff check vclvirt tests
 	.venv/bin/ruff format --check vclvirt tests
