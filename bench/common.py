@@ -50,25 +50,36 @@ class Context:
     inventory: Path
     quick: bool
     sim_hosts: list[str] = field(default_factory=list)
+    ssh_sim_hosts: list[str] = field(default_factory=list)  # test:/// behind node-a's sshd
     real_loads: list[Any] = field(default_factory=list)  # one at a time over SSH (bench 1)
     concurrent_loads: list[Any] = field(default_factory=list)  # over SSH, bench 2's rounds
 
 
-def setup(quick: bool, sim_hosts: int) -> Context:
+def setup(quick: bool, sim_hosts: int, ssh_sim_hosts: int = 0) -> Context:
     """A temp work dir and one inventory (the test bed's hosts plus simulated ones); the
-    environment is set before anything imports vclvirt (its settings are read once)."""
+    environment is set before anything imports vclvirt (its settings are read once).
+
+    `sim…` hosts are reached locally; `ssh…` hosts log in to node-a's sshd like node-a
+    (so each costs a worker a real paramiko connection) but run libvirt's test driver."""
     workdir = Path(tempfile.mkdtemp(prefix="vclvirt-bench-"))
     inventory = workdir / "inventory.toml"
     text = (TESTBED / "inventory.toml").read_text()
+    node_a = tomllib.loads(text)["hosts"]["node-a"]
+    login = "".join(
+        f"{key} = {json.dumps(node_a[key])}\n"
+        for key in ("address", "port", "user", "key_file", "known_hosts")
+    )
     names = [f"sim{i:03d}" for i in range(1, sim_hosts + 1)]
-    for name in names:
+    ssh_names = [f"ssh{i:03d}" for i in range(1, ssh_sim_hosts + 1)]
+    for name in names + ssh_names:
         base = workdir / "sim" / name
-        for sub in ("images", "vms", "xml"):
+        for sub in ("images", "vms", "xml", "fence"):
             (base / sub).mkdir(parents=True, exist_ok=True)
+        reach = login if name in ssh_names else 'address = "127.0.0.1"\ntransport = "local"\n'
         text += (
-            f'\n[hosts.{name}]\naddress = "127.0.0.1"\ntransport = "local"\n'
-            f'libvirt_uri = "test:///default"\ndomain_type = "test"\n'
+            f'\n[hosts.{name}]\n{reach}libvirt_uri = "test:///default"\ndomain_type = "test"\n'
             f'datastore_path = "{base}/images"\nvm_path = "{base}/vms"\nxml_dir = "{base}/xml"\n'
+            f'fence_dir = "{base}/fence"\n'
         )
     inventory.write_text(text)
     os.environ.update(
@@ -82,7 +93,7 @@ def setup(quick: bool, sim_hosts: int) -> Context:
     import redis
 
     redis.Redis.from_url(BROKER).flushdb()
-    return Context(workdir, inventory, quick, names)
+    return Context(workdir, inventory, quick, names, ssh_names)
 
 
 def run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -290,6 +290,23 @@ def test_one_connection_serves_sequential_and_concurrent_commands(
     assert unattributed == [], f"sshd accepted connections from unknown owners: {unattributed}"
 
 
+def test_an_idle_connection_costs_about_one_wake_up_a_second(transport: SSHTransport) -> None:
+    """paramiko's reader thread of an idle connection wakes once a second, not ten times:
+    a worker keeps one connection per host in every pool process (bench/footprint.py)."""
+    transport.run(["true"])
+    assert transport._client is not None
+    reader = transport._client.get_transport()
+    assert reader is not None and reader.native_id is not None
+
+    def switches() -> int:
+        status = Path(f"/proc/self/task/{reader.native_id}/status").read_text()
+        return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+
+    before = switches()
+    time.sleep(4)
+    assert switches() - before <= 8  # 4 wake-ups and some slack; at 0.1 s it was 40
+
+
 def test_pool_returns_one_transport_per_process_and_host(host: Any) -> None:
     """ssh_transport gives the same object twice in a process, and a new one in a forked child."""
     first = ssh_transport(host)

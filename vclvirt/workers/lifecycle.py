@@ -4,10 +4,12 @@ Start: the main process runs the recovery loop for the worker's hosts (its first
 resumes what they had in flight), and each pool process opens its hosts' SSH and libvirt
 connections before the first load needs them. Shutdown: the worker stops counting as
 alive at once, so its hosts' reservations show "waiting" instead of trusting it.
+Fork: what the main process holds is frozen first, so pool processes keep sharing it.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -73,12 +75,25 @@ class WorkerLife:
         threading.Thread(target=warm, name="warm-up", daemon=True).start()
 
 
+def freeze_before_fork(**_: Any) -> None:
+    """Just before the pool forks a process: collect, then move every object the main
+    process has to the collector's permanent generation. A pool process's collector then
+    never walks them, so it never writes (and copies) the pages it inherited: about
+    24 MB less per pool process (bench/footprint.py). What is frozen is never collected
+    in the main process: only what was live at a fork, where cycles are rare."""
+    gc.collect()
+    gc.freeze()
+
+
 def connect_worker_signals(root: Root) -> None:
     """Celery's signals are process-wide: connected once, for the process's root."""
     life = WorkerLife(root)
     signals.worker_ready.connect(life.started, weak=False, dispatch_uid="vclvirt.started")
     signals.worker_shutting_down.connect(
         life.shutting_down, weak=False, dispatch_uid="vclvirt.shutting_down"
+    )
+    signals.worker_before_create_process.connect(
+        freeze_before_fork, weak=False, dispatch_uid="vclvirt.freeze_before_fork"
     )
     signals.worker_process_init.connect(
         life.pool_process_started, weak=False, dispatch_uid="vclvirt.pool_process"
