@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from vclvirt.api_guard import MIN_TOKEN_LENGTH, api_token, is_loopback
-from vclvirt.config.inventory import get_inventory
+from vclvirt.config.inventory import HostConfig, get_inventory
 from vclvirt.config.secrets import MASK, known_secrets, masked_url
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import (
@@ -109,7 +109,7 @@ def worker(
         int | None,
         typer.Option(
             help="Worker processes (default: the sum of the served hosts' "
-            "max_concurrent_loads, so each host can run up to its own limit)"
+            f"max_concurrent_loads, at most {DEFAULT_CONCURRENCY_CAP})"
         ),
     ] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
@@ -136,7 +136,7 @@ def worker(
             "--hostname",
             node,
             "--concurrency",
-            str(concurrency or sum(config.max_concurrent_loads for config in configs)),
+            str(concurrency or default_concurrency(configs)),
             "--pool",
             "prefork",
             "--loglevel",
@@ -146,6 +146,18 @@ def worker(
             "--without-gossip",
         ]
     )
+
+
+# Pool processes cost ~25-31 MB each (docs/benchmarks.md, benchmark 7): 64 stay within
+# 2 GiB; past it a worker serving many hosts shares them (give --concurrency to change).
+DEFAULT_CONCURRENCY_CAP = 64
+
+
+def default_concurrency(configs: list[HostConfig]) -> int:
+    """Enough pool processes for every served host to run up to its own limit at once, so
+    a slow or dead host holds only its own share (runs that find their host full wait
+    outside the worker); capped, so a worker serving a hundred hosts stays small."""
+    return min(DEFAULT_CONCURRENCY_CAP, sum(config.max_concurrent_loads for config in configs))
 
 
 def _serve_worker_metrics(port: int, hosts: list[str]) -> None:

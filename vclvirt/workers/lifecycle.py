@@ -59,9 +59,13 @@ class WorkerLife:
                 log.warning("leave_failed", error=str(error))
 
     def pool_process_started(self, **_: Any) -> None:
-        """Open this pool process's connections in the background (off the first load's
-        path); a failure here is reported by the first step that needs the host."""
+        """A worker of one host: open this pool process's connections in the background
+        (off the first load's path); a failure here is reported by the first step that
+        needs the host. A worker of several hosts connects when a step needs a host: its
+        pool processes times its hosts would be that many SSH logins at every start."""
         root = self.root
+        if len(root.identity.hosts) != 1:
+            return
 
         def warm() -> None:
             for name in sorted(root.identity.hosts):
