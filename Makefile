@@ -21,8 +21,9 @@ fleet: testbed
 guest: bootstrap
 	scripts/build-test-guest
 
+# The fleet tier runs beside the rest, on the fleet's own Redis (scripts/run-tests).
 test: bootstrap testbed fleet guest
-	$(PY) -m pytest $(PYTEST_ARGS)
+	scripts/run-tests $(PYTEST_ARGS)
 
 test-fast: bootstrap testbed fleet
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -34,7 +34,8 @@ REDIS_PORT = os.environ.get("VCLVIRT_TESTBED_REDIS_PORT", "6390")
 SSH_PORT_A = int(os.environ.get("VCLVIRT_TESTBED_SSH_PORT_A", "2201"))
 SSH_PORT_B = int(os.environ.get("VCLVIRT_TESTBED_SSH_PORT_B", "2202"))
 # Tests use their own Redis database, so a demo running beside them is not disturbed.
-TEST_BROKER = f"redis://127.0.0.1:{REDIS_PORT}/1"
+# The fleet tier runs with the fleet's own Redis (scripts/run-tests), beside this one.
+TEST_BROKER = os.environ.get("VCLVIRT_TEST_BROKER") or f"redis://127.0.0.1:{REDIS_PORT}/1"
 
 os.environ["VCLVIRT_TESTBED"] = str(TESTBED)
 os.environ["VCLVIRT_BROKER_URL"] = TEST_BROKER

@@ -83,12 +83,17 @@ def test_fleet_hosts_paths_do_not_exist_in_the_management_namespace(fleet):
 def test_worker_loads_a_reservation_onto_a_fleet_host(fleet_env, testbed, start_worker):
     """A worker in the root namespace loads onto fleet-1 through its address only: the
     master comes from the library server (sshfs on the host) to the host's own datastore,
-    and the domain runs in the host's own libvirtd."""
+    and the domain runs in the host's own libvirtd. A reload of the computer with another
+    image leaves exactly one domain, on the new image's overlay; the old overlay is gone."""
     fleet = fleet_env
     host = fleet.host("fleet-1")
     image, computer = "linux-FleetLoad-611-v0", "fleet-load1"
+    other = "linux-FleetReload-617-v0"
     library_image(fleet, testbed, image)
-    fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{image}.qcow2")
+    library_image(fleet, testbed, other)
+    remove_computers(host, computer)
+    for master in (image, other):
+        fleet_ssh(host, "rm", "-f", f"{host.datastore_path}/{master}.qcow2")
     start_worker("fleet-1")
     reservation = make_reservation(7611, computer, image, image_id=611, host="fleet-1")
     try:
@@ -109,6 +114,20 @@ def test_worker_loads_a_reservation_onto_a_fleet_host(fleet_env, testbed, start_
         assert not os.path.lexists(overlay)
         status = dispatch.run(reservation, "node_status").wait(60)
         assert status.step_records["node_status"]["result"]["status"] == "READY"
+
+        reload = make_reservation(7616, computer, other, image_id=617, host="fleet-1")
+        assert dispatch.load(reload).wait(timeout=240).state == "succeeded"
+        conn = libvirt.open(host.effective_libvirt_uri)
+        try:
+            (domain,) = [
+                d for d in conn.listAllDomains(0) if belongs_to_computer(d.name(), computer)
+            ]
+            assert domain.isActive() and "617-v0" in domain.name()
+        finally:
+            conn.close()
+        assert fleet_ssh(host, "test", "-e", overlay, check=False).returncode == 1
+        new_overlay = f"{host.vm_path}/{file_base_name(computer, 617, 0)}.qcow2"
+        assert fleet_ssh(host, "test", "-s", new_overlay, check=False).returncode == 0
     finally:
         remove_computers(host, computer)
 
