@@ -48,3 +48,21 @@ def test_an_unwritable_fence_directory_with_room_left_names_the_setting_to_fix()
 def test_exit_74_of_the_command_itself_is_its_own_result():
     got = checked(result(UNWRITABLE, b"cp: some error"), FENCE, ARGV)
     assert got.exit_status == UNWRITABLE
+
+
+def test_a_fence_lock_that_cannot_be_opened_runs_nothing_and_names_the_directory(tmp_path):
+    """The wrapper itself, run by sh: a lock file it cannot open (a directory stands in
+    its place) is reported by the wrapper (not by sh dying on the redirection), and the
+    command does not run."""
+    from vclvirt.node import fence
+    from vclvirt.node.local import LocalTransport
+
+    directory = tmp_path / "fence" / "vm1"
+    (directory / "lock").mkdir(parents=True)
+    held = HostFence("local", str(directory), 700, 78)
+    marker = tmp_path / "ran"
+    with fence.holding(held), pytest.raises(CommandFailed) as failed:
+        LocalTransport("local", fenced=True).run(["touch", str(marker)])
+    assert f"cannot write {directory}" in failed.value.message
+    assert "fence_dir" in failed.value.hint
+    assert not marker.exists()

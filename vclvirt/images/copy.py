@@ -46,7 +46,7 @@ format_of() { printf '%s\n' "$1" | sed -n 's/^file format: //p' | head -n 1; }
 directory=$(dirname -- "$destination")
 mkdir -p -- "$directory" || fail 27 "cannot create directory $directory"
 if [ -n "$lock" ]; then
-  exec 9>>"$lock" || fail 27 "cannot open lock file $lock"
+  command exec 9>>"$lock" || fail 27 "cannot open lock file $lock"
   flock -x -w "$wait" 9 || fail 75 "could not take lock $lock within ${wait}s"
   found=$(find -H "$directory" -xtype f -iname "$image.*" "$@")
   if [ -n "$found" ]; then printf '@@found\n%s\n' "$found"; exit 0; fi

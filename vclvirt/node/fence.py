@@ -47,7 +47,7 @@ unwritable() {  # say where, and the room left there (a full disk is the usual c
   echo "vclvirt-fence: cannot write $dir (${free:-?} KiB free)" >&2
   exit 74
 }
-{ [ -d "$dir" ] || mkdir -p -- "$dir"; } && exec 9>>"$dir/lock" || unwritable
+{ [ -d "$dir" ] || mkdir -p -- "$dir"; } && command exec 9>>"$dir/lock" || unwritable
 flock -x -w 120 9 || { echo "vclvirt-fence: cannot lock $dir" >&2; exit 74; }
 seen=0
 [ -e "$dir/token" ] && read -r seen < "$dir/token"

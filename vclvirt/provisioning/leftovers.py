@@ -29,7 +29,7 @@ exit 0"""
 # Remove the .part $1 only under its copy's lock $2 (taken at once or not at all: a copy
 # that holds it is writing the file) and only if it is still older than $3 seconds.
 _REMOVE_PART = r"""part=$1 lock=$2 grace=$3
-exec 9>>"$lock" || exit 74
+command exec 9>>"$lock" || exit 74
 flock -n 9 || exit 3
 [ -f "$part" ] || exit 4
 age=$(( $(date +%s) - $(stat -c %Y -- "$part") ))
