@@ -371,3 +371,31 @@ def test_nothing_is_written_into_a_record_after_it_ended(world: ToyWorld):
     op = world.operation("toy", {"only": ended_meanwhile})
     assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
     assert world.redis.hgetall(keys.record(rid)) == snapshot
+
+
+def test_a_message_that_arrives_before_its_record_runs_nothing_and_recovery_sends_it_again(
+    world: ToyWorld,
+):
+    """Record before message, reversed: the message of generation 1 is consumed before the
+    record exists (as if published first). It runs nothing and writes no record. Once the
+    record is written, the message is missing from the broker: at the default grace
+    (lost_message_grace, 30 s) recovery leaves it alone, and past it sends it again; that
+    run succeeds, once."""
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid = toy_reservation().reservation_id
+
+    dropped = world.runner.run(rid, 1)
+
+    assert "dropped" in dropped and world.redis.exists(keys.record(rid)) == 0
+    assert world.node.calls == []
+    assert world.begin(op) == 1
+    world.reconciler().recover(HOST)  # within the grace: the message may be on its way
+    assert world.published == []
+    grace = SETTINGS.lost_message_grace
+    assert grace == 30.0  # the deployed default
+    world.redis.hset(keys.record(rid), "dispatched_at", time.time() - grace - 1)
+    world.reconciler().recover(HOST)
+    (published,) = world.published
+    assert published[:2] == (rid, 2)
+    assert world.runner.run(rid, 2)["state"] == "succeeded"
+    assert world.node.argvs("touch") == [("touch", "x")]
