@@ -36,6 +36,7 @@ from vclvirt.errors import (
     VclvirtError,
 )
 from vclvirt.models import (
+    HOST_NAME_PATTERN,
     MAX_ID,
     WORD_PATTERN,
     Reservation,
@@ -139,6 +140,15 @@ class RetryRequest(StrictModel):
     from_step: Annotated[str, StringConstraints(pattern=WORD_PATTERN)] | None = None
 
 
+class StageRequest(StrictModel):
+    """The (optional) body of POST /v1/images/{image}/stage: the hosts (none: all)."""
+
+    hosts: Annotated[
+        list[Annotated[str, StringConstraints(pattern=HOST_NAME_PATTERN)]],
+        Field(default_factory=list, max_length=1000),
+    ]
+
+
 def _vclvirt_envelope(error: VclvirtError) -> dict[str, Any]:
     return {"error": {**error.to_dict(), "field": getattr(error, "field", None)}}
 
@@ -206,7 +216,7 @@ def _add_openapi_extras(api: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's, replaced by ours
         schemas.pop(unused, None)
-    for model in (Reservation, OperationRequest, RetryRequest, ErrorEnvelope):
+    for model in (Reservation, OperationRequest, RetryRequest, StageRequest, ErrorEnvelope):
         model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(model_schema.pop("$defs", {}))
         schemas[model.__name__] = model_schema
@@ -388,6 +398,26 @@ def retry(reservation_id: ReservationId, body: RawBody) -> Enqueued:
     404 for an unknown reservation, 409 while it is queued or running."""
     request = _object_body(body, RetryRequest, optional=True)
     return enqueued(dispatch.retry(reservation_id, request.from_step if request else None))
+
+
+@router.post(
+    "/v1/images/{image}/stage",
+    status_code=202,
+    openapi_extra=_openapi_body("StageRequest", required=False),
+)
+def stage_image(image: str, body: RawBody) -> dict[str, Any]:
+    """Put the image's master on hosts ahead of their loads (all hosts when none are
+    named); a stage under way is joined. Each host's stage: queued, copying (bytes done
+    of total), done (copied or already there), failed (with its error), or stalled."""
+    request = _object_body(body, StageRequest, optional=True)
+    found = dispatch.stage(image, request.hosts if request else ())
+    return {"stages": {name: stage.to_dict() for name, stage in found.items()}}
+
+
+@router.get("/v1/images/{image}/stage")
+def image_stages(image: str) -> dict[str, Any]:
+    """The image's stages, one per host that has one."""
+    return {"stages": {name: s.to_dict() for name, s in dispatch.stages(image).items()}}
 
 
 def create_api(settings: Settings | None = None) -> FastAPI:

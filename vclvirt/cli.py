@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -626,6 +627,60 @@ def images_list(host: HostOption, as_json: Annotated[bool, typer.Option("--json"
     for where, names in found.items():
         for name in names:
             typer.echo(f"{where}\t{name}")
+
+
+def _stage_line(stage: dict[str, Any]) -> str:
+    state = stage["state"]
+    if state == "done":
+        what = "copied from the repository" if stage["copied"] else "already on the host"
+        return f"{stage['host']}: done, {what} ({stage['master']})"
+    if state == "failed":
+        error = stage["error"] or {}
+        return f"{stage['host']}: FAILED [{error.get('code')}] {error.get('message')}"
+    done, total = stage["done_bytes"], stage["total_bytes"]
+    shown = f" {done / 2**20:.1f}/{total / 2**20:.1f} MiB ({done * 100 // total}%)" if total else ""
+    return f"{stage['host']}: {state}{shown}"
+
+
+@images_app.command("stage")
+def images_stage(
+    image: str,
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="Inventory name of a host (repeat)")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every host of the inventory")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow until every stage ends")] = False,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait")] = 7200.0,
+) -> None:
+    """Put the image's master on hosts ahead of their loads (one line per host; a stage
+    under way is joined). Exit 0 when every stage is queued (or, with --wait, done), 1 when
+    one failed, 2 for a bad image name or unknown host (nothing staged), 3 on timeout."""
+    from vclvirt import dispatch  # not at the top: see `worker`
+
+    if bool(host) == every:
+        typer.echo("error: name hosts with --host, or give --all", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        found = dispatch.stage(image, host or ())
+    except VclvirtError as error:
+        _fail(error)
+    shown = {name: _stage_line(stage.to_dict()) for name, stage in found.items()}
+    for line in shown.values():
+        typer.echo(line)
+    deadline = time.monotonic() + timeout
+    while wait and not all(stage.finished for stage in found.values()):
+        if time.monotonic() > deadline:
+            typer.echo(f"error: stages of {image} did not end within {timeout:.0f}s", err=True)
+            raise typer.Exit(EXIT_TIMEOUT)
+        time.sleep(1.0)
+        found = dispatch.stages(image, list(found))
+        for name, stage in found.items():
+            line = _stage_line(stage.to_dict())
+            if shown.get(name) != line:
+                shown[name] = line
+                typer.echo(line)
+    if any(stage.state == "failed" for stage in found.values()):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

@@ -13,12 +13,14 @@ from vclvirt import composition
 from vclvirt.config.inventory import get_inventory
 from vclvirt.config.settings import get_settings
 from vclvirt.errors import InvalidInput, UnknownReservation, VclvirtError
-from vclvirt.models import Reservation, parse_reservation
+from vclvirt.models import Reservation, check_image_name, parse_reservation
 from vclvirt.operations import operation
 from vclvirt.recovery import no_worker, task_id
 from vclvirt.restart import restart
 from vclvirt.state.machine import State
 from vclvirt.state.records import RecordStore, ReservationStatus, Viewed
+from vclvirt.state.stages import Stage, StageStore
+from vclvirt.workers.routing import host_queue
 
 PUBLISH_CHUNK = 10  # messages per pipelined publish in a bulk enqueue
 
@@ -197,3 +199,41 @@ def failed(limit: int = 100) -> list[ReservationStatus]:
     there, most recent first (of the newest 1,000, read in one round trip)."""
     shown = (_shown(viewed) for viewed in _records().recent())
     return [record for record in shown if record.state in (State.FAILED, State.WAITING)][:limit]
+
+
+# -- pre-staging (staging.py) ------------------------------------------------------------
+
+STAGE_TASK = "vclvirt.stage"
+
+
+def stage(image: str, hosts: Sequence[str] = ()) -> dict[str, Stage]:
+    """Put image's master on hosts (all of the inventory's when none are named) ahead of
+    their loads: one stage per host, joined when one is under way. The image name and
+    every host are checked before anything is written."""
+    check_image_name(image)
+    inventory = get_inventory()
+    chosen = list(dict.fromkeys(hosts)) or sorted(inventory.hosts)
+    for name in chosen:
+        inventory.host(name)  # UnknownHost, naming it, before anything is written
+    root = composition.current()
+    store = StageStore(root.redis)
+    for name in chosen:
+        stage_id, new = store.begin(image, name)
+        if new:
+            root.app.send_task(
+                STAGE_TASK,
+                kwargs={"image": image, "host": name, "stage": stage_id},
+                queue=host_queue(name),
+                task_id=f"vclvirt-stage-{stage_id}",
+                kwargsrepr=f"image={image} host={name}",
+            )
+    return stages(image, chosen)
+
+
+def stages(image: str, hosts: Sequence[str] = ()) -> dict[str, Stage]:
+    """The stages of image on hosts (every host with one when none are named)."""
+    check_image_name(image)
+    store = StageStore(composition.current().redis)
+    names = hosts or sorted(get_inventory().hosts)
+    found = {name: store.get(image, name) for name in names}
+    return {name: stage for name, stage in found.items() if stage is not None}

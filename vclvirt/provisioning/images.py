@@ -5,9 +5,16 @@ the repository on the host or on this machine (repository_location = "worker")."
 from __future__ import annotations
 
 import posixpath
+from typing import Any
 
 from vclvirt.errors import ImageNotFound
-from vclvirt.images.master import find_in_repository, find_master, repository_node
+from vclvirt.images.copy import Progress
+from vclvirt.images.master import (
+    ensure_master,
+    find_in_repository,
+    find_master,
+    repository_node,
+)
 from vclvirt.images.repository import allocated_bytes, is_master_file
 from vclvirt.provisioning.access import HostAccess
 
@@ -38,6 +45,13 @@ class ImageQueries:
                 host=ctx.host.name,
             )
         return allocated_bytes(repository_node(ctx.node, ctx.host), list(source.files))
+
+    def stage(self, image_name: str, progress: Progress | None = None) -> dict[str, Any]:
+        """The master on the host, copied from the repository if absent, exactly as a
+        load's pre_define brings it (one copy per host, verified, never half-visible)."""
+        ctx = self.ctx
+        master = ensure_master(ctx.node, ctx.driver, ctx.host, image_name, progress, ctx.files)
+        return {"master": master.path, "copied": master.copied, "bytes": master.bytes_written}
 
     def size_mb(self, image_name: str) -> int:
         """Size in MB (floor), as the reference reports it to image.pm."""

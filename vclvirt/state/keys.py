@@ -60,3 +60,8 @@ def fence(resource: str) -> str:
 def host_slots(host: str) -> str:
     """Operations running on the host now, across all its workers (a zset: run -> expiry)."""
     return f"{PREFIX}:slots:{host}"
+
+
+def stage(image: str, host: str) -> str:
+    """The stage of a master on a host (staging.py; a hash)."""
+    return f"{PREFIX}:stage:{image}:{host}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 
 from vclvirt.state.client import CONNECT_TIMEOUT, SOCKET_TIMEOUT
-from vclvirt.tasks import control, operations
+from vclvirt.tasks import control, operations, stage
 from vclvirt.workers import lifecycle
 from vclvirt.workers import logging as log_signals
 from vclvirt.workers.routing import CONTROL_QUEUE
@@ -69,6 +69,7 @@ def create_app(root: Root) -> Celery:
     )
     operations.register(app, root)
     control.register(app, root)
+    stage.register(app, root)
     log_signals.connect_celery_signals()
     lifecycle.connect_worker_signals(root)
     return app
