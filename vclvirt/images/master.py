@@ -220,6 +220,7 @@ def stream_from_worker(
                         FROM_STDIN,
                         destination,
                         stdin=_CountingReader(data, total, progress),
+                        stdin_length=total,
                         timeout=driver_timeout(driver),
                     )
 
