@@ -125,3 +125,24 @@ def test_a_captured_master_damaged_on_its_way_to_the_worker_is_not_published(wor
     ]
     target = publish_to_repository(node, driver, host, str(master), IMAGE, "<domain/>")
     assert target == str(repository / IMAGE / f"{IMAGE}.qcow2") and Path(target).exists()
+
+
+def test_a_commands_output_arrives_whole_in_the_larger_packets(worker_side):
+    """run() opens its channel with an 8 MiB window and 256 KiB packets (what sshd is told
+    it may send); 40 MiB of output arrive whole and in order, matching the host's sum."""
+    _host, node, _master = worker_side
+    digest, seen = hashlib.blake2b(), []
+    opened = node._open_channel
+
+    def spy(**kw: Any) -> Any:
+        channel = opened(**kw)
+        seen.append((channel.in_window_size, channel.in_max_packet_size))
+        return channel
+
+    node._open_channel = spy
+    script = "head -c 40M /dev/urandom | tee /dev/fd/3 | b2sum >&2"
+    result = node.run(
+        ["sh", "-c", f"{{ {script}; }} 3>&1"], on_output=digest.update, keep_output=False
+    )
+    assert result.stderr.decode().split()[0] == digest.hexdigest()
+    assert seen == [(8 << 20, 256 << 10)]

@@ -33,6 +33,12 @@ from vclvirt.node.transport import CommandResult, Readable, command_line
 
 _READ_SIZE = 65536
 _SEND_BURST = 4 << 20  # stdin bytes sent between two looks at output and the deadline
+# A command's channel may carry a whole image to us (a capture's fetch): a window and
+# packets larger than paramiko's defaults (2 MiB, 32 KiB) cost less Python per byte
+# received (on loopback 155-228 -> 215-285 MiB/s).
+_RUN_WINDOW = 8 << 20
+_RUN_PACKET = 256 << 10
+_RUN_READ = 1 << 20
 
 
 class SSHTarget(Protocol):
@@ -190,8 +196,9 @@ class SSHTransport:
         self.connections_opened += 1
         return client
 
-    def _open_channel(self) -> paramiko.Channel:
-        """A new session channel, reconnecting once if the pooled connection died."""
+    def _open_channel(self, *, bulk: bool = False) -> paramiko.Channel:
+        """A new session channel, reconnecting once if the pooled connection died; `bulk`:
+        with run()'s larger window and packets."""
         for attempt in (1, 2):
             with self._lock:
                 transport = self._client.get_transport() if self._client else None
@@ -203,6 +210,12 @@ class SSHTransport:
                     transport = self._client.get_transport()
                 assert transport is not None
             try:
+                if bulk:
+                    return transport.open_session(
+                        timeout=self.connect_timeout,
+                        window_size=_RUN_WINDOW,
+                        max_packet_size=_RUN_PACKET,
+                    )
                 return transport.open_session(timeout=self.connect_timeout)
             except (paramiko.SSHException, OSError, EOFError) as error:
                 with self._lock:
@@ -231,7 +244,7 @@ class SSHTransport:
         argv, held = fence.guard(self.host_name, argv) if self.fenced else (argv, None)
         line, shown = command_line(argv), command_line(asked)  # shown: without the fence
         began = time.monotonic()
-        channel = self._open_channel()
+        channel = self._open_channel(bulk=True)
         stdout, stderr = bytearray(), bytearray()
         source = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
         pending, sending = b"", source is not None
@@ -259,7 +272,7 @@ class SSHTransport:
                         sending = False
                         channel.shutdown_write()
                 while channel.recv_ready():
-                    chunk = channel.recv(_READ_SIZE)
+                    chunk = channel.recv(_RUN_READ)
                     if keep_output:
                         stdout += chunk
                     if on_output is not None:
