@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
     parser.add_argument(
-        "--only", type=int, nargs="*", default=[1, 2, 3, 4, 5, 6], help="benchmark numbers"
+        "--only", type=int, nargs="*", default=[1, 2, 3, 4, 5, 6, 7], help="benchmark numbers"
     )
     parser.add_argument("--sim-loads", type=int, default=None, help="loads in benchmark 4")
     parser.add_argument(
@@ -68,11 +68,11 @@ def main() -> None:
         "--quick or --only)",
     )
     args = parser.parse_args()
-    full = not args.quick and sorted(args.only) == [1, 2, 3, 4, 5, 6] and args.sim_loads is None
+    full = not args.quick and sorted(args.only) == [1, 2, 3, 4, 5, 6, 7] and args.sim_loads is None
     output = args.output or (RESULTS if full else None)
     ctx = common.setup(args.quick, sim_hosts=20 if args.quick else 100)
     # imported after setup: vclvirt reads its settings from the environment once
-    from bench import burst, concurrency, distribution, latency, overhead, scale
+    from bench import burst, concurrency, distribution, latency, overhead, scale, transfer
 
     plan = {
         1: latency.run,
@@ -81,6 +81,7 @@ def main() -> None:
         4: lambda c: scale.run(c, args.sim_loads),
         5: overhead.run,
         6: burst.run,
+        7: transfer.run,
     }
     started = time.monotonic()
     sections: list[tuple[str, str]] = []
