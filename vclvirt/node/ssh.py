@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
 
@@ -39,6 +39,18 @@ _SEND_BURST = 4 << 20  # stdin bytes sent between two looks at output and the de
 _RUN_WINDOW = 8 << 20
 _RUN_PACKET = 256 << 10
 _RUN_READ = 1 << 20
+# AES-GCM first (one AEAD pass per packet with AES-NI) instead of paramiko's first choice,
+# aes128-ctr with a new HMAC object per packet: on loopback 136-165 -> 330-434 MiB/s sent.
+# The other ciphers stay, after these, for servers without GCM.
+_PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _gcm_first(sock: Any, /, **kwargs: Any) -> paramiko.Transport:
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    rest = tuple(c for c in options.ciphers if c not in _PREFERRED_CIPHERS)
+    options.ciphers = (*(c for c in _PREFERRED_CIPHERS if c in options.ciphers), *rest)
+    return transport
 
 
 class SSHTarget(Protocol):
@@ -158,6 +170,7 @@ class SSHTransport:
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
                 sock=via() if via is not None else None,
+                transport_factory=_gcm_first,
             )
         except VclvirtError:  # raised by the target's host key policy
             client.close()

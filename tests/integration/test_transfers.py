@@ -1,6 +1,8 @@
-"""Checksums end to end (#19.3) on the test bed's real sshd: an image streamed from a
-worker-side repository and a master fetched for a worker-side repository each arrive with
-the sender's BLAKE2b; a byte changed on the way fails the transfer and publishes nothing."""
+"""Transfers (#19.3) on the test bed's real sshd. Checksums end to end: an image streamed
+from a worker-side repository and a master fetched for a worker-side repository each arrive
+with the sender's BLAKE2b, and a byte changed on the way fails the transfer and publishes
+nothing. Speed (figures: benchmark 7, never asserted here): AES-GCM negotiated, larger
+packets for a command's output."""
 
 from __future__ import annotations
 
@@ -146,3 +148,12 @@ def test_a_commands_output_arrives_whole_in_the_larger_packets(worker_side):
     )
     assert result.stderr.decode().split()[0] == digest.hexdigest()
     assert seen == [(8 << 20, 256 << 10)]
+
+
+def test_the_pooled_connection_negotiates_aes_gcm(worker_side):
+    """paramiko's first choice would be aes128-ctr with an HMAC per packet; the host's
+    sshd offers AES-GCM, so both directions use it."""
+    _host, node, _master = worker_side
+    node.run(["true"])
+    transport = node._client.get_transport()
+    assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
