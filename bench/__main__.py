@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
     parser.add_argument(
-        "--only", type=int, nargs="*", default=[1, 2, 3, 4, 5, 6, 7], help="benchmark numbers"
+        "--only", type=int, nargs="*", default=[1, 2, 3, 4, 5, 6, 7, 8], help="benchmark numbers"
     )
     parser.add_argument("--sim-loads", type=int, default=None, help="loads in benchmark 4")
     parser.add_argument(
@@ -68,14 +68,23 @@ def main() -> None:
         "--quick or --only)",
     )
     args = parser.parse_args()
-    full = not args.quick and sorted(args.only) == [1, 2, 3, 4, 5, 6, 7] and args.sim_loads is None
+    full = not args.quick and sorted(args.only) == [1, 2, 3, 4, 5, 6, 7, 8] and args.sim_loads is None
     output = args.output or (RESULTS if full else None)
     # sim: local test:/// hosts (benchmarks 4, 6); ssh: test:/// hosts behind sshd (7)
     ctx = common.setup(
         args.quick, sim_hosts=20 if args.quick else 100, ssh_sim_hosts=10 if args.quick else 100
     )
     # imported after setup: vclvirt reads its settings from the environment once
-    from bench import burst, concurrency, distribution, footprint, latency, overhead, scale
+    from bench import (
+        burst,
+        concurrency,
+        distribution,
+        footprint,
+        latency,
+        overhead,
+        scale,
+        transfer,
+    )
 
     plan = {
         1: latency.run,
@@ -85,6 +94,7 @@ def main() -> None:
         5: overhead.run,
         6: burst.run,
         7: footprint.run,
+        8: transfer.run,
     }
     started = time.monotonic()
     sections: list[tuple[str, str]] = []

@@ -3,6 +3,8 @@ real qemu-img, flock and sh it runs on a host."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import signal
@@ -195,7 +197,7 @@ def test_copy_stopped_midway_removes_its_part(tmp_path):
     """The copy's own `.part` goes when it is terminated half-way (here: mid-receive)."""
     destination = tmp_path / "img.qcow2"
     copy = subprocess.Popen(
-        copy_command(FROM_STDIN, str(destination)),
+        copy_command(FROM_STDIN, str(destination), length=1 << 20),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -228,3 +230,29 @@ def test_compat_is_asked_for_and_dropped_when_qemu_img_refuses_it(tmp_path, comp
     destination = tmp_path / "img.qcow2"
     verified_copy(NODE, str(image(tmp_path / "src.qcow2")), str(destination), compat=compat)
     assert info(destination)["format-specific"]["data"]["compat"] == expected
+
+
+def test_image_on_stdin_arrives_with_its_checksum_and_a_damaged_byte_is_refused(tmp_path):
+    """FROM_STDIN sends the announced length, then the sender's BLAKE2b: the host compares it
+    with its own sum of what it wrote. One byte changed on the way, or bytes missing, fails
+    the copy and leaves neither the destination nor a `.part`."""
+    good = image(tmp_path / "src.qcow2", data="1M").read_bytes()
+    destination = tmp_path / "store" / "img.qcow2"
+    argv = copy_command(FROM_STDIN, str(destination), length=len(good))
+    trailer = f"{hashlib.blake2b(good).hexdigest()}\n".encode()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0x01
+    for sent, what in (
+        (bytes(damaged) + trailer, "BLAKE2b of the bytes received"),
+        (good[:-4096] + trailer, f"of {len(good)} bytes"),  # the stream ended early
+        (good, "BLAKE2b of the bytes received"),  # no sum sent
+    ):
+        result = NODE.run(argv, stdin=sent, check=False)
+        assert result.exit_status == 28 and what in result.stderr.decode(), result
+        assert not destination.exists() and parts(tmp_path) == []
+    assert NODE.run(argv, stdin=good + trailer, check=False).ok and info(destination)
+
+
+def test_a_copy_from_stdin_is_refused_without_its_length(tmp_path):
+    with pytest.raises(ValueError, match="length"):
+        verified_copy(NODE, FROM_STDIN, str(tmp_path / "img.qcow2"), stdin=io.BytesIO(b"x"))

@@ -10,12 +10,14 @@ worker's machine (repository_location = "worker"), then fetched over SSH.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import tempfile
 from typing import Any
 
 from vclvirt.config.inventory import HostConfig
+from vclvirt.errors import CommandFailed
 from vclvirt.hypervisor.drivers import HypervisorDriver
 from vclvirt.hypervisor.drivers.kvm import KvmDriver
 from vclvirt.images.master import (
@@ -29,6 +31,8 @@ from vclvirt.node.host_lock import host_lock
 from vclvirt.node.transport import Transport, path_exists, write_file
 
 REPOSITORY_COMPAT = "0.10"  # qcow2 v2 in the repository, readable by old QEMU (VCL-911)
+# A file on stdout and its BLAKE2b (b2sum's) on stderr, summed as it is read.
+_SEND_SUMMED = 'exec < "$1" || exit 66; { tee /dev/fd/3 | b2sum >&2; } 3>&1'
 
 
 def flatten_to_master(
@@ -109,7 +113,8 @@ def _fetch_into_repository(
     timeout: float,
 ) -> None:
     """The host's master, fetched over its SSH connection (never held in memory) into a
-    scratch file beside the target, then converted to a verified repository copy."""
+    scratch file beside the target, its BLAKE2b compared with the host's sum of what it
+    sent, then converted to a verified repository copy."""
     local_driver = KvmDriver(host, here, copy_timeout=timeout)
     if path_exists(here, target):  # an earlier attempt of this capture got this far
         local_driver.verify(target, MASTER_FORMAT)
@@ -117,12 +122,27 @@ def _fetch_into_repository(
     directory = posixpath.dirname(target)
     with tempfile.TemporaryDirectory(prefix=".vclvirt-fetch-", dir=directory) as scratch:
         fetched = os.path.join(scratch, "master.qcow2")
+        digest = hashlib.blake2b()
         with open(fetched, "wb") as sink:
 
             def write(chunk: bytes) -> None:
                 sink.write(chunk)
+                digest.update(chunk)
 
-            node.run(["cat", "--", master], timeout=timeout, on_output=write, keep_output=False)
+            sent = node.run(
+                ["sh", "-c", _SEND_SUMMED, "sh", master],
+                timeout=timeout,
+                on_output=write,
+                keep_output=False,
+            )
+        host_sum = sent.stderr.decode(errors="replace").split(" ", 1)[0]
+        if host_sum != digest.hexdigest():
+            raise CommandFailed(
+                f"{master} arrived damaged from {host.name}: BLAKE2b {digest.hexdigest()} "
+                f"here, {host_sum or '(none)'} on the host; nothing was published",
+                host=host.name,
+                hint="Retry; if it recurs, check the network path and both machines' memory",
+            )
         write_verified_copy(
             here,
             local_driver,

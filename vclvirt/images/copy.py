@@ -8,7 +8,9 @@ every argument, never parsed into code) does what took a dozen SSH round trips:
    to one): another load may have copied it while this one waited;
 2. check the source (`qemu-img info`, and `qemu-img check` for formats that have
    metadata: a damaged source converts "successfully" with zeros where data was lost);
-3. convert it to `<destination>.part` (or receive it on stdin), check the result;
+3. convert it to `<destination>.part` (or receive it on stdin: exactly the announced
+   length, then the sender's BLAKE2b of those bytes, which must match the host's own sum
+   of what it wrote), check the result;
 4. put the reference XML in place, then rename the `.part` to the destination.
 
 So a master is never visible before it is whole, and its reference XML is in place
@@ -21,6 +23,8 @@ ends it): the next load waits for the lock and finds a whole master, not a secon
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,8 +35,8 @@ from vclvirt.node.transport import Readable, Transport
 
 _SCRIPT = r"""
 lock=$1 wait=$2 image=$3 source=$4 source_format=$5 destination=$6 compat=$7
-source_xml=$8 destination_xml=$9
-shift 9
+source_xml=$8 destination_xml=$9 length=${10}
+shift 10
 part=$destination.part
 owned=
 [ -n "$lock" ] || owned=1
@@ -54,7 +58,13 @@ if [ -n "$lock" ]; then
 fi
 exec 3>&1
 if [ "$source" = - ]; then
-  cat > "$part" || fail 23 "cannot write $part"
+  # exactly $length bytes, then the sender's BLAKE2b of them on a line of its own
+  case $length in ''|*[!0-9]*) fail 23 "no length given for the bytes on stdin" ;; esac
+  got=$(head -c "$length" | tee -- "$part" | b2sum) || fail 23 "cannot checksum $part"
+  IFS= read -r want || want=
+  written=$(stat -c %s -- "$part") || fail 23 "cannot write $part"
+  [ "$written" = "$length" ] || fail 28 "received $written of $length bytes"
+  [ "${got%% *}" = "$want" ] || fail 28 "BLAKE2b of the bytes received ${got%% *}, sent $want"
 else
   info=$(qemu-img info -U "$source" 2>&1) || fail 20 "$info"
   detected=$(format_of "$info")
@@ -131,8 +141,10 @@ def copy_command(
     source_xml: str | None = None,
     destination_xml: str | None = None,
     recheck: Recheck | None = None,
+    length: int | None = None,
 ) -> list[str]:
-    """The argv of the copy: the constant script, then its positional arguments."""
+    """The argv of the copy: the constant script, then its positional arguments
+    (`length`: the bytes to read from stdin when source is FROM_STDIN)."""
     exclusions: list[str] = []
     for ending in recheck.not_disks if recheck else ():
         exclusions += ["!", "-iname", f"*{ending}"]
@@ -150,6 +162,7 @@ def copy_command(
         compat or "",
         source_xml or "",
         destination_xml or "",
+        "" if length is None else str(length),
         *exclusions,
     ]
 
@@ -166,10 +179,19 @@ def verified_copy(
     recheck: Recheck | None = None,
     progress: Progress | None = None,
     stdin: bytes | Readable | None = None,
+    stdin_length: int | None = None,
     timeout: float = COPY_TIMEOUT,
 ) -> CopyOutcome:
-    """Copy source (a path on the host, or FROM_STDIN with `stdin`) to a verified qcow2 at
-    destination, as described in the module docstring."""
+    """Copy source (a path on the host, or FROM_STDIN with `stdin`: bytes, or a file of
+    `stdin_length` bytes) to a verified qcow2 at destination, as described in the module
+    docstring."""
+    length = None
+    if source == FROM_STDIN:
+        if isinstance(stdin, bytes):
+            stdin_length, stdin = len(stdin), io.BytesIO(stdin)
+        if stdin is None or stdin_length is None:
+            raise ValueError("a copy from stdin needs the data and its length")
+        stdin, length = Checksummed(stdin), stdin_length
     argv = copy_command(
         source,
         destination,
@@ -178,6 +200,7 @@ def verified_copy(
         source_xml=source_xml,
         destination_xml=destination_xml,
         recheck=recheck,
+        length=length,
     )
     output = _Output(progress)
     wait = recheck.wait if recheck else 0.0
@@ -219,6 +242,12 @@ def _error(
         return ImageInvalid(invalid[status], host=host)
     if status == 75:
         return ResourceBusy(detail, host=host)
+    if status == 28:
+        return CommandFailed(
+            f"the copy to {part} arrived damaged ({detail}); it was removed",
+            host=host,
+            hint="Retry; if it recurs, check the host's disk and memory",
+        )
     what = "convert" if status == 23 else "copy"
     return CommandFailed(
         f"{what} of {source} to {destination} failed (exit {status}): "
@@ -248,3 +277,22 @@ class _Output:
         percents = _PERCENT.findall(chunk)
         if percents and self.total:
             self.progress(int(float(percents[-1]) / 100 * self.total), self.total)
+
+
+class Checksummed:
+    """A file's bytes, then their BLAKE2b (b2sum's) on a line of its own: what the copy
+    script compares with its own sum of the bytes it wrote."""
+
+    def __init__(self, data: Readable) -> None:
+        self.data = data
+        self.digest: hashlib.blake2b | None = hashlib.blake2b()
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.digest is None:
+            return b""
+        chunk = self.data.read(size)
+        self.digest.update(chunk)
+        if chunk and size >= 0:
+            return chunk
+        trailer, self.digest = f"{self.digest.hexdigest()}\n".encode(), None
+        return chunk + trailer  # at the end, or all at once for read()

@@ -190,8 +190,9 @@ def stream_from_worker(
     lock: str,
     progress: Progress | None = None,
 ) -> CopyOutcome:
-    """A repository image on the worker's machine: converted here to a compact qcow2 (holes
-    stay holes, split VMware images are read through their descriptor), then, under the
+    """A repository image on the worker's machine: sent as it is when it already is what
+    the host needs (see _sendable), else converted here to a compact qcow2 (holes
+    stay holes, split VMware images are read through their descriptor); then, under the
     image's lock on the host and unless another load copied it meanwhile, its reference XML
     written and the image streamed over the host's SSH connection to `<destination>.part`,
     verified on the host and renamed (one command, see images.copy)."""
@@ -200,8 +201,10 @@ def stream_from_worker(
     local_driver.verify(source.path, source.format_hint)
     image_name = posixpath.splitext(posixpath.basename(destination))[0]
     with tempfile.TemporaryDirectory(prefix="vclvirt-stream-") as scratch:
-        compact = os.path.join(scratch, "image.qcow2")
-        local_driver.convert(source.path, compact, MASTER_FORMAT)
+        compact = source.path
+        if not _sendable(source, local_driver.image_info(source.path)):
+            compact = os.path.join(scratch, "image.qcow2")
+            local_driver.convert(source.path, compact, MASTER_FORMAT)
         total = os.path.getsize(compact)
         with disk_full_judged(node, destination):  # the host's disk, not this machine's
             node.run(["mkdir", "-p", "--", host.datastore_path])
@@ -220,8 +223,21 @@ def stream_from_worker(
                         FROM_STDIN,
                         destination,
                         stdin=_CountingReader(data, total, progress),
+                        stdin_length=total,
                         timeout=driver_timeout(driver),
                     )
+
+
+def _sendable(source: RepositorySource, info: dict[str, object]) -> bool:
+    """A standalone qcow2 in one file with (almost) no holes is sent byte for byte: a
+    conversion here would only copy it once more before the wire. An image with a
+    backing file, in another format, in several files or sparse is converted first."""
+    if info.get("format") != MASTER_FORMAT or "backing-filename" in info:
+        return False
+    if len(source.files) != 1:
+        return False
+    stat = os.stat(source.path)
+    return stat.st_blocks * 512 >= 0.9 * stat.st_size
 
 
 def driver_timeout(driver: HypervisorDriver) -> float:

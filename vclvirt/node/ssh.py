@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import paramiko
 
@@ -36,6 +36,24 @@ _SEND_BURST = 4 << 20  # stdin bytes sent between two looks at output and the de
 # How often an idle connection's reader thread wakes: to send keepalives (every 30 s) and
 # to end after close() (which does not wait for it). Data wakes it at once.
 _READER_WAKE = 1.0
+# A command's channel may carry a whole image to us (a capture's fetch): a window and
+# packets larger than paramiko's defaults (2 MiB, 32 KiB) cost less Python per byte
+# received (on loopback 155-228 -> 215-285 MiB/s).
+_RUN_WINDOW = 8 << 20
+_RUN_PACKET = 256 << 10
+_RUN_READ = 1 << 20
+# AES-GCM first (one AEAD pass per packet with AES-NI) instead of paramiko's first choice,
+# aes128-ctr with a new HMAC object per packet: on loopback 136-165 -> 330-434 MiB/s sent.
+# The other ciphers stay, after these, for servers without GCM.
+_PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _gcm_first(sock: Any, /, **kwargs: Any) -> paramiko.Transport:
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    rest = tuple(c for c in options.ciphers if c not in _PREFERRED_CIPHERS)
+    options.ciphers = (*(c for c in _PREFERRED_CIPHERS if c in options.ciphers), *rest)
+    return transport
 
 
 class SSHTarget(Protocol):
@@ -155,6 +173,7 @@ class SSHTransport:
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
                 sock=via() if via is not None else None,
+                transport_factory=_gcm_first,
             )
         except VclvirtError:  # raised by the target's host key policy
             client.close()
@@ -197,8 +216,9 @@ class SSHTransport:
         self.connections_opened += 1
         return client
 
-    def _open_channel(self) -> paramiko.Channel:
-        """A new session channel, reconnecting once if the pooled connection died."""
+    def _open_channel(self, *, bulk: bool = False) -> paramiko.Channel:
+        """A new session channel, reconnecting once if the pooled connection died; `bulk`:
+        with run()'s larger window and packets."""
         for attempt in (1, 2):
             with self._lock:
                 transport = self._client.get_transport() if self._client else None
@@ -210,6 +230,12 @@ class SSHTransport:
                     transport = self._client.get_transport()
                 assert transport is not None
             try:
+                if bulk:
+                    return transport.open_session(
+                        timeout=self.connect_timeout,
+                        window_size=_RUN_WINDOW,
+                        max_packet_size=_RUN_PACKET,
+                    )
                 return transport.open_session(timeout=self.connect_timeout)
             except (paramiko.SSHException, OSError, EOFError) as error:
                 with self._lock:
@@ -238,7 +264,7 @@ class SSHTransport:
         argv, held = fence.guard(self.host_name, argv) if self.fenced else (argv, None)
         line, shown = command_line(argv), command_line(asked)  # shown: without the fence
         began = time.monotonic()
-        channel = self._open_channel()
+        channel = self._open_channel(bulk=True)
         stdout, stderr = bytearray(), bytearray()
         source = io.BytesIO(stdin) if isinstance(stdin, bytes) else stdin
         pending, sending = b"", source is not None
@@ -266,7 +292,7 @@ class SSHTransport:
                         sending = False
                         channel.shutdown_write()
                 while channel.recv_ready():
-                    chunk = channel.recv(_READ_SIZE)
+                    chunk = channel.recv(_RUN_READ)
                     if keep_output:
                         stdout += chunk
                     if on_output is not None:
