@@ -60,6 +60,9 @@ exec 3>&1
 if [ "$source" = - ]; then
   # exactly $length bytes, then the sender's BLAKE2b of them on a line of its own
   case $length in ''|*[!0-9]*) fail 23 "no length given for the bytes on stdin" ;; esac
+  # tee's own failure is lost in the pipeline: the .part must be writable before it starts
+  # (a write failing later shows as fewer bytes written, with tee's error)
+  true > "$part" || fail 23 "cannot write $part"
   got=$(head -c "$length" | tee -- "$part" | b2sum) || fail 23 "cannot checksum $part"
   IFS= read -r want || want=
   written=$(stat -c %s -- "$part") || fail 23 "cannot write $part"
