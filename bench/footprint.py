@@ -62,14 +62,15 @@ class Sample:
     ssh: int
     rss: int
     pss: int
-    warm_up_s: float  # start to every pool process connected to every host
+    warm_up_s: float  # start to ready (a one-host worker: to every pool process connected)
     loads_s: float
     idle_cpu: float  # % of one core, after the loads
 
 
 def measure(ctx: Context, hosts: list[str], concurrency: int, port: int) -> Sample:
-    """One worker for `hosts`: warmed up (every pool process connected to every host), one
-    load on each host, then the idle worker's memory."""
+    """One worker for `hosts`, started (a one-host worker: warmed up, every pool process
+    connected; a worker of several hosts connects when a step needs a host), one load on
+    each host, then the idle worker's memory."""
     started = time.monotonic()
     worker = common.start_worker(
         ctx,
@@ -80,7 +81,7 @@ def measure(ctx: Context, hosts: list[str], concurrency: int, port: int) -> Samp
     )
     try:
         deadline = started + 300
-        while ssh_connections(worker, port) < len(hosts) * concurrency:
+        while len(hosts) == 1 and ssh_connections(worker, port) < concurrency:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker for {len(hosts)} hosts: warm-up not done in 300 s")
             time.sleep(0.2)
@@ -250,13 +251,15 @@ def report(samples: list[Sample], libssh: float) -> str:
     )
     caption = (
         "ONE `vclvirt worker --concurrency C` (prefork: main process + C pool processes, "
-        "never recycled) serving N hosts; once every pool process has connected to every host "
-        "(its warm-up), every host gets one load (os_type none, all enqueued at once), and "
+        "never recycled) serving N hosts; once it is ready (a one-host worker once every pool "
+        "process has connected; a worker of several hosts connects when a step needs a host), "
+        "every host gets one load (os_type none, all enqueued at once), and "
         "the memory is read 3 s after the last one, idle: PSS summed over the worker's "
         "processes (/proc/<pid>/smaps_rollup); then their CPU time over the next "
         f"{IDLE_S:.0f} s (% of one core). Each host is reached over SSH (paramiko, to "
-        "node-a's sshd on loopback: one connection per host in every pool process, as the "
-        "SSH connections column counts) and runs libvirt's test:///default driver, so its "
+        "node-a's sshd on loopback: a connection per host in each pool process that ran one "
+        "of its steps, as the SSH connections column counts; at most C per host) and runs "
+        "libvirt's test:///default driver, so its "
         "libvirt connection here is in-process: the cost of a real one (qemu+libssh to "
         f"node-a's libvirtd, measured apart in one process: {libssh / 1e3:.1f} kB of private "
         "memory each) is added per pool process in the fit. No guests, no image streamed. "
