@@ -41,6 +41,13 @@ def test_os_type_none_without_a_known_backing_image_reloads(host):
     }
 
 
+def with_guest_key(host, tmp_path, **settings) -> None:
+    """A readable guest key in the settings, as a worker configured for guests has."""
+    key = tmp_path / "guest_key"
+    key.write_text("not used: no guest is contacted\n")
+    host.context.settings = Settings(guest_key_file=key, power_off_timeout=5, **settings)
+
+
 def running(host, name: str = DOMAIN) -> None:
     host.conn.defineXML(host.domain_xml(name, [str(host.vms / "unit-vm1_11-v0.qcow2")]))
     host.conn.lookupByName(name).create()
@@ -71,6 +78,7 @@ def test_a_switches_host_without_private_ip_is_a_configuration_error(host, tmp_p
     """guest_network "switches" reaches the guest at its private IP: without one there is no
     way in, so node_status fails (naming the field to set) rather than answering RELOAD."""
     running(host)
+    with_guest_key(host, tmp_path)
     assert host.context.host.guest_network == "switches"
     linux = reservation(os_type="linux")
     assert linux.computer.private_ip is None
@@ -86,9 +94,10 @@ def test_os_type_none_needs_no_guest_access(host):
     assert NodeStatus(host.context).check(reservation())["status"] == "RELOAD"
 
 
-def test_a_crashed_domain_reloads(host):
+def test_a_crashed_domain_reloads(host, tmp_path):
     """A domain kept in a crashed or paused state does not run the guest: RELOAD, saying so."""
     running(host)
+    with_guest_key(host, tmp_path)
     host.context.host = host.context.host.model_copy(update={"guest_network": "user"})
     host.conn.lookupByName(DOMAIN).suspend()
     assert NodeStatus(host.context).check(reservation(os_type="linux")) == {
