@@ -3,6 +3,9 @@ expected name; os_type none decides by the image behind the domain's disk."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
 from tests.unit._provisioning import make_host, reservation
@@ -104,3 +107,22 @@ def test_a_crashed_domain_reloads(host, tmp_path):
         "status": "RELOAD",
         "reason": f"domain {DOMAIN} is not running (suspended)",
     }
+
+
+def test_node_status_timeout_is_how_long_the_guest_has_to_answer(host, tmp_path):
+    """VCLVIRT_NODE_STATUS_TIMEOUT: a running domain whose guest does not answer SSH is
+    reloaded once that many seconds have passed (0.5 here, not the default 15)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the guest never answers
+    running(host)
+    host.context.host = host.context.host.model_copy(
+        update={"guest_network": "user", "guest_ssh_ports": (port, port), "guest_via_host": False}
+    )
+    with_guest_key(host, tmp_path, node_status_timeout=0.5)
+    started = time.monotonic()
+    result = NodeStatus(host.context).check(reservation(os_type="linux"))
+    assert result["status"] == "RELOAD"
+    assert "did not answer SSH within 0.5s" in result["reason"]
+    assert time.monotonic() - started < 5
