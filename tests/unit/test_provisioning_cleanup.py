@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import subprocess
 
+import libvirt
 import pytest
+from structlog.testing import capture_logs
 
 from tests.unit._provisioning import make_host, reservation
+from vclvirt.errors import VclvirtError
 from vclvirt.provisioning.cleanup import Cleanup, is_own_overlay
 
 LONG = "perf-" + "l" * 45  # 50 characters: its domains are named by its id
@@ -92,3 +95,32 @@ def test_remove_overlay_keeps_everything_while_a_domain_uses_it(host):
     assert Cleanup(host.context).remove_overlay(reservation()) == []
     assert (host.vms / "unit-vm1_11-v0.qcow2").exists()
     assert (host.xml / "unit-vm1_11-v0.xml").exists()
+
+
+def test_remove_overlay_says_in_the_log_what_it_kept_or_removed(host):
+    """overlay_kept names the overlay and the domains using it; overlay_removed the paths."""
+    master = host.master("linux-Unit-11-v0")
+    path = overlay(host, "unit-vm1_11-v0.qcow2", master)
+    host.conn.defineXML(host.domain_xml("someone-else", [path]))
+    with capture_logs() as logs:
+        Cleanup(host.context).remove_overlay(reservation())
+    assert logs == [
+        {"event": "overlay_kept", "overlay": path, "used_by": ["someone-else"], "log_level": "info"}
+    ]
+    host.conn.lookupByName("someone-else").undefine()
+    with capture_logs() as logs:
+        Cleanup(host.context).remove_overlay(reservation())
+    assert logs == [{"event": "overlay_removed", "removed": [path], "log_level": "info"}]
+
+
+def test_remove_overlay_names_the_host_when_libvirt_fails(host):
+    """libvirt failing while the users of the overlay are looked for is the host's error."""
+
+    class Broken:
+        def listAllDomains(self, flags: int = 0):
+            raise libvirt.libvirtError("connection reset by peer")
+
+    host.context.connect = lambda: Broken()
+    with pytest.raises(VclvirtError) as caught:
+        Cleanup(host.context).remove_overlay(reservation())
+    assert caught.value.host == "unit-host"

@@ -6,10 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 
+import libvirt
 import pytest
+from structlog.testing import capture_logs
 
 from tests.unit._provisioning import make_host, reservation
+from vclvirt.config.settings import Settings
+from vclvirt.errors import HypervisorError
+from vclvirt.guest import hooks
+from vclvirt.hypervisor import domains
+from vclvirt.hypervisor.domain_xml import DEFAULT_DISK_BUS, DEFAULT_NIC_MODEL
 from vclvirt.provisioning.load import LoadSteps
+from vclvirt.testing import FakeTransport
 
 
 @pytest.fixture
@@ -111,3 +119,151 @@ def test_post_load_of_os_type_none_contacts_no_guest(host):
     assert LoadSteps(host.context).post_load(reservation()) == {
         "guest": "not contacted: os_type none"
     }
+
+
+def on_fake_node(host) -> FakeTransport:
+    """The host's commands answered by a fake from here on (its files keep the real one)."""
+    assert host.context.files is not None  # chosen now, over the real transport
+    fake = FakeTransport("unit-host")
+    host.context.node = fake
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("fstype", "local"),
+    [
+        ("ext4", True),
+        ("xfs", True),
+        ("fuse.sshfs", True),
+        ("nfs4", False),
+        ("cifs", False),
+        ("ceph", False),
+        ("fuse.glusterfs", False),
+    ],
+)
+def test_vm_path_is_local_unless_its_filesystem_is_a_remote_one(host, fstype, local):
+    """findmnt's answer for vm_path, read once per process: a network filesystem (also
+    behind FUSE) is not local, which the domain XML's disk cache mode depends on."""
+    node = on_fake_node(host)
+    node.on("findmnt", stdout=f"{fstype}\n".encode())
+    steps = LoadSteps(host.context)
+    assert steps.host_facts(reservation()).vm_path_is_local is local
+    assert steps.host_facts(reservation()).vm_path_is_local is local
+    assert node.argvs("findmnt") == [("findmnt", "-n", "-o", "FSTYPE", "-T", str(host.vms))]
+
+
+def test_without_a_reference_xml_the_defaults_and_it_is_remembered_only_with_the_master(
+    host, monkeypatch
+):
+    """No reference XML: the default disk bus and NIC model. Before its master is there
+    the XML may still come (it is placed first), so it is looked for again; once the
+    master is there, its absence is final."""
+    steps = LoadSteps(host.context)
+    facts = steps.host_facts(reservation())
+    assert (facts.disk_bus, facts.nic_model) == (DEFAULT_DISK_BUS, DEFAULT_NIC_MODEL)
+    reference = host.datastore / "linux-Unit-11-v0.xml"
+    reference.write_text(
+        "<domain><devices><disk device='disk'><target dev='sda' bus='sata'/></disk>"
+        "</devices></domain>"
+    )
+    assert steps.host_facts(reservation()).disk_bus == "sata"  # not remembered absent
+
+    other = reservation("unit-vm2", "linux-Other-12-v0", computer_id=32, image_id=12)
+    there = str(host.master("linux-Other-12-v0"))
+    # The test driver's files find masters by search only; a pool-backed host answers so.
+    monkeypatch.setattr(
+        host.context.files, "master_format", lambda path: "qcow2" if path == there else None
+    )
+    assert steps.host_facts(other).disk_bus == DEFAULT_DISK_BUS
+    (host.datastore / "linux-Other-12-v0.xml").write_text(reference.read_text())
+    assert steps.host_facts(other).disk_bus == DEFAULT_DISK_BUS  # remembered absent
+
+
+def test_generate_xml_gives_a_user_mode_guest_its_forwarded_port(host):
+    """guest_network "user": one QEMU user-mode NIC, port 22 forwarded; "switches": none."""
+    host.master("linux-Unit-11-v0")
+    steps, r = LoadSteps(host.context), reservation()
+    assert "hostfwd" not in steps.generate_xml(r)["xml"]
+    host.context.host = host.context.host.model_copy(
+        update={"guest_network": "user", "guest_ssh_ports": (24000, 24999)}
+    )
+    generated = steps.generate_xml(r)
+    assert generated["domain"] == "unit-vm1_Unitimage_11-v0"
+    assert "hostfwd=tcp:127.0.0.1:24031-:22" in generated["xml"]
+
+
+def test_define_refuses_a_domain_libvirt_named_otherwise(host, monkeypatch):
+    """libvirt defining another name than the one asked for is the host's error."""
+
+    class Named:
+        def name(self) -> str:
+            return "someone-else"
+
+    monkeypatch.setattr(domains, "define", lambda conn, xml, host_name: Named())
+    with pytest.raises(HypervisorError, match="libvirt defined 'someone-else', expected") as err:
+        LoadSteps(host.context).define(reservation(), "<domain/>")
+    assert err.value.host == "unit-host"
+
+
+def test_a_domain_that_cannot_autostart_is_defined_all_the_same(host, monkeypatch):
+    """Autostart refused (a transient domain, a read-only config dir) is logged, not fatal."""
+
+    class NoAutostart:
+        def name(self) -> str:
+            return "unit-vm1_Unitimage_11-v0"
+
+        def setAutostart(self, flag: int) -> None:
+            raise libvirt.libvirtError("cannot set autostart")
+
+    monkeypatch.setattr(domains, "define", lambda conn, xml, host_name: NoAutostart())
+    with capture_logs() as logs:
+        result = LoadSteps(host.context).define(reservation(), "<domain/>")
+    assert result["domain"] == "unit-vm1_Unitimage_11-v0"
+    assert logs == [
+        {
+            "event": "autostart_failed",
+            "domain": "unit-vm1_Unitimage_11-v0",
+            "error": "cannot set autostart",
+            "log_level": "warning",
+        }
+    ]
+
+
+@pytest.mark.parametrize(("os_type", "timeout"), [("linux", 61.0), ("windows", 92.0)])
+def test_post_load_waits_for_the_guest_as_long_as_its_os_may_take(
+    host, tmp_path, monkeypatch, os_type, timeout
+):
+    """post_load_timeout_linux or _windows, by the image's OS; then the OS hook runs with
+    the site's scripts, and the guest's connection is closed whatever the hook does."""
+    key = tmp_path / "guest_key"
+    key.write_text("")
+    host.context.settings = Settings(
+        guest_key_file=key,
+        post_load_timeout_linux=61,
+        post_load_timeout_windows=92,
+        post_load_scripts_dir=tmp_path,
+    )
+    host.context.host = host.context.host.model_copy(
+        update={"guest_network": "user", "guest_ssh_ports": (24000, 24999), "guest_via_host": False}
+    )
+    waited: list[float] = []
+    closed: list[bool] = []
+
+    class Guest:
+        def close(self) -> None:
+            closed.append(True)
+
+    def connect(target, *, timeout: float) -> Guest:
+        waited.append(timeout)
+        return Guest()
+
+    def hook(guest, reservation, *, scripts_dir):
+        assert scripts_dir == tmp_path
+        return {"hostname": "set"}
+
+    monkeypatch.setattr("vclvirt.provisioning.load.connect_guest", connect)
+    monkeypatch.setattr(hooks, "post_load", hook)
+    result = LoadSteps(host.context).post_load(reservation(os_type=os_type))
+    assert waited == [timeout] and closed == [True]
+    assert result["guest"] == "127.0.0.1:24031" and result["hostname"] == "set"
+    assert 0 <= result["ssh_after_s"] < 5

@@ -126,3 +126,17 @@ def test_node_status_timeout_is_how_long_the_guest_has_to_answer(host, tmp_path)
     assert result["status"] == "RELOAD"
     assert "did not answer SSH within 0.5s" in result["reason"]
     assert time.monotonic() - started < 5
+
+
+def test_check_guest_access_says_where_the_guest_is_reached_and_with_which_key(host, tmp_path):
+    """Nothing contacted: os_type none needs no guest; otherwise the address and the key."""
+    status = NodeStatus(host.context)
+    assert status.check_guest_access(reservation()) == {"guest": "not contacted: os_type none"}
+    host.context.host = host.context.host.model_copy(
+        update={"guest_network": "user", "guest_ssh_ports": (24000, 24000)}
+    )
+    with_guest_key(host, tmp_path)
+    assert status.check_guest_access(reservation(os_type="linux")) == {
+        "guest": "127.0.0.1:24000",
+        "key_file": str(tmp_path / "guest_key"),
+    }

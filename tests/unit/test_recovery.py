@@ -5,21 +5,38 @@ and tests/e2e's worker-kill tests, which prove the same with real workers and Re
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
+import threading
 import time
 from typing import Any
 
 import pytest
+import redis
+from kombu.transport.redis import Channel
+from structlog.testing import capture_logs
 
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt.cancellation import Cancelled
 from vclvirt.errors import LeaseLost, Superseded
 from vclvirt.operation import StepContext
-from vclvirt.recovery import LeaseKeeper
+from vclvirt.recovery import (
+    LeaseKeeper,
+    Reconciler,
+    Waiting,
+    fail_if_abandoned,
+    holder_is_dead,
+    no_worker,
+    queue_keys,
+    queued_task_ids,
+    task_id,
+)
 from vclvirt.state import keys
 from vclvirt.state.computers import ComputerOwners
 from vclvirt.state.leases import Holder, Leases
+from vclvirt.workers.routing import host_queue
 
 
 class WorkerKilled(BaseException):
@@ -84,19 +101,25 @@ def test_a_dead_holder_on_this_machine_is_recovered_before_its_lease_expires(wor
 
 
 def test_a_run_whose_holder_is_alive_is_left_alone(world: ToyWorld):
-    """A live holder on this machine (here: the process that started the tests) keeps its
-    run however long its step takes: nothing is dispatched again, the record untouched."""
+    """A live holder on this machine (here: a process of the test's own) keeps its run
+    however long its step takes: nothing is dispatched again, the record untouched, and
+    the holder is only looked at, never signalled."""
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
     me = world.identity.holder()
-    alive = Holder(me.node, me.boot, os.getppid())
-    assert world.runner.leases.claim(rid, generation, alive).ok
-    before = world.redis.hgetall(keys.record(rid))
+    with subprocess.Popen(["sleep", "60"]) as process:
+        try:
+            alive = Holder(me.node, me.boot, process.pid)
+            assert world.runner.leases.claim(rid, generation, alive).ok
+            before = world.redis.hgetall(keys.record(rid))
 
-    world.reconciler().recover(HOST)
+            world.reconciler().recover(HOST)
 
-    assert world.published == []
-    assert world.redis.hgetall(keys.record(rid)) == before
+            assert world.published == []
+            assert world.redis.hgetall(keys.record(rid)) == before
+            assert process.poll() is None
+        finally:
+            process.kill()
 
 
 def test_recovery_sends_an_operation_again_only_once(world: ToyWorld):
@@ -193,3 +216,250 @@ def test_the_lease_keeper_cancels_a_run_whose_computer_a_newer_reservation_owns(
         with pytest.raises(Cancelled) as stopped:
             kept.check()
     assert isinstance(stopped.value.reason, Superseded)
+
+
+# -- the reconciler's decisions, one by one (killing `make mutation`'s survivors) ----------
+
+
+def queued_message(client: Any, key: str, rid: int, generation: int) -> None:
+    """A message as kombu leaves it in a host's queue list (only its id is read)."""
+    client.lpush(key, json.dumps({"headers": {"id": task_id(rid, generation)}, "body": "…"}))
+
+
+@pytest.mark.parametrize("step", range(len(queue_keys(HOST))))
+def test_a_queued_record_whose_message_waits_in_any_priority_list_is_left_alone(
+    world: ToyWorld, step: int
+):
+    """The message is there (in whichever of kombu's priority lists, behind other
+    messages and a malformed one): the record is not dispatched again."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    key = queue_keys(HOST)[step]
+    queued_message(world.redis, key, rid, generation)  # the oldest: at the list's end
+    world.redis.lpush(key, b"not json", json.dumps({"headers": {}}))
+    queued_message(world.redis, key, 7, 1)
+    patient = SETTINGS.model_copy(update={"lost_message_grace": 0.01})
+    time.sleep(0.02)
+
+    world.reconciler(patient).recover(HOST)
+
+    assert world.published == []
+    assert queued_task_ids(world.redis, HOST) == {task_id(rid, generation), task_id(7, 1)}
+
+
+def test_queue_keys_are_kombus_lists_for_that_host():
+    """The first is the queue's own name; the others carry kombu's separator and step."""
+    found = queue_keys("h1")
+    assert found[0] == host_queue("h1")
+    assert found[1:] == [f"host.h1{Channel.sep}{s}" for s in Channel.priority_steps[1:]]
+    assert len(found) == len(Channel.priority_steps) > 1
+
+
+def test_a_record_is_looked_for_in_the_broker_only_past_the_grace_and_once_per_grace(
+    world: ToyWorld,
+):
+    """Younger than lost_message_grace: not looked for. Older: looked for, then not again
+    on this host until the grace has passed once more."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    world.begin(op)
+    reconciler = world.reconciler(SETTINGS.model_copy(update={"lost_message_grace": 0.3}))
+    scans: list[str] = []
+    real = queued_task_ids
+    world.monkeypatch.setattr(
+        "vclvirt.recovery.queued_task_ids", lambda c, h: scans.append(h) or real(c, h)
+    )
+    world.redis.lpush(queue_keys(HOST)[0], b"{}")
+    reconciler.recover(HOST)
+    assert scans == []  # younger than the grace
+    time.sleep(0.35)
+    queued_message(world.redis, queue_keys(HOST)[0], toy_reservation().reservation_id, 1)
+    reconciler.recover(HOST)
+    reconciler.recover(HOST)
+    assert scans == [HOST]  # once per grace period
+    assert world.published == []
+    time.sleep(0.35)
+    reconciler.recover(HOST)
+    assert scans == [HOST, HOST]
+
+
+@pytest.mark.parametrize(
+    ("fails_in", "abandoned"), [(None, False), (60.0, False), (0.0, True), (-1.0, True)]
+)
+def test_waiting_reads_abandoned_from_the_deadline_on(
+    world: ToyWorld, fails_in: float | None, abandoned: bool
+):
+    """Past (or at) fails_at the record reads as abandoned; before it, or without a
+    deadline, it does not."""
+    at = 1000.0
+    world.monkeypatch.setattr("vclvirt.recovery.now", lambda: at)
+    fails_at = None if fails_in is None else at + fails_in
+    waiting = Waiting("no live worker for host h", 900.0, fails_at)
+    assert waiting.to_dict() == {
+        "reason": "no live worker for host h",
+        "since": 900.0,
+        "fails_at": fails_at,
+        "abandoned": abandoned,
+    }
+
+
+def test_a_cycle_beats_for_every_host_and_looks_at_each(world: ToyWorld):
+    """A cycle says this worker is alive for each of its hosts, dispatches what is due
+    there and recovers what lost its worker; leave() takes the worker out at once."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    rid = toy_reservation().reservation_id
+    world.begin(op)
+    reconciler = world.reconciler()
+    reconciler.hosts = [HOST, "other-host"]
+    looked: list[tuple[str, str]] = []
+    world.monkeypatch.setattr(reconciler, "dispatch_due", lambda h: looked.append(("due", h)))
+    real_recover = reconciler.recover
+    world.monkeypatch.setattr(
+        reconciler, "recover", lambda h: looked.append(("recover", h)) or real_recover(h)
+    )
+    world.redis.delete(keys.lease(rid))
+
+    reconciler.cycle()
+
+    node = world.identity.holder().node
+    assert reconciler.registry.live(HOST) == [node] == reconciler.registry.live("other-host")
+    assert looked == [
+        ("due", HOST),
+        ("recover", HOST),
+        ("due", "other-host"),
+        ("recover", "other-host"),
+    ]
+    reconciler.leave()
+    assert reconciler.registry.live(HOST) == [] == reconciler.registry.live("other-host")
+
+
+def test_a_failing_cycle_is_logged_and_the_loop_goes_on(world: ToyWorld):
+    """The broker away during a cycle: reconcile_failed with the error, and the next
+    cycle runs (the loop ends only when told to stop)."""
+    reconciler = world.reconciler(SETTINGS.model_copy(update={"reconcile_interval": 0.01}))
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def cycle() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("broker away")
+        stop.set()
+
+    world.monkeypatch.setattr(reconciler, "cycle", cycle)
+    with capture_logs() as logs:
+        reconciler.run(stop)
+    assert len(calls) == 2
+    assert {"event": "reconcile_failed", "error": "broker away", "log_level": "warning"} in logs
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "dead"),
+    [
+        ("celery@m1", "other@m1", True),  # another worker process of this machine
+        ("celery@m1", "other@m2", False),  # another machine: its pids say nothing here
+        ("celery@m1", "a@b@m1", True),  # the machine is what follows the last @
+        ("m1", "other@m1", True),
+        ("celery@m1", "m1", True),
+    ],
+)
+def test_a_holder_is_dead_only_when_it_ran_on_this_machine(mine: str, theirs: str, dead: bool):
+    me = Holder(mine, "boot", os.getpid())
+    assert holder_is_dead(str(Holder(theirs, "boot", dead_pid())), me) is dead
+
+
+def test_a_reservation_waits_for_a_worker_from_its_dispatch_or_the_last_heartbeat(
+    world: ToyWorld,
+):
+    """Alive while the last heartbeat is at most three heartbeats old (the boundary
+    included); then waiting since the later of its dispatch and that heartbeat, failing
+    no_worker_deadline after it. An ended record waits for nothing."""
+    world.begin(world.operation("toy", {"only": lambda ctx: {}}))
+    record = world.record()
+    assert record.dispatched_at is not None
+    at = record.dispatched_at + 100.0
+    world.monkeypatch.setattr("vclvirt.recovery.now", lambda: at)
+    settings = SETTINGS.model_copy(update={"heartbeat_interval": 10.0, "no_worker_deadline": 60})
+    assert no_worker(record, at - 30.0, settings) is None  # exactly three beats old
+    late = no_worker(record, at - 30.5, settings)
+    assert late == Waiting(f"no live worker for host {HOST}", at - 30.5, at + 29.5)
+    early = no_worker(record, record.dispatched_at - 5, settings)
+    assert early == Waiting(
+        f"no live worker for host {HOST}", record.dispatched_at, record.dispatched_at + 60
+    )
+    never = no_worker(record, None, settings)
+    assert never is not None and (never.since, never.fails_at) == (
+        record.dispatched_at,
+        record.dispatched_at + 60,
+    )
+    undispatched = dataclasses.replace(record, dispatched_at=None)
+    assert no_worker(undispatched, None, settings) == Waiting(
+        f"no live worker for host {HOST}", 0.0, 60.0
+    )
+    ended = dataclasses.replace(record, state="succeeded")
+    assert ended.finished and no_worker(ended, None, settings) is None
+
+
+def test_a_record_is_abandoned_at_its_deadline_exactly_and_says_so(world: ToyWorld):
+    """Before fails_at nothing is written; at it the record fails NO_WORKER at the step it
+    had reached, the error naming host, reservation, deadline and since when (UTC), and
+    the log says so. Once failed, it is not failed again."""
+    op = world.operation("toy", {"first": lambda ctx: {}, "second": lambda ctx: {}})
+    rid = toy_reservation().reservation_id
+    world.begin(op)
+    record = world.record()
+    since = 1_000_000.0  # 1970-01-12 13:46:40 UTC
+    record = dataclasses.replace(record, dispatched_at=since)
+    settings = SETTINGS.model_copy(update={"no_worker_deadline": 60})
+    clock = [since + 59.9]
+    world.monkeypatch.setattr("vclvirt.recovery.now", lambda: clock[0])
+    assert fail_if_abandoned(world.records, None, settings, record) is False
+    assert world.record().state == "queued"
+
+    clock[0] = since + 60
+    with capture_logs() as logs:
+        assert fail_if_abandoned(world.records, None, settings, record) is True
+    failed = world.record()
+    assert (failed.state, failed.failed_step) == ("failed", "first")
+    assert failed.error is not None
+    assert failed.error["code"] == "NO_WORKER"
+    assert (failed.error["host"], failed.error["reservation_id"]) == (HOST, rid)
+    assert failed.error["message"] == (
+        f"no live worker served host {HOST} for 60s (waiting since 1970-01-12 13:46:40 UTC)"
+    )
+    assert world.redis.hget(keys.record(rid), "requeued") == b"no live worker"
+    assert {
+        "event": "reservation_abandoned",
+        "reservation_id": rid,
+        "code": "NO_WORKER",
+        "log_level": "error",
+    } in logs
+    assert fail_if_abandoned(world.records, None, settings, world.record()) is False
+
+
+def test_only_hosts_without_a_live_worker_have_their_records_failed(world: ToyWorld):
+    """Two hosts past the deadline: the one with a live worker keeps its record, the other
+    fails its own; an ended record is dropped from the in-flight index; the run takes the
+    cycle's lock at once, in this worker's name, and another worker skips the cycle."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    live_host, dead_host = "a-live-host", HOST
+    kept = toy_reservation(computer="unit-vm2", computer_id=32, host=live_host)
+    lost = toy_reservation()
+    ended = toy_reservation(computer="unit-vm3", computer_id=33)
+    for reservation in (kept, lost, ended):
+        world.begin(op, reservation)
+    world.redis.hset(keys.record(ended.reservation_id), "state", "succeeded")
+    strict = SETTINGS.model_copy(update={"no_worker_deadline": 0.01})
+    time.sleep(0.02)
+    other_worker = Reconciler(world.redis, strict, [live_host], Holder("b@m2", "x", 1), print)
+    other_worker.registry.beat("b@m2", [live_host])
+    reconciler = world.reconciler(strict)
+
+    started = time.monotonic()
+    other_worker.fail_abandoned()  # takes the cycle's lock
+    assert world.redis.get(keys.lock("reconcile:abandoned")) == b"b@m2|x|1"
+    reconciler.fail_abandoned()
+    assert time.monotonic() - started < 0.5  # did not wait for the lock
+    assert world.record(kept.reservation_id).state == "queued"
+    assert world.record(lost.reservation_id).state == "failed"
+    assert world.records.in_flight(dead_host) == []
+    assert world.records.in_flight(live_host) == [kept.reservation_id]

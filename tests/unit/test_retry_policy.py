@@ -57,3 +57,19 @@ def test_the_backoff_and_its_ceiling_come_from_the_settings() -> None:
         delays = [policy.delay(failures) for _ in range(200)]
         assert all(1.0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8
+
+
+def test_the_jitter_is_drawn_from_zero_to_the_ceiling_and_floored_at_one_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return low
+
+    monkeypatch.setattr("vclvirt.retrypolicy.random.uniform", uniform)
+    assert _policy().delay(3) == 1.0
+    assert drawn == [(0, 8.0)]
+    monkeypatch.setattr("vclvirt.retrypolicy.random.uniform", lambda low, high: 1.5)
+    assert _policy().delay(3) == 1.5

@@ -9,12 +9,14 @@ import time
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
-from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable
+from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable, Superseded
 from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.operation import StepContext
+from vclvirt.retrypolicy import RetryPolicy
 from vclvirt.runner import Runner
 from vclvirt.state import keys
 from vclvirt.state.leases import Holder
@@ -287,7 +289,8 @@ def test_transient_errors_fail_the_step_at_their_deadline(world: ToyWorld):
     assert summary["state"] == "failed"
     record = world.record()
     assert record.error is not None and record.error["code"] == NodeUnreachable.code
-    assert "Retried for" in record.error["hint"] and "vclvirt retry" in record.error["hint"]
+    assert "Retried for 0s without success" in record.error["hint"]
+    assert f"vclvirt retry {toy_reservation().reservation_id}" in record.error["hint"]
 
 
 def test_a_message_for_a_run_a_live_holder_holds_is_dropped(world: ToyWorld):
@@ -335,3 +338,218 @@ def test_nothing_is_written_into_a_record_after_it_ended(world: ToyWorld):
     op = world.operation("toy", {"only": ended_meanwhile})
     assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
     assert world.redis.hgetall(keys.record(rid)) == snapshot
+
+
+# -- the runner's decisions, value by value (killing `make mutation`'s survivors) ----------
+
+
+def dispatch_again(world: ToyWorld, rid: int) -> int:
+    """Its wait is over: recovery dispatches it; the new generation."""
+    world.redis.zadd(keys.due(HOST), {str(rid): 0})
+    world.published.clear()
+    world.reconciler().dispatch_due(HOST)
+    ((_, generation, _),) = world.published
+    return generation
+
+
+def test_each_wait_for_a_busy_computer_is_counted_and_lasts_longer(world: ToyWorld):
+    """The first wait lasts busy_delay(1) = 1 s, the second 2 s: the record counts them,
+    the due set says when, the summary and the log say why."""
+    other = ResourceLock(
+        world.redis, f"computer:{HOST}:unit-vm1", RunOwner(555, 1, "n|b|1"), ttl=30, fenced=True
+    )
+    assert other.acquire(wait=0)
+    op = world.operation("toy", {"only": ok})
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    why = "computer unit-vm1 is busy (r555.g1|n|b|1)"
+    for waits, delay in ((1, 1.0), (2, 2.0)):
+        with capture_logs() as logs:
+            started = time.time()
+            summary = world.runner.run(rid, generation)
+        assert summary == {
+            "reservation_id": rid,
+            "state": "waiting",
+            "reason": why,
+            "steps": {"only": "pending"},
+        }
+        record = world.record()
+        assert (record.waits, record.waiting and record.waiting["reason"]) == (waits, why)
+        due = world.redis.zscore(keys.due(HOST), rid)
+        assert due is not None and started + delay - 0.01 <= due <= time.time() + delay
+        busy = [e for e in logs if e["event"] == "computer_busy"]
+        assert busy == [
+            {
+                "event": "computer_busy",
+                "held_by": "r555.g1|n|b|1",
+                "retry_in_s": delay,
+                "log_level": "info",
+            }
+        ]
+        generation = dispatch_again(world, rid)
+
+
+def test_each_transient_failure_of_a_step_is_counted_from_its_first(world: ToyWorld):
+    """Two transient failures in a row: the step's record counts them (the backoff grows
+    with the count), keeps when the first was, and the record says why it waits and until
+    when; the error names the host and the reservation."""
+    world.node.on("virsh", error=NodeUnreachable("no route to host"))
+    op = world.operation("toy", {"only": on_host("virsh", "list")})
+    steady = Runner(  # backoff 0.5 s: every delay is its floor, 1 s
+        world.redis,
+        SETTINGS.model_copy(update={"retry_backoff": 0.5, "retry_backoff_max": 0.5}),
+        lambda _name: world.host,
+        identity=world.identity,
+    )
+    asked: list[int] = []
+    real_delay = RetryPolicy.delay
+    world.monkeypatch.setattr(
+        RetryPolicy, "delay", lambda policy, n: asked.append(n) or real_delay(policy, n)
+    )
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    firsts = []
+    for failures in (1, 2):
+        started = time.time()
+        summary = steady.run(rid, generation)
+        assert summary["state"] == "retrying" and summary["retry_in_s"] == 1.0
+        record = world.record()
+        step = record.step_records["only"]
+        assert step["transient_failures"] == failures
+        firsts.append(step["transient_since"])
+        assert step["error"]["host"] == HOST and step["error"]["reservation_id"] == rid
+        assert record.waiting is not None
+        assert record.waiting["reason"] == "step only failed (NODE_UNREACHABLE); retried in 1s"
+        due = world.redis.zscore(keys.due(HOST), rid)
+        assert due is not None and started + 0.99 <= due <= time.time() + 1.0
+        generation = dispatch_again(world, rid)
+    assert asked == [1, 2]
+    assert firsts[0] == firsts[1]  # the deadline runs from the first failure
+
+
+LOGGED = {
+    "cleanup_failed": "disk gone",
+    "cleanup_fenced": "[SUPERSEDED] the host refused fencing token 3. Nothing to do: the "
+    "newer reservation owns the computer",
+}
+
+
+def failing(ctx: StepContext) -> dict[str, Any]:
+    raise CommandFailed("qemu-img create exited 1", host=HOST)
+
+
+@pytest.mark.parametrize(
+    ("undo_raises", "cleanup", "event"),
+    [
+        (RuntimeError("disk gone"), {"failed": "disk gone"}, "cleanup_failed"),
+        (
+            cancellation.Cancelled(Superseded("the host refused fencing token 3")),
+            {"fenced": "the host refused fencing token 3"},
+            "cleanup_fenced",
+        ),
+    ],
+    ids=["cleanup-fails", "cleanup-fenced"],
+)
+def test_a_cleanup_that_fails_is_recorded_with_the_failure(
+    world: ToyWorld, undo_raises: BaseException, cleanup: dict[str, str], event: str
+):
+    """on_abandon raising (or refused by the host's fence) does not hide the step's error:
+    the record keeps it and says what became of the cleanup, and the log says so too."""
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        raise undo_raises
+
+    op = world.operation("toy", {"only": failing}, on_abandon=undo)
+    with capture_logs() as logs:
+        world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    record = world.record()
+    assert record.error is not None and record.error["code"] == CommandFailed.code
+    assert record.error["cleanup"] == cleanup
+    warned = [e for e in logs if e["event"] == event]
+    assert warned == [{"event": event, "error": LOGGED[event], "log_level": "warning"}]
+
+
+def test_a_failed_step_is_recorded_whole(world: ToyWorld):
+    """The failing step's record holds the error (with host and reservation), the
+    operation's error has no cleanup entry when on_abandon returned nothing, the summary
+    names step and error."""
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        ctx.progress(3, 3)
+        return {}
+
+    op = world.operation("toy", {"first": ok, "second": failing}, on_abandon=undo)
+    rid = toy_reservation().reservation_id
+    with capture_logs() as logs:
+        summary = world.runner.run(rid, world.begin(op))
+    assert summary == {
+        "reservation_id": rid,
+        "state": "failed",
+        "failed_step": "second",
+        "error": summary["error"],
+        "steps": {"first": "succeeded", "second": "failed"},
+    }
+    assert summary["error"].startswith(f"[COMMAND_FAILED] qemu-img create exited 1 (host {HOST}")
+    record = world.record()
+    step = record.step_records["second"]
+    assert step["state"] == "failed"
+    assert (step["error"]["code"], step["error"]["host"]) == (CommandFailed.code, HOST)
+    assert step["error"]["reservation_id"] == rid
+    assert record.error is not None and "cleanup" not in record.error
+    assert record.error["reservation_id"] == rid
+    failed = [e for e in logs if e["event"] == "step_failed"]
+    assert [(e["state"], e["code"]) for e in failed] == [("failed", CommandFailed.code)]
+
+
+def test_a_superseded_run_cleans_up_to_the_end_and_records_the_step_it_stopped_at(
+    world: ToyWorld,
+):
+    """The run's own token is cancelled (superseded), yet its cleanup runs to its end
+    under a fresh one; the step it stopped before is the one that records why."""
+    cleaned: list[str] = []
+
+    def newer_reservation_arrives(ctx: StepContext) -> dict[str, Any]:
+        world.records.begin(
+            toy_reservation(reservation_id=9999, request_id=9998),
+            "toy",
+            ["first", "second"],
+            owns_computer=True,
+        )
+        return {}
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        cancellation.check()  # not cancelled: the cleanup's own token
+        ctx.progress(1, 1)
+        cleaned.append("all")
+        return {"removed": 1}
+
+    op = world.operation("toy", {"first": newer_reservation_arrives, "second": ok}, on_abandon=undo)
+    rid = toy_reservation().reservation_id
+    with capture_logs() as logs:
+        summary = world.runner.run(rid, world.begin(op))
+    assert (summary["state"], summary["failed_step"]) == ("superseded", "second")
+    assert cleaned == ["all"]
+    record = world.record(rid)
+    assert record.error is not None and record.error["cleanup"] == {"removed": 1}
+    second = record.step_records["second"]
+    assert second["state"] == "superseded" and second["error"]["code"] == "SUPERSEDED"
+    assert record.step_records["first"]["state"] == "succeeded"
+    failed = [e for e in logs if e["event"] == "step_failed"]
+    assert [e["state"] for e in failed] == ["superseded"]
+
+
+def test_a_lost_lease_is_logged_with_its_code(world: ToyWorld):
+    rid = toy_reservation().reservation_id
+    body = taking_the_lease(world, rid, {}, report=True)
+    op = world.operation("toy", {"long": body})
+    with capture_logs() as logs:
+        summary = world.runner.run(rid, world.begin(op))
+    lost = [e for e in logs if e["event"] == "lease_lost" and "code" in e]
+    assert lost == [
+        {
+            "event": "lease_lost",
+            "error": summary["error"],
+            "code": "FENCED",  # its next record write was refused
+            "log_level": "warning",
+        }
+    ]
