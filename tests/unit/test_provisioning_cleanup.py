@@ -7,7 +7,6 @@ import subprocess
 
 import libvirt
 import pytest
-from structlog.testing import capture_logs
 
 from tests.unit._provisioning import make_host, reservation
 from vclvirt.errors import VclvirtError
@@ -97,18 +96,18 @@ def test_remove_overlay_keeps_everything_while_a_domain_uses_it(host):
     assert (host.xml / "unit-vm1_11-v0.xml").exists()
 
 
-def test_remove_overlay_says_in_the_log_what_it_kept_or_removed(host):
+def test_remove_overlay_says_in_the_log_what_it_kept_or_removed(host, logged):
     """overlay_kept names the overlay and the domains using it; overlay_removed the paths."""
     master = host.master("linux-Unit-11-v0")
     path = overlay(host, "unit-vm1_11-v0.qcow2", master)
     host.conn.defineXML(host.domain_xml("someone-else", [path]))
-    with capture_logs() as logs:
+    with logged() as logs:
         Cleanup(host.context).remove_overlay(reservation())
     assert logs == [
         {"event": "overlay_kept", "overlay": path, "used_by": ["someone-else"], "log_level": "info"}
     ]
     host.conn.lookupByName("someone-else").undefine()
-    with capture_logs() as logs:
+    with logged() as logs:
         Cleanup(host.context).remove_overlay(reservation())
     assert logs == [{"event": "overlay_removed", "removed": [path], "log_level": "info"}]
 

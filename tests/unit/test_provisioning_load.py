@@ -8,7 +8,6 @@ import subprocess
 
 import libvirt
 import pytest
-from structlog.testing import capture_logs
 
 from tests.unit._provisioning import make_host, reservation
 from vclvirt.config.settings import Settings
@@ -205,7 +204,7 @@ def test_define_refuses_a_domain_libvirt_named_otherwise(host, monkeypatch):
     assert err.value.host == "unit-host"
 
 
-def test_a_domain_that_cannot_autostart_is_defined_all_the_same(host, monkeypatch):
+def test_a_domain_that_cannot_autostart_is_defined_all_the_same(host, monkeypatch, logged):
     """Autostart refused (a transient domain, a read-only config dir) is logged, not fatal."""
 
     class NoAutostart:
@@ -216,7 +215,7 @@ def test_a_domain_that_cannot_autostart_is_defined_all_the_same(host, monkeypatc
             raise libvirt.libvirtError("cannot set autostart")
 
     monkeypatch.setattr(domains, "define", lambda conn, xml, host_name: NoAutostart())
-    with capture_logs() as logs:
+    with logged() as logs:
         result = LoadSteps(host.context).define(reservation(), "<domain/>")
     assert result["domain"] == "unit-vm1_Unitimage_11-v0"
     assert logs == [
@@ -267,3 +266,36 @@ def test_post_load_waits_for_the_guest_as_long_as_its_os_may_take(
     assert waited == [timeout] and closed == [True]
     assert result["guest"] == "127.0.0.1:24031" and result["hostname"] == "set"
     assert 0 <= result["ssh_after_s"] < 5
+
+
+def test_a_reused_overlay_is_logged(host, logged):
+    host.master("linux-Unit-11-v0")
+    steps, r = LoadSteps(host.context), reservation()
+    steps.pre_define(r)
+    with logged() as logs:
+        steps.pre_define(r, reuse_overlay=True)
+    overlay = str(host.vms / "unit-vm1_11-v0.qcow2")
+    assert {"event": "overlay_reused", "overlay": overlay, "log_level": "info"} in logs
+
+
+def test_pre_define_reports_the_masters_copy_from_the_repository(host):
+    """A master only in the repository is copied to the host, its progress reported."""
+    (host.root / "repository" / "linux-Unit-11-v0").mkdir()
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            str(host.root / "repository" / "linux-Unit-11-v0" / "linux-Unit-11-v0.qcow2"),
+            "4M",
+        ],
+        check=True,
+    )
+    reported: list[tuple[int, int]] = []
+    result = LoadSteps(host.context).pre_define(
+        reservation(), lambda done, total: reported.append((done, total))
+    )
+    assert result["master_copied"] is True
+    assert reported and reported[-1][0] == reported[-1][1] > 0

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import redis
 from kombu.transport.redis import Channel
-from structlog.testing import capture_logs
 
-from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
+from tests.unit._runs import HOST, SETTINGS, RecoveryClock, ToyWorld, toy_reservation
 from vclvirt.cancellation import Cancelled
 from vclvirt.errors import LeaseLost, Superseded
+from vclvirt.locks import ResourceLock
 from vclvirt.operation import StepContext
 from vclvirt.recovery import (
     LeaseKeeper,
@@ -142,6 +142,7 @@ def test_a_queued_record_whose_message_was_lost_is_dispatched_again(world: ToyWo
     world.reconciler(patient).recover(HOST)
 
     assert world.published == [(rid, generation + 1, True)]
+    assert world.redis.hget(keys.record(rid), "requeued") == b"message lost by the broker"
 
 
 def test_a_host_without_a_live_worker_fails_its_reservations_at_the_deadline(world: ToyWorld):
@@ -258,28 +259,31 @@ def test_queue_keys_are_kombus_lists_for_that_host():
 def test_a_record_is_looked_for_in_the_broker_only_past_the_grace_and_once_per_grace(
     world: ToyWorld,
 ):
-    """Younger than lost_message_grace: not looked for. Older: looked for, then not again
-    on this host until the grace has passed once more."""
+    """Younger than lost_message_grace: not looked for. From the grace on: looked for,
+    then not again on this host until the grace has passed once more."""
     op = world.operation("toy", {"only": lambda ctx: {}})
     world.begin(op)
-    reconciler = world.reconciler(SETTINGS.model_copy(update={"lost_message_grace": 0.3}))
+    dispatched = world.record().dispatched_at
+    assert dispatched is not None
+    clock = RecoveryClock(world.monkeypatch, dispatched + 29)  # whole seconds: exact sums
+    reconciler = world.reconciler(SETTINGS.model_copy(update={"lost_message_grace": 30}))
     scans: list[str] = []
     real = queued_task_ids
     world.monkeypatch.setattr(
         "vclvirt.recovery.queued_task_ids", lambda c, h: scans.append(h) or real(c, h)
     )
-    world.redis.lpush(queue_keys(HOST)[0], b"{}")
-    reconciler.recover(HOST)
-    assert scans == []  # younger than the grace
-    time.sleep(0.35)
     queued_message(world.redis, queue_keys(HOST)[0], toy_reservation().reservation_id, 1)
     reconciler.recover(HOST)
+    assert scans == []  # younger than the grace
+    clock.advance(1)  # exactly the grace
+    reconciler.recover(HOST)
+    clock.advance(29)
     reconciler.recover(HOST)
     assert scans == [HOST]  # once per grace period
-    assert world.published == []
-    time.sleep(0.35)
+    clock.advance(1)
     reconciler.recover(HOST)
     assert scans == [HOST, HOST]
+    assert world.published == []
 
 
 @pytest.mark.parametrize(
@@ -332,7 +336,7 @@ def test_a_cycle_beats_for_every_host_and_looks_at_each(world: ToyWorld):
     assert reconciler.registry.live(HOST) == [] == reconciler.registry.live("other-host")
 
 
-def test_a_failing_cycle_is_logged_and_the_loop_goes_on(world: ToyWorld):
+def test_a_failing_cycle_is_logged_and_the_loop_goes_on(world: ToyWorld, logged):
     """The broker away during a cycle: reconcile_failed with the error, and the next
     cycle runs (the loop ends only when told to stop)."""
     reconciler = world.reconciler(SETTINGS.model_copy(update={"reconcile_interval": 0.01}))
@@ -346,7 +350,7 @@ def test_a_failing_cycle_is_logged_and_the_loop_goes_on(world: ToyWorld):
         stop.set()
 
     world.monkeypatch.setattr(reconciler, "cycle", cycle)
-    with capture_logs() as logs:
+    with logged() as logs:
         reconciler.run(stop)
     assert len(calls) == 2
     assert {"event": "reconcile_failed", "error": "broker away", "log_level": "warning"} in logs
@@ -399,7 +403,7 @@ def test_a_reservation_waits_for_a_worker_from_its_dispatch_or_the_last_heartbea
     assert ended.finished and no_worker(ended, None, settings) is None
 
 
-def test_a_record_is_abandoned_at_its_deadline_exactly_and_says_so(world: ToyWorld):
+def test_a_record_is_abandoned_at_its_deadline_exactly_and_says_so(world: ToyWorld, logged):
     """Before fails_at nothing is written; at it the record fails NO_WORKER at the step it
     had reached, the error naming host, reservation, deadline and since when (UTC), and
     the log says so. Once failed, it is not failed again."""
@@ -416,7 +420,7 @@ def test_a_record_is_abandoned_at_its_deadline_exactly_and_says_so(world: ToyWor
     assert world.record().state == "queued"
 
     clock[0] = since + 60
-    with capture_logs() as logs:
+    with logged() as logs:
         assert fail_if_abandoned(world.records, None, settings, record) is True
     failed = world.record()
     assert (failed.state, failed.failed_step) == ("failed", "first")
@@ -454,12 +458,89 @@ def test_only_hosts_without_a_live_worker_have_their_records_failed(world: ToyWo
     other_worker.registry.beat("b@m2", [live_host])
     reconciler = world.reconciler(strict)
 
-    started = time.monotonic()
+    waits: list[float] = []
+    real_acquire = ResourceLock.acquire
+    world.monkeypatch.setattr(
+        ResourceLock, "acquire", lambda lock, wait: waits.append(wait) or real_acquire(lock, wait)
+    )
     other_worker.fail_abandoned()  # takes the cycle's lock
     assert world.redis.get(keys.lock("reconcile:abandoned")) == b"b@m2|x|1"
     reconciler.fail_abandoned()
-    assert time.monotonic() - started < 0.5  # did not wait for the lock
+    assert waits == [0, 0]  # neither waits for the lock: the next cycle comes soon
     assert world.record(kept.reservation_id).state == "queued"
     assert world.record(lost.reservation_id).state == "failed"
     assert world.records.in_flight(dead_host) == []
     assert world.records.in_flight(live_host) == [kept.reservation_id]
+
+
+@pytest.mark.parametrize("gone", ["ended", "expired"])
+def test_an_ended_or_expired_record_leaves_the_in_flight_index(world: ToyWorld, gone: str):
+    """The index of a host's in-flight records loses a record that ended or expired; the
+    other records of the host stay in it."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    other = toy_reservation(computer="unit-vm2", computer_id=32)
+    world.begin(op)
+    world.begin(op, other)
+    rid = toy_reservation().reservation_id
+    if gone == "ended":
+        world.redis.hset(keys.record(rid), "state", "succeeded")
+    else:
+        world.redis.delete(keys.record(rid))
+
+    world.reconciler().recover(HOST)
+
+    assert world.records.in_flight(HOST) == [other.reservation_id]
+
+
+def test_a_holder_that_may_not_be_signalled_is_not_called_dead():
+    """A process of another user (os.kill: PermissionError) exists: it is not dead."""
+    me = Holder("celery@m1", "boot", os.getpid())
+
+    def refused(pid: int, signal: int) -> None:
+        raise PermissionError(pid)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("vclvirt.recovery.os.kill", refused)
+        assert holder_is_dead(str(Holder("other@m1", "boot", 4242)), me) is False
+
+
+def test_a_record_someone_else_moved_meanwhile_is_not_abandoned(world: ToyWorld):
+    """The record changed generation since it was read (a worker claimed it), or a worker
+    claims the new generation before it is failed: nothing is failed."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    rid = toy_reservation().reservation_id
+    world.begin(op)
+    stale = world.record()
+    assert world.records.redispatch(rid, stale.generation, "a worker was faster") is not None
+    strict = SETTINGS.model_copy(update={"no_worker_deadline": 0.01})
+    time.sleep(0.02)
+    assert fail_if_abandoned(world.records, None, strict, stale) is False
+    assert world.record().state == "queued"
+
+    current = world.record()
+    world.monkeypatch.setattr(
+        "vclvirt.recovery.FencedRecord.finish",
+        lambda *_a, **_k: (_ for _ in ()).throw(Cancelled(LeaseLost("claimed meanwhile"))),
+    )
+    assert fail_if_abandoned(world.records, None, strict, current) is False
+
+
+def test_the_no_worker_deadline_runs_from_the_hosts_last_heartbeat(world: ToyWorld):
+    """A host whose last worker beat (100 s ago) after the record was dispatched (200 s
+    ago): with a deadline of 150 s it is not failed yet; it would be, counted from the
+    dispatch."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    rid = toy_reservation().reservation_id
+    world.begin(op)
+    world.redis.hset(keys.record(rid), "dispatched_at", time.time() - 200)
+    world.redis.zadd(keys.host_workers(HOST), {"gone@m9": time.time() - 100})
+    reconciler = world.reconciler(SETTINGS.model_copy(update={"no_worker_deadline": 150}))
+    reconciler.hosts = ["another-host"]
+
+    reconciler.fail_abandoned()
+
+    assert world.record().state == "queued"
+    world.redis.zadd(keys.host_workers(HOST), {"gone@m9": time.time() - 160})
+    world.redis.delete(keys.lock("reconcile:abandoned"))
+    reconciler.fail_abandoned()
+    assert world.record().state == "failed"

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
@@ -352,7 +351,7 @@ def dispatch_again(world: ToyWorld, rid: int) -> int:
     return generation
 
 
-def test_each_wait_for_a_busy_computer_is_counted_and_lasts_longer(world: ToyWorld):
+def test_each_wait_for_a_busy_computer_is_counted_and_lasts_longer(world: ToyWorld, logged):
     """The first wait lasts busy_delay(1) = 1 s, the second 2 s: the record counts them,
     the due set says when, the summary and the log say why."""
     other = ResourceLock(
@@ -364,7 +363,7 @@ def test_each_wait_for_a_busy_computer_is_counted_and_lasts_longer(world: ToyWor
     generation = world.begin(op)
     why = "computer unit-vm1 is busy (r555.g1|n|b|1)"
     for waits, delay in ((1, 1.0), (2, 2.0)):
-        with capture_logs() as logs:
+        with logged() as logs:
             started = time.time()
             summary = world.runner.run(rid, generation)
         assert summary == {
@@ -451,7 +450,7 @@ def failing(ctx: StepContext) -> dict[str, Any]:
     ids=["cleanup-fails", "cleanup-fenced"],
 )
 def test_a_cleanup_that_fails_is_recorded_with_the_failure(
-    world: ToyWorld, undo_raises: BaseException, cleanup: dict[str, str], event: str
+    world: ToyWorld, undo_raises: BaseException, cleanup: dict[str, str], event: str, logged
 ):
     """on_abandon raising (or refused by the host's fence) does not hide the step's error:
     the record keeps it and says what became of the cleanup, and the log says so too."""
@@ -460,7 +459,7 @@ def test_a_cleanup_that_fails_is_recorded_with_the_failure(
         raise undo_raises
 
     op = world.operation("toy", {"only": failing}, on_abandon=undo)
-    with capture_logs() as logs:
+    with logged() as logs:
         world.runner.run(toy_reservation().reservation_id, world.begin(op))
     record = world.record()
     assert record.error is not None and record.error["code"] == CommandFailed.code
@@ -469,7 +468,7 @@ def test_a_cleanup_that_fails_is_recorded_with_the_failure(
     assert warned == [{"event": event, "error": LOGGED[event], "log_level": "warning"}]
 
 
-def test_a_failed_step_is_recorded_whole(world: ToyWorld):
+def test_a_failed_step_is_recorded_whole(world: ToyWorld, logged):
     """The failing step's record holds the error (with host and reservation), the
     operation's error has no cleanup entry when on_abandon returned nothing, the summary
     names step and error."""
@@ -480,7 +479,7 @@ def test_a_failed_step_is_recorded_whole(world: ToyWorld):
 
     op = world.operation("toy", {"first": ok, "second": failing}, on_abandon=undo)
     rid = toy_reservation().reservation_id
-    with capture_logs() as logs:
+    with logged() as logs:
         summary = world.runner.run(rid, world.begin(op))
     assert summary == {
         "reservation_id": rid,
@@ -495,6 +494,8 @@ def test_a_failed_step_is_recorded_whole(world: ToyWorld):
     assert step["state"] == "failed"
     assert (step["error"]["code"], step["error"]["host"]) == (CommandFailed.code, HOST)
     assert step["error"]["reservation_id"] == rid
+    assert step["progress"] == {"done_bytes": 3, "total_bytes": 3}
+    assert "progress" not in record.step_records["first"]
     assert record.error is not None and "cleanup" not in record.error
     assert record.error["reservation_id"] == rid
     failed = [e for e in logs if e["event"] == "step_failed"]
@@ -502,7 +503,7 @@ def test_a_failed_step_is_recorded_whole(world: ToyWorld):
 
 
 def test_a_superseded_run_cleans_up_to_the_end_and_records_the_step_it_stopped_at(
-    world: ToyWorld,
+    world: ToyWorld, logged
 ):
     """The run's own token is cancelled (superseded), yet its cleanup runs to its end
     under a fresh one; the step it stopped before is the one that records why."""
@@ -525,7 +526,7 @@ def test_a_superseded_run_cleans_up_to_the_end_and_records_the_step_it_stopped_a
 
     op = world.operation("toy", {"first": newer_reservation_arrives, "second": ok}, on_abandon=undo)
     rid = toy_reservation().reservation_id
-    with capture_logs() as logs:
+    with logged() as logs:
         summary = world.runner.run(rid, world.begin(op))
     assert (summary["state"], summary["failed_step"]) == ("superseded", "second")
     assert cleaned == ["all"]
@@ -538,11 +539,11 @@ def test_a_superseded_run_cleans_up_to_the_end_and_records_the_step_it_stopped_a
     assert [e["state"] for e in failed] == ["superseded"]
 
 
-def test_a_lost_lease_is_logged_with_its_code(world: ToyWorld):
+def test_a_lost_lease_is_logged_with_its_code(world: ToyWorld, logged):
     rid = toy_reservation().reservation_id
     body = taking_the_lease(world, rid, {}, report=True)
     op = world.operation("toy", {"long": body})
-    with capture_logs() as logs:
+    with logged() as logs:
         summary = world.runner.run(rid, world.begin(op))
     lost = [e for e in logs if e["event"] == "lease_lost" and "code" in e]
     assert lost == [
@@ -553,3 +554,35 @@ def test_a_lost_lease_is_logged_with_its_code(world: ToyWorld):
             "log_level": "warning",
         }
     ]
+
+
+def test_the_transient_deadline_runs_from_the_steps_first_failure(world: ToyWorld):
+    """The second failure, 99.7 s after the first, gives up with a 100 s deadline (its 1 s
+    retry would pass it), though it came 0 s after the last write; the wait it would have
+    had is rounded to a tenth of a second in the summary; an error without a host is
+    given the run's."""
+
+    def unreachable(ctx: StepContext) -> dict[str, Any]:
+        raise NodeUnreachable("no route to host")  # no host: the runner adds it
+
+    op = world.operation("toy", {"only": unreachable})
+    strict = Runner(
+        world.redis,
+        SETTINGS.model_copy(update={"transient_deadline": 100}),
+        lambda _name: world.host,
+        identity=world.identity,
+    )
+    world.monkeypatch.setattr("vclvirt.retrypolicy.random.uniform", lambda low, high: 1.2345)
+    clock = [time.time()]
+    world.monkeypatch.setattr("vclvirt.runner.now", lambda: clock[0])
+    rid = toy_reservation().reservation_id
+    summary = strict.run(rid, world.begin(op))
+    assert (summary["state"], summary["retry_in_s"]) == ("retrying", 1.2)
+    step = world.record().step_records["only"]
+    assert (step["error"]["host"], step["error"]["reservation_id"]) == (HOST, rid)
+
+    clock[0] += 99.7
+    summary = strict.run(rid, dispatch_again(world, rid))
+    assert summary["state"] == "failed"
+    record = world.record()
+    assert record.error is not None and "Retried for 100s without success" in record.error["hint"]

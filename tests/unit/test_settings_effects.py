@@ -5,6 +5,7 @@ it so for every setting added later."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit._runs import HOST, ToyWorld, host_config, toy_reservation
+from tests.unit._runs import HOST, RecoveryClock, ToyWorld, host_config, toy_reservation
 from vclvirt import composition
 from vclvirt.composition import Root
 from vclvirt.config.inventory import Inventory
@@ -59,12 +60,14 @@ def test_heartbeat_interval_is_how_long_a_worker_counts_as_alive(world: ToyWorld
 def test_heartbeat_interval_paces_the_reconcilers_beats(world: ToyWorld) -> None:
     """A reconciler beats at its first cycle and again only once the interval has passed."""
     beats: list[float] = []
-    reconciler = world.reconciler(settings(heartbeat_interval=0.2))
+    clock = RecoveryClock(world.monkeypatch, time.time())
+    reconciler = world.reconciler(settings(heartbeat_interval=20))
     world.monkeypatch.setattr(reconciler.registry, "beat", lambda *_a: beats.append(1))
     reconciler.cycle()
+    clock.advance(19)
     reconciler.cycle()
     assert len(beats) == 1
-    time.sleep(0.25)
+    clock.advance(1)
     reconciler.cycle()
     assert len(beats) == 2
 
@@ -75,15 +78,20 @@ def test_reconcile_interval_paces_the_loop_and_the_abandoned_records_lock(
     """VCLVIRT_RECONCILE_INTERVAL: the loop cycles once per interval, and the lock that lets
     one worker per cycle fail abandoned records lasts one interval."""
     cycles: list[float] = []
-    fast = world.reconciler(settings(reconcile_interval=0.05))
-    world.monkeypatch.setattr(fast, "cycle", lambda: cycles.append(time.monotonic()))
     stop = threading.Event()
-    loop = threading.Thread(target=fast.run, args=(stop,))
+
+    def cycle() -> None:
+        cycles.append(time.monotonic())
+        if len(cycles) == 5:
+            stop.set()
+
+    fast = world.reconciler(settings(reconcile_interval=0.05))
+    world.monkeypatch.setattr(fast, "cycle", cycle)
+    loop = threading.Thread(target=fast.run, args=(stop,), daemon=True)
     loop.start()
-    time.sleep(0.5)
-    stop.set()
-    loop.join()
-    assert len(cycles) >= 5
+    loop.join(timeout=10)  # five cycles 0.05 s apart, not 2 s (the default) apart
+    assert not loop.is_alive() and len(cycles) == 5
+    assert all(b - a >= 0.05 for a, b in itertools.pairwise(cycles))
 
     world.reconciler(settings(reconcile_interval=40)).fail_abandoned()
     assert 39_000 <= world.redis.pttl(keys.lock("reconcile:abandoned")) <= 40_000
