@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from types import SimpleNamespace
 
 import libvirt
 import pytest
@@ -15,6 +16,7 @@ from vclvirt.errors import HypervisorError
 from vclvirt.guest import hooks
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.domain_xml import DEFAULT_DISK_BUS, DEFAULT_NIC_MODEL
+from vclvirt.naming import domain_uuid
 from vclvirt.provisioning.load import LoadSteps
 from vclvirt.testing import FakeTransport
 
@@ -252,20 +254,27 @@ def test_post_load_waits_for_the_guest_as_long_as_its_os_may_take(
         def close(self) -> None:
             closed.append(True)
 
-    def connect(target, *, timeout: float) -> Guest:
-        waited.append(timeout)
-        return Guest()
+    guest, loaded = Guest(), reservation(os_type=os_type)
 
-    def hook(guest, reservation, *, scripts_dir):
-        assert scripts_dir == tmp_path
+    def connect(target, *, timeout: float) -> Guest:
+        assert (target.address, target.port, target.key_file) == ("127.0.0.1", 24031, key)
+        waited.append(timeout)
+        return guest
+
+    def hook(asked, asked_for, *, scripts_dir):
+        assert (asked, asked_for, scripts_dir) == (guest, loaded, tmp_path)
         return {"hostname": "set"}
+
+    ticks = iter([10.0, 12.3456])
+    monkeypatch.setattr(
+        "vclvirt.provisioning.load.time", SimpleNamespace(monotonic=lambda: next(ticks))
+    )
 
     monkeypatch.setattr("vclvirt.provisioning.load.connect_guest", connect)
     monkeypatch.setattr(hooks, "post_load", hook)
-    result = LoadSteps(host.context).post_load(reservation(os_type=os_type))
+    result = LoadSteps(host.context).post_load(loaded)
     assert waited == [timeout] and closed == [True]
-    assert result["guest"] == "127.0.0.1:24031" and result["hostname"] == "set"
-    assert 0 <= result["ssh_after_s"] < 5
+    assert result == {"guest": "127.0.0.1:24031", "ssh_after_s": 2.35, "hostname": "set"}
 
 
 def test_a_reused_overlay_is_logged(host, logged):
@@ -299,3 +308,34 @@ def test_pre_define_reports_the_masters_copy_from_the_repository(host):
     )
     assert result["master_copied"] is True
     assert reported and reported[-1][0] == reported[-1][1] > 0
+
+
+def test_a_findmnt_that_fails_leaves_vm_path_local(host):
+    """findmnt finding nothing (exit 1) is no error: vm_path counts as local."""
+    node = on_fake_node(host)
+    node.on("findmnt", exit_status=1)
+    assert LoadSteps(host.context).host_facts(reservation()).vm_path_is_local is True
+
+
+def test_a_reference_xml_with_bytes_that_are_not_utf8_is_still_read(host):
+    host.master("linux-Unit-11-v0")
+    (host.datastore / "linux-Unit-11-v0.xml").write_bytes(
+        b"<domain><!-- \xff\xfe --><devices><disk device='disk'>"
+        b"<target dev='vda' bus='virtio'/></disk></devices></domain>"
+    )
+    assert LoadSteps(host.context).host_facts(reservation()).disk_bus == "virtio"
+
+
+def test_generate_xml_names_the_domain_its_uuid_switches_and_management_node(host):
+    """The XML carries the domain's stable uuid, the host's switches for the NICs, the
+    management node in its description."""
+    host.master("linux-Unit-11-v0")
+    host.context.host = host.context.host.model_copy(
+        update={"private_switch": "br-priv", "public_switch": "br-pub"}
+    )
+    host.conn.networkDefineXML("<network><name>br-priv</name><bridge name='brpriv0'/></network>")
+    generated = LoadSteps(host.context).generate_xml(reservation())
+    xml = generated["xml"]
+    assert f"<uuid>{domain_uuid('unit-host', generated['domain'])}</uuid>" in xml
+    assert "br-priv" in xml and "br-pub" in xml
+    assert "management node: unit-tests" in xml

@@ -544,3 +544,71 @@ def test_the_no_worker_deadline_runs_from_the_hosts_last_heartbeat(world: ToyWor
     world.redis.delete(keys.lock("reconcile:abandoned"))
     reconciler.fail_abandoned()
     assert world.record().state == "failed"
+
+
+def test_a_lost_lease_cancels_with_the_reason_cuts_the_host_and_logs(world: ToyWorld, logged):
+    """The keeper's loss: the run is cancelled with LEASE_LOST naming why, what it has open
+    on the host is cut, and a cut that fails is only logged."""
+    rid = toy_reservation().reservation_id
+
+    def cut() -> None:
+        raise OSError("connection already gone")
+
+    kept = LeaseKeeper(
+        Leases(world.redis, ttl_seconds=SETTINGS.lease_ttl),
+        ComputerOwners(world.redis),
+        rid,
+        world.identity.holder(),
+        ttl=SETTINGS.lease_ttl,
+        watch_owner=None,
+        on_lost=cut,
+    )
+    with logged() as logs:
+        kept._lost("the lease was taken or expired")
+    with pytest.raises(Cancelled) as stopped:
+        kept.token.check()
+    assert isinstance(stopped.value.reason, LeaseLost)
+    assert stopped.value.reason.message == "the lease was taken or expired"
+    assert logs == [
+        {
+            "event": "lease_lost",
+            "reservation_id": rid,
+            "reason": "the lease was taken or expired",
+            "log_level": "warning",
+        },
+        {"event": "cut_failed", "error": "connection already gone", "log_level": "warning"},
+    ]
+
+
+def test_due_records_are_dispatched_each_once_even_when_another_worker_took_one(
+    world: ToyWorld, logged
+):
+    """Two records due: another worker of the host took the first (its zrem fails); the
+    second is still dispatched, with the reason "due", and logged."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    first, second = toy_reservation(), toy_reservation(computer="unit-vm2", computer_id=32)
+    for reservation in (first, second):
+        world.begin(op, reservation)
+        world.redis.hset(keys.record(reservation.reservation_id), "state", "retrying")
+        world.redis.zadd(keys.due(HOST), {str(reservation.reservation_id): 1})
+    reconciler = world.reconciler()
+    real_zrem = world.redis.zrem
+    taken = str(first.reservation_id).encode()
+    world.monkeypatch.setattr(
+        world.redis, "zrem", lambda key, member: 0 if member == taken else real_zrem(key, member)
+    )
+    with logged() as logs:
+        reconciler.dispatch_due(HOST)
+    rid = second.reservation_id
+    assert [p[0] for p in world.published] == [rid]
+    assert world.redis.hget(keys.record(rid), "requeued") == b"due"
+    assert logs == [
+        {
+            "event": "reservation_redispatched",
+            "reservation_id": rid,
+            "host": HOST,
+            "generation": world.published[0][1],
+            "reason": "due",
+            "log_level": "info",
+        }
+    ]

@@ -586,3 +586,32 @@ def test_the_transient_deadline_runs_from_the_steps_first_failure(world: ToyWorl
     assert summary["state"] == "failed"
     record = world.record()
     assert record.error is not None and "Retried for 100s without success" in record.error["hint"]
+
+
+def test_a_plan_set_by_a_step_skips_the_steps_left_out_and_is_recorded(world: ToyWorld):
+    """node_status's way: the first step names the steps still needed; the others are
+    skipped in this run, and the plan is in the record for the next one. A step not run
+    yet has made no attempt."""
+    seen: list[int] = []
+
+    def plan(ctx: StepContext) -> dict[str, Any]:
+        seen.append(ctx.attempts("third"))
+        ctx.set_plan(["first", "third"])
+        return {}
+
+    op = world.operation("toy", {"first": plan, "second": ok, "third": ok})
+    summary = world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    assert summary["steps"] == {"first": "succeeded", "second": "skipped", "third": "succeeded"}
+    assert world.record().plan == ["first", "third"]
+    assert seen == [0]
+
+
+def test_a_run_cancelled_for_another_reason_fails_at_its_step_with_that_reason(world: ToyWorld):
+    def cancelled(ctx: StepContext) -> dict[str, Any]:
+        raise cancellation.Cancelled(CommandFailed("the host is shutting down", host=HOST))
+
+    op = world.operation("toy", {"first": ok, "second": cancelled})
+    summary = world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    assert (summary["state"], summary["failed_step"]) == ("failed", "second")
+    record = world.record()
+    assert record.error is not None and record.error["message"] == "the host is shutting down"
