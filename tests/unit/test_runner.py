@@ -5,6 +5,8 @@ on real Redis, libvirtd and hosts."""
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
 import time
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
 from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable, Superseded
+from vclvirt.hooks import StepEvent
 from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.operation import StepContext
 from vclvirt.retrypolicy import RetryPolicy
@@ -615,3 +618,142 @@ def test_a_run_cancelled_for_another_reason_fails_at_its_step_with_that_reason(w
     assert (summary["state"], summary["failed_step"]) == ("failed", "second")
     record = world.record()
     assert record.error is not None and record.error["message"] == "the host is shutting down"
+
+
+def test_a_message_whose_lease_holder_died_here_is_taken_over(world: ToyWorld):
+    """The lease's holder was a process of this machine that is gone: the message takes
+    the lease over and runs the operation at once."""
+    op = world.operation("toy", {"only": ok})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    me = world.identity.holder()
+    process = subprocess.Popen(["true"])
+    process.wait()
+    assert world.runner.leases.claim(rid, generation, Holder(me.node, me.boot, process.pid)).ok
+
+    assert world.runner.run(rid, generation, task_id="task-7")["state"] == "succeeded"
+    step = world.record().step_records["only"]
+    assert (step["task_id"], step["worker"], step["holder"]) == ("task-7", me.node, str(me))
+
+
+def test_a_message_dropped_at_its_claim_is_logged(world: ToyWorld, logged):
+    op = world.operation("toy", {"only": ok})
+    rid, old = toy_reservation().reservation_id, world.begin(op)
+    world.records.redispatch(rid, old, "dispatched again")
+    with logged() as logs:
+        world.runner.run(rid, old)
+    assert logs == [
+        {
+            "event": "message_dropped",
+            "reservation_id": rid,
+            "generation": old,
+            "reason": "stale",
+            "holder": None,
+            "log_level": "info",
+        }
+    ]
+
+
+@pytest.mark.parametrize("changed", ["missing", "stale"])
+def test_a_record_changed_between_claim_and_read_runs_nothing(world: ToyWorld, changed: str):
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    record = world.record()
+    moved = None if changed == "missing" else dataclasses.replace(record, generation=generation + 1)
+    world.monkeypatch.setattr(world.runner.records, "get", lambda _rid: moved)
+    assert world.runner.run(rid, generation) == {"dropped": changed}
+    assert world.node.calls == []
+
+
+class Recorded:
+    """A step hook that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, StepEvent, Any]] = []
+
+    def step_started(self, event: StepEvent) -> None:
+        self.calls.append(("started", event, None))
+
+    def step_succeeded(self, event: StepEvent, seconds: float, result: dict[str, Any]) -> None:
+        self.calls.append(("succeeded", event, seconds))
+
+    def step_retrying(self, event: StepEvent, error: Any, delay: float) -> None:
+        self.calls.append(("retrying", event, delay))
+
+    def step_failed(self, event: StepEvent, error: Any, state: str) -> None:
+        self.calls.append(("failed", event, (error.code, error.message, state)))
+
+
+def test_step_hooks_hear_each_step_with_its_attempt_and_a_crash_as_internal(
+    world: ToyWorld, logged
+):
+    """The hooks (logs, metrics) get the reservation, host, step and attempt of each step
+    and its duration; a step that crashes (not a vclvirt error) fails INTERNAL, naming the
+    exception, and is logged as a crash."""
+
+    def crash(ctx: StepContext) -> dict[str, Any]:
+        raise ValueError("boom")
+
+    hooks = Recorded()
+    runner = Runner(
+        world.redis, SETTINGS, lambda _n: world.host, identity=world.identity, hooks=hooks
+    )
+    op = world.operation("toy", {"first": ok, "second": crash})
+    rid = toy_reservation().reservation_id
+    with logged() as logs:
+        summary = runner.run(rid, world.begin(op))
+    assert summary["failed_step"] == "second"
+    kinds = [(kind, e.reservation_id, e.host, e.step, e.attempt) for kind, e, _ in hooks.calls]
+    assert kinds == [
+        ("started", rid, HOST, "first", 1),
+        ("succeeded", rid, HOST, "first", 1),
+        ("started", rid, HOST, "second", 1),
+        ("failed", rid, HOST, "second", 1),
+    ]
+    assert 0 <= hooks.calls[1][2] < 5
+    assert hooks.calls[3][2] == ("INTERNAL_ERROR", "ValueError: boom", "failed")
+    assert any(e["event"] == "step_crashed" for e in logs)
+
+
+def test_progress_is_written_at_most_once_a_second_and_always_at_the_end(world: ToyWorld):
+    seen: list[Any] = []
+
+    def copy(ctx: StepContext) -> dict[str, Any]:
+        for done in (1, 2, 9):
+            ctx.progress(done, 10)
+            seen.append(world.record().step_records["copy"].get("progress"))
+        ctx.progress(10, 10)
+        seen.append(world.record().step_records["copy"].get("progress"))
+        return {}
+
+    op = world.operation("toy", {"copy": copy})
+    world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    first = {"done_bytes": 1, "total_bytes": 10}
+    assert seen == [first, first, first, {"done_bytes": 10, "total_bytes": 10}]
+
+
+def test_a_step_whose_worker_is_lost_each_time_fails_at_the_limit(world: ToyWorld):
+    """max_interruptions (3) losses of the step's worker: the third resume fails the step
+    STEP_INTERRUPTED instead of running it again."""
+
+    class Killed(BaseException):
+        pass
+
+    def dies(ctx: StepContext) -> dict[str, Any]:
+        raise Killed
+
+    op = world.operation("toy", {"only": dies})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    for _ in range(3):
+        with pytest.raises(Killed):
+            world.runner.run(rid, generation)
+        world.redis.delete(keys.lease(rid))
+        world.published.clear()
+        world.reconciler().recover(HOST)
+        ((_, generation, _),) = world.published
+    summary = world.runner.run(rid, generation)
+    assert (summary["state"], summary["failed_step"]) == ("failed", "only")
+    record = world.record()
+    assert record.error is not None and record.error["code"] == "STEP_INTERRUPTED"
+    assert record.error["message"] == (
+        "step only was interrupted 3 times: its worker was lost each time"
+    )
