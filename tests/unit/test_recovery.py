@@ -612,3 +612,51 @@ def test_due_records_are_dispatched_each_once_even_when_another_worker_took_one(
             "log_level": "info",
         }
     ]
+
+
+class Taken:
+    """Something a run holds (a lock, a host slot) that another holder took."""
+
+    def renew(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        pass
+
+
+class BrokerAway(Leases):
+    """Leases whose broker stopped answering after the claim."""
+
+    def renew(self, reservation_id: int, holder: Holder) -> bool:
+        raise redis.ConnectionError("broker away")
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [
+        ("taken", "the lease was taken or expired"),
+        ("held", "the computer lock or the host slot was taken"),
+        ("broker", "cannot renew the lease: broker away"),
+    ],
+)
+def test_the_lease_keeper_stops_the_run_saying_why(world: ToyWorld, cause: str, reason: str):
+    """Within the lease's TTL (3 s here) of the cause, the run is cancelled (LEASE_LOST)
+    with the reason: its lease taken, what it holds taken, or the broker away longer than
+    it may be."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    me = world.identity.holder()
+    assert world.runner.leases.claim(rid, generation, me).ok
+    leases = (BrokerAway if cause == "broker" else Leases)(
+        world.redis, ttl_seconds=SETTINGS.lease_ttl
+    )
+    kept = LeaseKeeper(
+        leases, ComputerOwners(world.redis), rid, me, ttl=SETTINGS.lease_ttl, watch_owner=None
+    )
+    with kept:
+        if cause == "held":
+            kept.hold(Taken())
+        if cause == "taken":
+            world.redis.set(keys.lease(rid), "node-b|boot|1")
+        stopped = cancelled_reason(kept, within=SETTINGS.lease_ttl + 1)
+    assert isinstance(stopped, LeaseLost) and stopped.message == reason

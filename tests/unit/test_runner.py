@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
@@ -591,7 +592,7 @@ def test_the_transient_deadline_runs_from_the_steps_first_failure(world: ToyWorl
     assert record.error is not None and "Retried for 100s without success" in record.error["hint"]
 
 
-def test_a_plan_set_by_a_step_skips_the_steps_left_out_and_is_recorded(world: ToyWorld):
+def test_a_plan_set_by_a_step_skips_the_steps_left_out_and_is_recorded(world: ToyWorld, logged):
     """node_status's way: the first step names the steps still needed; the others are
     skipped in this run, and the plan is in the record for the next one. A step not run
     yet has made no attempt."""
@@ -602,11 +603,29 @@ def test_a_plan_set_by_a_step_skips_the_steps_left_out_and_is_recorded(world: To
         ctx.set_plan(["first", "third"])
         return {}
 
-    op = world.operation("toy", {"first": plan, "second": ok, "third": ok})
-    summary = world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    bound: list[dict[str, Any]] = []
+
+    def third(ctx: StepContext) -> dict[str, Any]:
+        bound.append(structlog.contextvars.get_contextvars())
+        return {}
+
+    op = world.operation("toy", {"first": plan, "second": ok, "third": third})
+    r = toy_reservation()
+    with logged() as logs:
+        summary = world.runner.run(r.reservation_id, world.begin(op))
     assert summary["steps"] == {"first": "succeeded", "second": "skipped", "third": "succeeded"}
-    assert world.record().plan == ["first", "third"]
+    record = world.record()
+    assert record.plan == ["first", "third"]
+    assert record.step_records["second"]["reason"] == "node_status says it is not needed"
     assert seen == [0]
+    assert {"event": "operation_succeeded", "log_level": "info"} in logs
+    assert {k: bound[0][k] for k in ("reservation_id", "request_id", "host", "computer")} == {
+        "reservation_id": r.reservation_id,
+        "request_id": r.request_id,
+        "host": HOST,
+        "computer": r.computer.hostname,
+    }
+    assert (bound[0]["operation"], bound[0]["step"]) == ("toy", "third")
 
 
 def test_a_run_cancelled_for_another_reason_fails_at_its_step_with_that_reason(world: ToyWorld):
@@ -636,6 +655,7 @@ def test_a_message_whose_lease_holder_died_here_is_taken_over(world: ToyWorld):
 
 
 def test_a_message_dropped_at_its_claim_is_logged(world: ToyWorld, logged):
+    """Stale (no holder to name) or held (by the holder named)."""
     op = world.operation("toy", {"only": ok})
     rid, old = toy_reservation().reservation_id, world.begin(op)
     world.records.redispatch(rid, old, "dispatched again")
@@ -651,6 +671,11 @@ def test_a_message_dropped_at_its_claim_is_logged(world: ToyWorld, logged):
             "log_level": "info",
         }
     ]
+    new = old + 1
+    assert world.runner.leases.claim(rid, new, Holder("worker@other-machine", "b", 4242)).ok
+    with logged() as logs:
+        world.runner.run(rid, new)
+    assert [(e["reason"], e["holder"]) for e in logs] == [("held", "worker@other-machine|b|4242")]
 
 
 @pytest.mark.parametrize("changed", ["missing", "stale"])
@@ -711,6 +736,7 @@ def test_step_hooks_hear_each_step_with_its_attempt_and_a_crash_as_internal(
     ]
     assert 0 <= hooks.calls[1][2] < 5
     assert hooks.calls[3][2] == ("INTERNAL_ERROR", "ValueError: boom", "failed")
+    assert world.record().step_records["second"]["error"]["host"] == HOST
     assert any(e["event"] == "step_crashed" for e in logs)
 
 
@@ -757,3 +783,34 @@ def test_a_step_whose_worker_is_lost_each_time_fails_at_the_limit(world: ToyWorl
     assert record.error["message"] == (
         "step only was interrupted 3 times: its worker was lost each time"
     )
+
+
+def test_a_resumed_run_keeps_the_plan_an_earlier_run_recorded(world: ToyWorld):
+    """The worker is lost after node_status planned the load: the resumed run skips what
+    the plan left out, as the first run would have."""
+
+    class Killed(BaseException):
+        pass
+
+    ran: list[str] = []
+
+    def plan(ctx: StepContext) -> dict[str, Any]:
+        if ctx.attempts("first") == 1:
+            ctx.set_plan(["first", "third"])
+            raise Killed  # after the plan was recorded
+        return {}  # resumed: the plan is the record's
+
+    def second(ctx: StepContext) -> dict[str, Any]:
+        ran.append("second")
+        return {}
+
+    op = world.operation("toy", {"first": plan, "second": second, "third": ok})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    with pytest.raises(Killed):
+        world.runner.run(rid, generation)
+    world.redis.delete(keys.lease(rid))
+    world.reconciler().recover(HOST)
+    ((_, again, _),) = world.published
+    summary = world.runner.run(rid, again)
+    assert summary["steps"]["second"] == "skipped"
+    assert ran == []
