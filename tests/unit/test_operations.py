@@ -8,7 +8,7 @@ import pytest
 
 from vclvirt.errors import InvalidInput
 from vclvirt.models import Reservation
-from vclvirt.operation import MissingStepResult, Operation, StepContext
+from vclvirt.operation import MissingStepResult, Operation, Step, StepContext, single
 from vclvirt.operations import OPERATIONS, operation
 from vclvirt.operations.load import LOAD_STEPS, RELOAD_STEPS, plan_after_status
 
@@ -81,3 +81,17 @@ def test_an_operation_refusing_the_reservations_state_names_the_state_field(rese
     with pytest.raises(InvalidInput, match="state: not for this one") as refused:
         toy.check(reservation(), None)
     assert refused.value.field == "state"
+
+
+def test_single_makes_an_operation_of_one_step_named_like_it() -> None:
+    def body(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    op = single("probe", "looks at the computer", body, owns_computer=False)
+    assert (op.name, op.summary, op.steps) == (
+        "probe",
+        "looks at the computer",
+        (Step("probe", body),),
+    )
+    assert op.locks_computer is True and op.owns_computer is False
+    assert single("peek", "s", body, changes_computer=False).locks_computer is False
