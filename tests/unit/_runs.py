@@ -8,9 +8,11 @@ root's own build_host.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import libvirt
@@ -146,3 +148,21 @@ def load_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ToyWorl
     client = memory_redis()
     host = host_for(config, unit.context.node, client, unit.context.connect)
     return ToyWorld(client, config, FakeTransport(HOST), host, monkeypatch), unit
+
+
+class RecoveryClock:
+    """recovery.py's clocks, moved only by the test: the wall clock of the records (`now`)
+    and the monotonic one of its pacing. Timing decisions are checked at their boundary
+    without sleeping, however loaded the machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, wall: float) -> None:
+        self.wall, self.mono = wall, 1000.0
+        monkeypatch.setattr("vclvirt.recovery.now", lambda: self.wall)
+        clocks = SimpleNamespace(
+            monotonic=lambda: self.mono, time=time.time, strftime=time.strftime, gmtime=time.gmtime
+        )
+        monkeypatch.setattr("vclvirt.recovery.time", clocks)
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds

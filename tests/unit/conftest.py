@@ -6,14 +6,19 @@ test, reaches a service: `make test-unit` runs this tier with the test bed's fix
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from tests.unit._runs import ToyWorld, make_world
+from vclvirt import hooks, recovery, runner
 from vclvirt.models import Reservation, parse_reservation
+from vclvirt.provisioning import cleanup, load
 
 VALID_RESERVATION: dict[str, Any] = {
     "reservation_id": 200,
@@ -75,3 +80,19 @@ def reservation() -> Callable[..., Reservation]:
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ToyWorld:
     """A worker's store, host and runner, all in memory (tests/unit/_runs.py)."""
     return make_world(tmp_path, monkeypatch)
+
+
+# Modules whose log events the unit tests read (the `logged` fixture).
+LOGGING_MODULES = (runner, recovery, hooks, cleanup, load)
+
+
+@pytest.fixture
+def logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[], AbstractContextManager[list[MutableMapping[str, Any]]]]:
+    """`with logged() as logs:` collects the structlog events logged inside, as dicts. A
+    CLI test before it may have configured structlog to cache each logger at first use,
+    which capture_logs would not see: the modules' loggers are fresh ones for the test."""
+    for module in LOGGING_MODULES:
+        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
+    return capture_logs

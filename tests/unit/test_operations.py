@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from vclvirt.errors import InvalidInput
+from vclvirt.models import Reservation
+from vclvirt.operation import MissingStepResult, Operation, Step, StepContext, single
 from vclvirt.operations import OPERATIONS, operation
 from vclvirt.operations.load import LOAD_STEPS, RELOAD_STEPS, plan_after_status
 
@@ -42,3 +46,52 @@ def test_unknown_operation_names_the_field() -> None:
     with pytest.raises(InvalidInput) as caught:
         operation("reboot")
     assert caught.value.field == "operation"
+
+
+def _context(reservation: Reservation, results: dict[str, dict[str, Any]]) -> StepContext:
+    return StepContext(
+        lambda name: name,  # type: ignore[arg-type,return-value]
+        reservation,
+        {},
+        result_of=results.get,
+        attempts=lambda _step: 0,
+        progress=lambda _done, _total: None,
+        set_plan=lambda _steps: None,
+        set_outcome=lambda _outcome: None,
+        set_computer_image=lambda _image: None,
+    )
+
+
+def test_a_step_context_reaches_its_own_host_or_a_named_one(reservation) -> None:
+    r = reservation()
+    ctx = _context(r, {})
+    assert ctx.host() == r.host
+    assert ctx.host("kvmhost9") == "kvmhost9"
+
+
+def test_a_result_a_step_never_recorded_is_an_error_naming_the_step(reservation) -> None:
+    ctx = _context(reservation(), {"pre_define": {"master": "m"}})
+    assert ctx.result("pre_define") == {"master": "m"}
+    with pytest.raises(MissingStepResult, match="step define has recorded nothing for this"):
+        ctx.result("define")
+
+
+def test_an_operation_refusing_the_reservations_state_names_the_state_field(reservation):
+    toy = Operation(name="toy", summary="refuses", steps=(), accepts=lambda _r: "not for this one")
+    with pytest.raises(InvalidInput, match="state: not for this one") as refused:
+        toy.check(reservation(), None)
+    assert refused.value.field == "state"
+
+
+def test_single_makes_an_operation_of_one_step_named_like_it() -> None:
+    def body(ctx: StepContext) -> dict[str, Any]:
+        return {}
+
+    op = single("probe", "looks at the computer", body, owns_computer=False)
+    assert (op.name, op.summary, op.steps) == (
+        "probe",
+        "looks at the computer",
+        (Step("probe", body),),
+    )
+    assert op.locks_computer is True and op.owns_computer is False
+    assert single("peek", "s", body, changes_computer=False).locks_computer is False

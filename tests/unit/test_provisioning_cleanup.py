@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import subprocess
 
+import libvirt
 import pytest
 
 from tests.unit._provisioning import make_host, reservation
+from vclvirt.errors import VclvirtError
 from vclvirt.provisioning.cleanup import Cleanup, is_own_overlay
+from vclvirt.state import keys
 
 LONG = "perf-" + "l" * 45  # 50 characters: its domains are named by its id
 
@@ -92,3 +95,98 @@ def test_remove_overlay_keeps_everything_while_a_domain_uses_it(host):
     assert Cleanup(host.context).remove_overlay(reservation()) == []
     assert (host.vms / "unit-vm1_11-v0.qcow2").exists()
     assert (host.xml / "unit-vm1_11-v0.xml").exists()
+
+
+def test_remove_overlay_says_in_the_log_what_it_kept_or_removed(host, logged):
+    """overlay_kept names the overlay and the domains using it; overlay_removed the paths."""
+    master = host.master("linux-Unit-11-v0")
+    path = overlay(host, "unit-vm1_11-v0.qcow2", master)
+    host.conn.defineXML(host.domain_xml("someone-else", [path]))
+    with logged() as logs:
+        Cleanup(host.context).remove_overlay(reservation())
+    assert logs == [
+        {"event": "overlay_kept", "overlay": path, "used_by": ["someone-else"], "log_level": "info"}
+    ]
+    host.conn.lookupByName("someone-else").undefine()
+    with logged() as logs:
+        Cleanup(host.context).remove_overlay(reservation())
+    assert logs == [{"event": "overlay_removed", "removed": [path], "log_level": "info"}]
+
+
+def test_remove_overlay_names_the_host_when_libvirt_fails(host):
+    """libvirt failing while the users of the overlay are looked for is the host's error."""
+
+    class Broken:
+        def listAllDomains(self, flags: int = 0):
+            raise libvirt.libvirtError("connection reset by peer")
+
+    host.context.connect = lambda: Broken()
+    with pytest.raises(VclvirtError) as caught:
+        Cleanup(host.context).remove_overlay(reservation())
+    assert caught.value.host == "unit-host"
+
+
+def test_delete_existing_domains_removes_every_domains_files_forgets_the_guest_key_and_logs(
+    host, logged
+):
+    """Two domains of the computer: the files of both are reported; a disk that is not the
+    computer's overlay is kept and logged; the pinned guest host key is forgotten (a new
+    guest has a new key)."""
+    master = host.master("linux-Unit-11-v0")
+    r = reservation()
+    first = overlay(host, "unit-vm1_11-v0.qcow2", master)
+    second = overlay(host, "unit-vm1_11-v1.qcow2", master)
+    host.conn.defineXML(host.domain_xml("unit-vm1_Unitimage_11-v0", [first, str(master)]))
+    host.conn.defineXML(host.domain_xml("unit-vm1", [second]))
+    keys_ = host.context.guest_host_keys
+    keys_.redis.set(keys.guest_host_key(r.reservation_id), "ssh-ed25519 AAAA")
+
+    with logged() as logs:
+        outcome = Cleanup(host.context).delete_existing_domains(r)
+
+    assert sorted(outcome["deleted_domains"]) == ["unit-vm1", "unit-vm1_Unitimage_11-v0"]
+    assert sorted(outcome["removed_files"]) == sorted([first, second])
+    assert keys_.pinned(r.reservation_id) is None
+    assert {
+        "event": "disk_kept",
+        "domain": "unit-vm1_Unitimage_11-v0",
+        "path": str(master),
+        "reason": "not an overlay of this computer inside vm_path",
+        "log_level": "warning",
+    } in logs
+    assert {
+        "event": "domain_deleted",
+        "domain": "unit-vm1_Unitimage_11-v0",
+        "removed": [first],
+        "log_level": "info",
+    } in logs
+
+
+@pytest.mark.parametrize("fails", ["listAllDomains", "destroy", "XMLDesc", "undefineFlags"])
+def test_libvirt_failing_during_cleanup_is_the_hosts_error(host, fails):
+    """Whichever libvirt call fails, the error names the host it failed on."""
+    host.conn.defineXML(host.domain_xml("unit-vm1", []))
+    host.conn.lookupByName("unit-vm1").create()
+    real = host.conn
+
+    class Domain:
+        def __init__(self, domain):
+            self.domain = domain
+
+        def __getattr__(self, name):
+            if name == fails:
+                raise libvirt.libvirtError(f"{name} failed")
+            return getattr(self.domain, name)
+
+    class Conn:
+        def __getattr__(self, name):
+            if name == fails:
+                raise libvirt.libvirtError(f"{name} failed")
+            if name == "listAllDomains":
+                return lambda flags=0: [Domain(d) for d in real.listAllDomains(flags)]
+            return getattr(real, name)
+
+    host.context.connect = lambda: Conn()
+    with pytest.raises(VclvirtError) as caught:
+        Cleanup(host.context).delete_existing_domains(reservation("unit-vm1"))
+    assert caught.value.host == "unit-host"

@@ -48,3 +48,28 @@ def test_interruptions_and_the_no_worker_deadline_come_from_the_settings() -> No
     assert not policy.interrupted_too_often(1)
     assert policy.interrupted_too_often(2)
     assert policy.no_worker_fails_at(1000.0) == 1060.0
+
+
+def test_the_backoff_and_its_ceiling_come_from_the_settings() -> None:
+    """VCLVIRT_RETRY_BACKOFF doubles from 8 s; VCLVIRT_RETRY_BACKOFF_MAX caps it at 12 s."""
+    policy = _policy(retry_backoff=8, retry_backoff_max=12)
+    for failures, ceiling in ((1, 8.0), (2, 12.0), (6, 12.0)):
+        delays = [policy.delay(failures) for _ in range(200)]
+        assert all(1.0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8
+
+
+def test_the_jitter_is_drawn_from_zero_to_the_ceiling_and_floored_at_one_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return low
+
+    monkeypatch.setattr("vclvirt.retrypolicy.random.uniform", uniform)
+    assert _policy().delay(3) == 1.0
+    assert drawn == [(0, 8.0)]
+    monkeypatch.setattr("vclvirt.retrypolicy.random.uniform", lambda low, high: 1.5)
+    assert _policy().delay(3) == 1.5

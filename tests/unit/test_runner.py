@@ -5,16 +5,21 @@ on real Redis, libvirtd and hosts."""
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
 import time
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
-from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable
+from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable, Superseded
+from vclvirt.hooks import StepEvent
 from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.operation import StepContext
+from vclvirt.retrypolicy import RetryPolicy
 from vclvirt.runner import Runner
 from vclvirt.state import keys
 from vclvirt.state.leases import Holder
@@ -323,7 +328,8 @@ def test_transient_errors_fail_the_step_at_their_deadline(world: ToyWorld):
     assert summary["state"] == "failed"
     record = world.record()
     assert record.error is not None and record.error["code"] == NodeUnreachable.code
-    assert "Retried for" in record.error["hint"] and "vclvirt retry" in record.error["hint"]
+    assert "Retried for 0s without success" in record.error["hint"]
+    assert f"vclvirt retry {toy_reservation().reservation_id}" in record.error["hint"]
 
 
 def test_a_message_for_a_run_a_live_holder_holds_is_dropped(world: ToyWorld):
@@ -399,3 +405,476 @@ def test_a_message_that_arrives_before_its_record_runs_nothing_and_recovery_send
     assert published[:2] == (rid, 2)
     assert world.runner.run(rid, 2)["state"] == "succeeded"
     assert world.node.argvs("touch") == [("touch", "x")]
+
+
+# -- the runner's decisions, value by value (killing `make mutation`'s survivors) ----------
+
+
+def dispatch_again(world: ToyWorld, rid: int) -> int:
+    """Its wait is over: recovery dispatches it; the new generation."""
+    world.redis.zadd(keys.due(HOST), {str(rid): 0})
+    world.published.clear()
+    world.reconciler().dispatch_due(HOST)
+    ((_, generation, _),) = world.published
+    return generation
+
+
+def test_each_wait_for_a_busy_computer_is_counted_and_lasts_longer(world: ToyWorld, logged):
+    """The first wait lasts busy_delay(1) = 1 s, the second 2 s: the record counts them,
+    the due set says when, the summary and the log say why."""
+    other = ResourceLock(
+        world.redis, f"computer:{HOST}:unit-vm1", RunOwner(555, 1, "n|b|1"), ttl=30, fenced=True
+    )
+    assert other.acquire(wait=0)
+    op = world.operation("toy", {"only": ok})
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    why = "computer unit-vm1 is busy (r555.g1|n|b|1)"
+    for waits, delay in ((1, 1.0), (2, 2.0)):
+        with logged() as logs:
+            started = time.time()
+            summary = world.runner.run(rid, generation)
+        assert summary == {
+            "reservation_id": rid,
+            "state": "waiting",
+            "reason": why,
+            "steps": {"only": "pending"},
+        }
+        record = world.record()
+        assert (record.waits, record.waiting and record.waiting["reason"]) == (waits, why)
+        due = world.redis.zscore(keys.due(HOST), rid)
+        assert due is not None and started + delay - 0.01 <= due <= time.time() + delay
+        busy = [e for e in logs if e["event"] == "computer_busy"]
+        assert busy == [
+            {
+                "event": "computer_busy",
+                "held_by": "r555.g1|n|b|1",
+                "retry_in_s": delay,
+                "log_level": "info",
+            }
+        ]
+        generation = dispatch_again(world, rid)
+
+
+def test_each_transient_failure_of_a_step_is_counted_from_its_first(world: ToyWorld):
+    """Two transient failures in a row: the step's record counts them (the backoff grows
+    with the count), keeps when the first was, and the record says why it waits and until
+    when; the error names the host and the reservation."""
+    world.node.on("virsh", error=NodeUnreachable("no route to host"))
+    op = world.operation("toy", {"only": on_host("virsh", "list")})
+    steady = Runner(  # backoff 0.5 s: every delay is its floor, 1 s
+        world.redis,
+        SETTINGS.model_copy(update={"retry_backoff": 0.5, "retry_backoff_max": 0.5}),
+        lambda _name: world.host,
+        identity=world.identity,
+    )
+    asked: list[int] = []
+    real_delay = RetryPolicy.delay
+    world.monkeypatch.setattr(
+        RetryPolicy, "delay", lambda policy, n: asked.append(n) or real_delay(policy, n)
+    )
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    firsts = []
+    for failures in (1, 2):
+        started = time.time()
+        summary = steady.run(rid, generation)
+        assert summary["state"] == "retrying" and summary["retry_in_s"] == 1.0
+        record = world.record()
+        step = record.step_records["only"]
+        assert step["transient_failures"] == failures
+        firsts.append(step["transient_since"])
+        assert step["error"]["host"] == HOST and step["error"]["reservation_id"] == rid
+        assert record.waiting is not None
+        assert record.waiting["reason"] == "step only failed (NODE_UNREACHABLE); retried in 1s"
+        due = world.redis.zscore(keys.due(HOST), rid)
+        assert due is not None and started + 0.99 <= due <= time.time() + 1.0
+        generation = dispatch_again(world, rid)
+    assert asked == [1, 2]
+    assert firsts[0] == firsts[1]  # the deadline runs from the first failure
+
+
+LOGGED = {
+    "cleanup_failed": "disk gone",
+    "cleanup_fenced": "[SUPERSEDED] the host refused fencing token 3. Nothing to do: the "
+    "newer reservation owns the computer",
+}
+
+
+def failing(ctx: StepContext) -> dict[str, Any]:
+    raise CommandFailed("qemu-img create exited 1", host=HOST)
+
+
+@pytest.mark.parametrize(
+    ("undo_raises", "cleanup", "event"),
+    [
+        (RuntimeError("disk gone"), {"failed": "disk gone"}, "cleanup_failed"),
+        (
+            cancellation.Cancelled(Superseded("the host refused fencing token 3")),
+            {"fenced": "the host refused fencing token 3"},
+            "cleanup_fenced",
+        ),
+    ],
+    ids=["cleanup-fails", "cleanup-fenced"],
+)
+def test_a_cleanup_that_fails_is_recorded_with_the_failure(
+    world: ToyWorld, undo_raises: BaseException, cleanup: dict[str, str], event: str, logged
+):
+    """on_abandon raising (or refused by the host's fence) does not hide the step's error:
+    the record keeps it and says what became of the cleanup, and the log says so too."""
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        raise undo_raises
+
+    op = world.operation("toy", {"only": failing}, on_abandon=undo)
+    with logged() as logs:
+        world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    record = world.record()
+    assert record.error is not None and record.error["code"] == CommandFailed.code
+    assert record.error["cleanup"] == cleanup
+    warned = [e for e in logs if e["event"] == event]
+    assert warned == [{"event": event, "error": LOGGED[event], "log_level": "warning"}]
+
+
+def test_a_failed_step_is_recorded_whole(world: ToyWorld, logged):
+    """The failing step's record holds the error (with host and reservation), the
+    operation's error has no cleanup entry when on_abandon returned nothing, the summary
+    names step and error."""
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        ctx.progress(3, 3)
+        return {}
+
+    op = world.operation("toy", {"first": ok, "second": failing}, on_abandon=undo)
+    rid = toy_reservation().reservation_id
+    with logged() as logs:
+        summary = world.runner.run(rid, world.begin(op))
+    assert summary == {
+        "reservation_id": rid,
+        "state": "failed",
+        "failed_step": "second",
+        "error": summary["error"],
+        "steps": {"first": "succeeded", "second": "failed"},
+    }
+    assert summary["error"].startswith(f"[COMMAND_FAILED] qemu-img create exited 1 (host {HOST}")
+    record = world.record()
+    step = record.step_records["second"]
+    assert step["state"] == "failed"
+    assert (step["error"]["code"], step["error"]["host"]) == (CommandFailed.code, HOST)
+    assert step["error"]["reservation_id"] == rid
+    assert step["progress"] == {"done_bytes": 3, "total_bytes": 3}
+    assert "progress" not in record.step_records["first"]
+    assert record.error is not None and "cleanup" not in record.error
+    assert record.error["reservation_id"] == rid
+    failed = [e for e in logs if e["event"] == "step_failed"]
+    assert [(e["state"], e["code"]) for e in failed] == [("failed", CommandFailed.code)]
+
+
+def test_a_superseded_run_cleans_up_to_the_end_and_records_the_step_it_stopped_at(
+    world: ToyWorld, logged
+):
+    """The run's own token is cancelled (superseded), yet its cleanup runs to its end
+    under a fresh one; the step it stopped before is the one that records why."""
+    cleaned: list[str] = []
+
+    def newer_reservation_arrives(ctx: StepContext) -> dict[str, Any]:
+        world.records.begin(
+            toy_reservation(reservation_id=9999, request_id=9998),
+            "toy",
+            ["first", "second"],
+            owns_computer=True,
+        )
+        return {}
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        cancellation.check()  # not cancelled: the cleanup's own token
+        ctx.progress(1, 1)
+        cleaned.append("all")
+        return {"removed": 1}
+
+    op = world.operation("toy", {"first": newer_reservation_arrives, "second": ok}, on_abandon=undo)
+    rid = toy_reservation().reservation_id
+    with logged() as logs:
+        summary = world.runner.run(rid, world.begin(op))
+    assert (summary["state"], summary["failed_step"]) == ("superseded", "second")
+    assert cleaned == ["all"]
+    record = world.record(rid)
+    assert record.error is not None and record.error["cleanup"] == {"removed": 1}
+    second = record.step_records["second"]
+    assert second["state"] == "superseded" and second["error"]["code"] == "SUPERSEDED"
+    assert record.step_records["first"]["state"] == "succeeded"
+    failed = [e for e in logs if e["event"] == "step_failed"]
+    assert [e["state"] for e in failed] == ["superseded"]
+
+
+def test_a_lost_lease_is_logged_with_its_code(world: ToyWorld, logged):
+    rid = toy_reservation().reservation_id
+    body = taking_the_lease(world, rid, {}, report=True)
+    op = world.operation("toy", {"long": body})
+    with logged() as logs:
+        summary = world.runner.run(rid, world.begin(op))
+    lost = [e for e in logs if e["event"] == "lease_lost" and "code" in e]
+    assert lost == [
+        {
+            "event": "lease_lost",
+            "error": summary["error"],
+            "code": "FENCED",  # its next record write was refused
+            "log_level": "warning",
+        }
+    ]
+
+
+def test_the_transient_deadline_runs_from_the_steps_first_failure(world: ToyWorld):
+    """The second failure, 99.7 s after the first, gives up with a 100 s deadline (its 1 s
+    retry would pass it), though it came 0 s after the last write; the wait it would have
+    had is rounded to a tenth of a second in the summary; an error without a host is
+    given the run's."""
+
+    def unreachable(ctx: StepContext) -> dict[str, Any]:
+        raise NodeUnreachable("no route to host")  # no host: the runner adds it
+
+    op = world.operation("toy", {"only": unreachable})
+    strict = Runner(
+        world.redis,
+        SETTINGS.model_copy(update={"transient_deadline": 100}),
+        lambda _name: world.host,
+        identity=world.identity,
+    )
+    world.monkeypatch.setattr("vclvirt.retrypolicy.random.uniform", lambda low, high: 1.2345)
+    clock = [time.time()]
+    world.monkeypatch.setattr("vclvirt.runner.now", lambda: clock[0])
+    rid = toy_reservation().reservation_id
+    summary = strict.run(rid, world.begin(op))
+    assert (summary["state"], summary["retry_in_s"]) == ("retrying", 1.2)
+    step = world.record().step_records["only"]
+    assert (step["error"]["host"], step["error"]["reservation_id"]) == (HOST, rid)
+
+    clock[0] += 99.7
+    summary = strict.run(rid, dispatch_again(world, rid))
+    assert summary["state"] == "failed"
+    record = world.record()
+    assert record.error is not None and "Retried for 100s without success" in record.error["hint"]
+
+
+def test_a_plan_set_by_a_step_skips_the_steps_left_out_and_is_recorded(world: ToyWorld, logged):
+    """node_status's way: the first step names the steps still needed; the others are
+    skipped in this run, and the plan is in the record for the next one. A step not run
+    yet has made no attempt."""
+    seen: list[int] = []
+
+    def plan(ctx: StepContext) -> dict[str, Any]:
+        seen.append(ctx.attempts("third"))
+        ctx.set_plan(["first", "third"])
+        return {}
+
+    bound: list[dict[str, Any]] = []
+
+    def third(ctx: StepContext) -> dict[str, Any]:
+        bound.append(structlog.contextvars.get_contextvars())
+        return {}
+
+    op = world.operation("toy", {"first": plan, "second": ok, "third": third})
+    r = toy_reservation()
+    with logged() as logs:
+        summary = world.runner.run(r.reservation_id, world.begin(op))
+    assert summary["steps"] == {"first": "succeeded", "second": "skipped", "third": "succeeded"}
+    record = world.record()
+    assert record.plan == ["first", "third"]
+    assert record.step_records["second"]["reason"] == "node_status says it is not needed"
+    assert seen == [0]
+    assert {"event": "operation_succeeded", "log_level": "info"} in logs
+    assert {k: bound[0][k] for k in ("reservation_id", "request_id", "host", "computer")} == {
+        "reservation_id": r.reservation_id,
+        "request_id": r.request_id,
+        "host": HOST,
+        "computer": r.computer.hostname,
+    }
+    assert (bound[0]["operation"], bound[0]["step"]) == ("toy", "third")
+
+
+def test_a_run_cancelled_for_another_reason_fails_at_its_step_with_that_reason(world: ToyWorld):
+    def cancelled(ctx: StepContext) -> dict[str, Any]:
+        raise cancellation.Cancelled(CommandFailed("the host is shutting down", host=HOST))
+
+    op = world.operation("toy", {"first": ok, "second": cancelled})
+    summary = world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    assert (summary["state"], summary["failed_step"]) == ("failed", "second")
+    record = world.record()
+    assert record.error is not None and record.error["message"] == "the host is shutting down"
+
+
+def test_a_message_whose_lease_holder_died_here_is_taken_over(world: ToyWorld):
+    """The lease's holder was a process of this machine that is gone: the message takes
+    the lease over and runs the operation at once."""
+    op = world.operation("toy", {"only": ok})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    me = world.identity.holder()
+    process = subprocess.Popen(["true"])
+    process.wait()
+    assert world.runner.leases.claim(rid, generation, Holder(me.node, me.boot, process.pid)).ok
+
+    assert world.runner.run(rid, generation, task_id="task-7")["state"] == "succeeded"
+    step = world.record().step_records["only"]
+    assert (step["task_id"], step["worker"], step["holder"]) == ("task-7", me.node, str(me))
+
+
+def test_a_message_dropped_at_its_claim_is_logged(world: ToyWorld, logged):
+    """Stale (no holder to name) or held (by the holder named)."""
+    op = world.operation("toy", {"only": ok})
+    rid, old = toy_reservation().reservation_id, world.begin(op)
+    world.records.redispatch(rid, old, "dispatched again")
+    with logged() as logs:
+        world.runner.run(rid, old)
+    assert logs == [
+        {
+            "event": "message_dropped",
+            "reservation_id": rid,
+            "generation": old,
+            "reason": "stale",
+            "holder": None,
+            "log_level": "info",
+        }
+    ]
+    new = old + 1
+    assert world.runner.leases.claim(rid, new, Holder("worker@other-machine", "b", 4242)).ok
+    with logged() as logs:
+        world.runner.run(rid, new)
+    assert [(e["reason"], e["holder"]) for e in logs] == [("held", "worker@other-machine|b|4242")]
+
+
+@pytest.mark.parametrize("changed", ["missing", "stale"])
+def test_a_record_changed_between_claim_and_read_runs_nothing(world: ToyWorld, changed: str):
+    op = world.operation("toy", {"only": on_host("touch", "x")})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    record = world.record()
+    moved = None if changed == "missing" else dataclasses.replace(record, generation=generation + 1)
+    world.monkeypatch.setattr(world.runner.records, "get", lambda _rid: moved)
+    assert world.runner.run(rid, generation) == {"dropped": changed}
+    assert world.node.calls == []
+
+
+class Recorded:
+    """A step hook that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, StepEvent, Any]] = []
+
+    def step_started(self, event: StepEvent) -> None:
+        self.calls.append(("started", event, None))
+
+    def step_succeeded(self, event: StepEvent, seconds: float, result: dict[str, Any]) -> None:
+        self.calls.append(("succeeded", event, seconds))
+
+    def step_retrying(self, event: StepEvent, error: Any, delay: float) -> None:
+        self.calls.append(("retrying", event, delay))
+
+    def step_failed(self, event: StepEvent, error: Any, state: str) -> None:
+        self.calls.append(("failed", event, (error.code, error.message, state)))
+
+
+def test_step_hooks_hear_each_step_with_its_attempt_and_a_crash_as_internal(
+    world: ToyWorld, logged
+):
+    """The hooks (logs, metrics) get the reservation, host, step and attempt of each step
+    and its duration; a step that crashes (not a vclvirt error) fails INTERNAL, naming the
+    exception, and is logged as a crash."""
+
+    def crash(ctx: StepContext) -> dict[str, Any]:
+        raise ValueError("boom")
+
+    hooks = Recorded()
+    runner = Runner(
+        world.redis, SETTINGS, lambda _n: world.host, identity=world.identity, hooks=hooks
+    )
+    op = world.operation("toy", {"first": ok, "second": crash})
+    rid = toy_reservation().reservation_id
+    with logged() as logs:
+        summary = runner.run(rid, world.begin(op))
+    assert summary["failed_step"] == "second"
+    kinds = [(kind, e.reservation_id, e.host, e.step, e.attempt) for kind, e, _ in hooks.calls]
+    assert kinds == [
+        ("started", rid, HOST, "first", 1),
+        ("succeeded", rid, HOST, "first", 1),
+        ("started", rid, HOST, "second", 1),
+        ("failed", rid, HOST, "second", 1),
+    ]
+    assert 0 <= hooks.calls[1][2] < 5
+    assert hooks.calls[3][2] == ("INTERNAL_ERROR", "ValueError: boom", "failed")
+    assert world.record().step_records["second"]["error"]["host"] == HOST
+    assert any(e["event"] == "step_crashed" for e in logs)
+
+
+def test_progress_is_written_at_most_once_a_second_and_always_at_the_end(world: ToyWorld):
+    seen: list[Any] = []
+
+    def copy(ctx: StepContext) -> dict[str, Any]:
+        for done in (1, 2, 9):
+            ctx.progress(done, 10)
+            seen.append(world.record().step_records["copy"].get("progress"))
+        ctx.progress(10, 10)
+        seen.append(world.record().step_records["copy"].get("progress"))
+        return {}
+
+    op = world.operation("toy", {"copy": copy})
+    world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    first = {"done_bytes": 1, "total_bytes": 10}
+    assert seen == [first, first, first, {"done_bytes": 10, "total_bytes": 10}]
+
+
+def test_a_step_whose_worker_is_lost_each_time_fails_at_the_limit(world: ToyWorld):
+    """max_interruptions (3) losses of the step's worker: the third resume fails the step
+    STEP_INTERRUPTED instead of running it again."""
+
+    class Killed(BaseException):
+        pass
+
+    def dies(ctx: StepContext) -> dict[str, Any]:
+        raise Killed
+
+    op = world.operation("toy", {"only": dies})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    for _ in range(3):
+        with pytest.raises(Killed):
+            world.runner.run(rid, generation)
+        world.redis.delete(keys.lease(rid))
+        world.published.clear()
+        world.reconciler().recover(HOST)
+        ((_, generation, _),) = world.published
+    summary = world.runner.run(rid, generation)
+    assert (summary["state"], summary["failed_step"]) == ("failed", "only")
+    record = world.record()
+    assert record.error is not None and record.error["code"] == "STEP_INTERRUPTED"
+    assert record.error["message"] == (
+        "step only was interrupted 3 times: its worker was lost each time"
+    )
+
+
+def test_a_resumed_run_keeps_the_plan_an_earlier_run_recorded(world: ToyWorld):
+    """The worker is lost after node_status planned the load: the resumed run skips what
+    the plan left out, as the first run would have."""
+
+    class Killed(BaseException):
+        pass
+
+    ran: list[str] = []
+
+    def plan(ctx: StepContext) -> dict[str, Any]:
+        if ctx.attempts("first") == 1:
+            ctx.set_plan(["first", "third"])
+            raise Killed  # after the plan was recorded
+        return {}  # resumed: the plan is the record's
+
+    def second(ctx: StepContext) -> dict[str, Any]:
+        ran.append("second")
+        return {}
+
+    op = world.operation("toy", {"first": plan, "second": second, "third": ok})
+    rid, generation = toy_reservation().reservation_id, world.begin(op)
+    with pytest.raises(Killed):
+        world.runner.run(rid, generation)
+    world.redis.delete(keys.lease(rid))
+    world.reconciler().recover(HOST)
+    ((_, again, _),) = world.published
+    summary = world.runner.run(rid, again)
+    assert summary["steps"]["second"] == "skipped"
+    assert ran == []

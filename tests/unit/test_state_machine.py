@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from vclvirt.state import writer
-from vclvirt.state.machine import ENDED, IN_FLIGHT, MOVES, NEW, State, allowed, lua_prelude
+from vclvirt.state.machine import (
+    ENDED,
+    IN_FLIGHT,
+    MOVES,
+    NEW,
+    State,
+    allowed,
+    lua_prelude,
+    may_write,
+)
 
 Q, R, W, T = State.QUEUED, State.RUNNING, State.WAITING, State.RETRYING
 OK, FAILED, SUPERSEDED = State.SUCCEEDED, State.FAILED, State.SUPERSEDED
@@ -92,3 +101,11 @@ def test_only_the_writer_writes_a_hash() -> None:
         if writes.search(path.read_text())
     )
     assert writing == ["state/stages.py", "state/writer.py"]
+
+
+@pytest.mark.parametrize("state", [*State, None, NEW, "unknown"])
+def test_a_write_that_keeps_the_state_is_allowed_only_in_flight(state: str | None) -> None:
+    """A step's entry or an outcome is written into a record whose operation runs, never
+    into an ended one or one that does not exist."""
+    assert may_write(state) is (state in IN_FLIGHT)
+    assert may_write(state) is (state in ("queued", "running", "waiting", "retrying"))
