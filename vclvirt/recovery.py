@@ -28,6 +28,7 @@ Read top to bottom:
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -295,7 +296,9 @@ class Reconciler:
         self.publish = publish
         stores = stores or Stores.on(client, settings)
         self.records, self.leases, self.registry = stores.records, stores.leases, stores.registry
-        self._last_beat = 0.0
+        # -inf: the first cycle beats and may scan whatever the monotonic clock reads (it
+        # starts near 0 at boot, so 0.0 here would skip them on a freshly booted host).
+        self._last_beat = -math.inf
         self._last_scan: dict[str, float] = {}
 
     def run(self, stop: threading.Event) -> None:
@@ -353,7 +356,7 @@ class Reconciler:
         grace = self.settings.lost_message_grace
         if now() - seen.dispatched_at < grace:
             return False
-        return time.monotonic() - self._last_scan.get(host, 0.0) >= grace
+        return time.monotonic() - self._last_scan.get(host, -math.inf) >= grace
 
     def _again(self, seen: Glance, reason: str, dead_holder: str = "") -> None:
         rid = seen.reservation_id

@@ -6,7 +6,7 @@ test, reaches a service: `make test-unit` runs this tier with the test bed's fix
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -96,3 +96,13 @@ def logged(
     for module in LOGGING_MODULES:
         monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
     return capture_logs
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_context() -> Iterator[None]:
+    """Each test starts with no structlog context bound: a run binds its reservation,
+    host and step, and only a worker's task hooks clear them (workers/logging.py), which
+    the unit tier does not run; a test would read what an earlier test's run left."""
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()

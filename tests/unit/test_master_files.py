@@ -26,6 +26,10 @@ from vclvirt.node.local import LocalTransport
         ("/d/img.qcow2.part", False),
         ("/d/img.lock", False),
         ("/d/img", False),
+        ("qcow2", False),  # no extension at all, though the name is a format's
+        ("/d/raw", False),
+        ("/d/linux-Cent7.5-v0.qcow2", True),  # a dot in the name: the last one counts
+        ("/d/v1.2/img.vmdk", True),
     ],
 )
 def test_only_disk_formats_are_master_files(path: str, master: bool) -> None:

@@ -87,11 +87,11 @@ def test_single_makes_an_operation_of_one_step_named_like_it() -> None:
     def body(ctx: StepContext) -> dict[str, Any]:
         return {}
 
-    op = single("probe", "looks at the computer", body, owns_computer=False)
+    op = single("probe", "looks at the computer", body, owns_computer=True)
     assert (op.name, op.summary, op.steps) == (
         "probe",
         "looks at the computer",
         (Step("probe", body),),
     )
-    assert op.locks_computer is True and op.owns_computer is False
+    assert op.locks_computer is True and op.owns_computer is True  # not the default
     assert single("peek", "s", body, changes_computer=False).locks_computer is False

@@ -162,7 +162,9 @@ def test_delete_existing_domains_removes_every_domains_files_forgets_the_guest_k
     } in logs
 
 
-@pytest.mark.parametrize("fails", ["listAllDomains", "destroy", "XMLDesc", "undefineFlags"])
+@pytest.mark.parametrize(
+    "fails", ["listAllDomains", "destroy", "listAllSnapshots", "XMLDesc", "undefineFlags"]
+)
 def test_libvirt_failing_during_cleanup_is_the_hosts_error(host, fails):
     """Whichever libvirt call fails, the error names the host it failed on."""
     host.conn.defineXML(host.domain_xml("unit-vm1", []))
@@ -190,3 +192,28 @@ def test_libvirt_failing_during_cleanup_is_the_hosts_error(host, fails):
     with pytest.raises(VclvirtError) as caught:
         Cleanup(host.context).delete_existing_domains(reservation("unit-vm1"))
     assert caught.value.host == "unit-host"
+
+
+def test_delete_domain_keeps_the_overlays_something_else_still_owns_and_says_so(host, logged):
+    """The sweep removes a domain whose overlay a record still owns: the overlay stays
+    (and the log says why), the computer's other overlay goes, the domain is undefined."""
+    master = host.master("linux-Unit-11-v0")
+    owned = overlay(host, "unit-vm1_11-v0.qcow2", master)
+    stray = overlay(host, "unit-vm1_11-v1.qcow2", master)
+    host.conn.defineXML(host.domain_xml("unit-vm1", [owned, stray]))
+    domain = host.conn.lookupByName("unit-vm1")
+
+    with logged() as logs:
+        removed = Cleanup(host.context).delete_domain(domain, "unit-vm1", keep=[owned])
+
+    assert removed == [stray]
+    assert (host.vms / "unit-vm1_11-v0.qcow2").exists()
+    assert not (host.vms / "unit-vm1_11-v1.qcow2").exists()
+    assert "unit-vm1" not in host.conn.listDefinedDomains()
+    assert {
+        "event": "disk_kept",
+        "domain": "unit-vm1",
+        "path": owned,
+        "reason": "still owned",
+        "log_level": "info",
+    } in logs

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import libvirt
@@ -12,7 +15,7 @@ import pytest
 
 from tests.unit._provisioning import make_host, reservation
 from vclvirt.config.settings import Settings
-from vclvirt.errors import HypervisorError
+from vclvirt.errors import HypervisorError, VclvirtError
 from vclvirt.guest import hooks
 from vclvirt.hypervisor import domains
 from vclvirt.hypervisor.domain_xml import DEFAULT_DISK_BUS, DEFAULT_NIC_MODEL
@@ -339,3 +342,92 @@ def test_generate_xml_names_the_domain_its_uuid_switches_and_management_node(hos
     assert f"<uuid>{domain_uuid('unit-host', generated['domain'])}</uuid>" in xml
     assert "br-priv" in xml and "br-pub" in xml
     assert "management node: unit-tests" in xml
+
+
+def test_a_switch_that_is_a_libvirt_network_is_joined_as_one_the_other_as_a_bridge(host):
+    """The host's networks decide each NIC's source: a libvirt network by name, anything
+    else a Linux bridge."""
+    host.master("linux-Unit-11-v0")
+    host.context.host = host.context.host.model_copy(
+        update={"private_switch": "br-priv", "public_switch": "br-pub"}
+    )
+    host.conn.networkDefineXML("<network><name>br-priv</name><bridge name='brpriv0'/></network>")
+    xml = LoadSteps(host.context).generate_xml(reservation())["xml"]
+    assert "<source network='br-priv'" in xml.replace('"', "'")
+    assert "<source bridge='br-pub'" in xml.replace('"', "'")
+
+
+@pytest.mark.parametrize(
+    ("fails", "step"),
+    [
+        ("getCapabilities", "generate_xml"),
+        ("listAllNetworks", "generate_xml"),
+        ("defineXML", "define"),
+    ],
+)
+def test_libvirt_failing_while_loading_is_the_hosts_error(host, fails, step):
+    """Reading the host's capabilities or networks, or defining the domain: whichever
+    libvirt call fails, the error names the host."""
+    host.master("linux-Unit-11-v0")
+    host.context.host = host.context.host.model_copy(update={"domain_type": "auto"})
+    real = host.conn
+
+    class Conn:
+        def __getattr__(self, name):
+            if name == fails:
+                raise libvirt.libvirtError(f"{name} failed")
+            return getattr(real, name)
+
+    host.context.connect = lambda: Conn()
+    steps = LoadSteps(host.context)
+    with pytest.raises(VclvirtError) as caught:
+        if step == "define":
+            steps.define(reservation(), steps.generate_xml(reservation())["xml"])
+        else:
+            steps.generate_xml(reservation())
+    assert caught.value.host == "unit-host"
+    assert fails in str(caught.value)
+
+
+def test_the_drivers_hooks_get_the_reservation_the_master_and_the_overlay(host, monkeypatch):
+    """A hypervisor driver's pre_define and XML hooks see what they need to act on: the
+    reservation, the master's and the overlay's paths."""
+    master = host.master("linux-Unit-11-v0")
+    seen: list[tuple[object, ...]] = []
+    driver = host.context.driver
+
+    def pre_define(r, master_path, overlay_path):
+        seen.append(("pre_define", r.reservation_id, master_path, overlay_path))
+        return ["noted"]
+
+    def extend_domain_xml(spec, r):
+        seen.append(("extend", r.reservation_id))
+        return spec
+
+    monkeypatch.setattr(driver, "pre_define", pre_define)
+    monkeypatch.setattr(driver, "extend_domain_xml", extend_domain_xml)
+    steps = LoadSteps(host.context)
+    r = reservation()
+    result = steps.pre_define(r)
+    steps.generate_xml(r)
+    assert result["notes"] == ["noted"]
+    assert seen == [
+        ("pre_define", r.reservation_id, str(master), host.context.names(r).overlay_path),
+        ("extend", r.reservation_id),
+    ]
+
+
+def test_the_load_time_in_the_description_is_utc_whatever_the_local_zone(host, monkeypatch):
+    """Operators compare it with logs and records, which are UTC."""
+    host.master("linux-Unit-11-v0")
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: never the same wall clock
+    time.tzset()
+    try:
+        xml = LoadSteps(host.context).generate_xml(reservation())["xml"]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    stamp = re.search(r"load time: (\S+ \S+)", xml)
+    assert stamp is not None
+    loaded = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - loaded).total_seconds()) < 120

@@ -117,7 +117,8 @@ def test_a_run_whose_holder_is_alive_is_left_alone(world: ToyWorld):
 
             assert world.published == []
             assert world.redis.hgetall(keys.record(rid)) == before
-            assert process.poll() is None
+            with pytest.raises(subprocess.TimeoutExpired):  # a signal lands a moment later
+                process.wait(timeout=0.3)
         finally:
             process.kill()
 
@@ -660,3 +661,29 @@ def test_the_lease_keeper_stops_the_run_saying_why(world: ToyWorld, cause: str, 
             world.redis.set(keys.lease(rid), "node-b|boot|1")
         stopped = cancelled_reason(kept, within=SETTINGS.lease_ttl + 1)
     assert isinstance(stopped, LeaseLost) and stopped.message == reason
+
+
+def test_a_worker_on_a_freshly_booted_machine_beats_and_scans_in_its_first_cycle(
+    world: ToyWorld,
+):
+    """The monotonic clock starts near 0 at boot: a worker started at once still says it
+    is alive in its first cycle, and looks for an old queued message in the broker at the
+    first look past the grace (neither waits for the clock to pass the interval)."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    world.begin(op)
+    dispatched = world.record().dispatched_at
+    assert dispatched is not None
+    clock = RecoveryClock(world.monkeypatch, dispatched + SETTINGS.lost_message_grace)
+    clock.mono = 0.0
+    scans: list[str] = []
+    real = queued_task_ids
+    world.monkeypatch.setattr(
+        "vclvirt.recovery.queued_task_ids", lambda c, h: scans.append(h) or real(c, h)
+    )
+    queued_message(world.redis, queue_keys(HOST)[0], toy_reservation().reservation_id, 1)
+    reconciler = world.reconciler()
+
+    reconciler.cycle()
+
+    assert reconciler.registry.live(HOST) == [world.identity.holder().node]
+    assert scans == [HOST]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,12 +17,14 @@ import structlog
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
 from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable, Superseded
+from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hooks import StepEvent
 from vclvirt.locks import ResourceLock, RunOwner
 from vclvirt.operation import StepContext
 from vclvirt.retrypolicy import RetryPolicy
 from vclvirt.runner import Runner
 from vclvirt.state import keys
+from vclvirt.state.fence import FencedRecord
 from vclvirt.state.leases import Holder
 from vclvirt.state.slots import HostSlot
 
@@ -878,3 +881,189 @@ def test_a_resumed_run_keeps_the_plan_an_earlier_run_recorded(world: ToyWorld):
     summary = world.runner.run(rid, again)
     assert summary["steps"]["second"] == "skipped"
     assert ran == []
+
+
+def test_a_host_at_its_limit_keeps_the_wait_count_logs_and_returns_why(world: ToyWorld, logged):
+    """Waiting for a host slot is not a computer wait: the record's count of computer waits
+    (which sets the next busy delay) stays as it was; the log line and the task's summary
+    say the limit, the delay and the reason the record gives."""
+    limit = world.config.max_concurrent_loads
+    for i in range(limit):
+        assert HostSlot(world.redis, HOST, f"r{900 + i}.g1|n|b|1", limit=limit, ttl=30).acquire()
+    op = world.operation("toy", {"only": ok})
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    world.redis.hset(keys.record(rid), "waits", 3)  # three computer waits before this one
+
+    with logged() as logs:
+        summary = world.runner.run(rid, generation)
+
+    record = world.record()
+    assert record.waits == 3
+    assert record.waiting is not None and summary["reason"] == record.waiting["reason"]
+    delay = world.runner.policy.host_busy_delay
+    (line,) = [e for e in logs if e["event"] == "waiting_for_host_slot"]
+    assert (line["limit"], line["retry_in_s"]) == (limit, delay)
+
+
+def test_a_run_superseded_before_its_first_step_stops_at_the_first_step(world: ToyWorld):
+    """Superseded while it waits for its computer: no step ran, so the first step (not a
+    later one) records why, and the cleanup reports its progress there."""
+    other = ResourceLock(
+        world.redis, f"computer:{HOST}:unit-vm1", RunOwner(555, 1, "n|b|1"), ttl=30, fenced=True
+    )
+    assert other.acquire(wait=0)
+
+    def undo(ctx: StepContext) -> dict[str, Any]:
+        ctx.progress(1, 2)
+        return {"removed": 0}
+
+    op = world.operation("toy", {"first": ok, "second": ok}, on_abandon=undo)
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    world.records.begin(
+        toy_reservation(reservation_id=9999, request_id=9998),
+        "toy",
+        ["first", "second"],
+        owns_computer=True,
+    )
+
+    summary = world.runner.run(rid, generation)
+
+    assert (summary["state"], summary["failed_step"]) == ("superseded", "first")
+    record = world.record(rid)
+    assert record.step_records["first"]["state"] == "superseded"
+    assert record.step_records["first"].get("progress") is not None
+    assert "second" not in record.step_records
+
+
+def test_a_run_cancelled_before_its_first_step_fails_at_the_first_step(
+    world: ToyWorld, monkeypatch: pytest.MonkeyPatch
+):
+    """A cancellation that is neither a lost lease nor a newer owner, before any step ran
+    (here while it takes its host slot): the run fails at its first step with that reason."""
+
+    def refused(self: object) -> bool:
+        raise cancellation.Cancelled(CommandFailed("the host is shutting down", host=HOST))
+
+    monkeypatch.setattr("vclvirt.holdings.RunHoldings.take_host_slot", refused)
+    op = world.operation("toy", {"first": ok, "second": ok})
+    summary = world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    assert (summary["state"], summary["failed_step"]) == ("failed", "first")
+    record = world.record()
+    assert record.error is not None and record.error["message"] == "the host is shutting down"
+
+
+def test_an_operation_that_does_not_own_the_computer_is_not_superseded_by_its_owner(
+    world: ToyWorld,
+):
+    """Power, snapshots, node_status: they run for a reservation while another one owns
+    the computer, and are not stopped because of it (only operations that take the
+    computer watch who owns it)."""
+    op = world.operation("toy", {"first": ok, "second": ok}, owns_computer=False)
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    world.records.begin(
+        toy_reservation(reservation_id=9999, request_id=9998),
+        "toy",
+        ["first", "second"],
+        owns_computer=True,
+    )
+    assert world.runner.run(rid, generation)["state"] == "succeeded"
+
+
+def test_a_lost_lease_cuts_the_hosts_fenced_connections(world: ToyWorld, monkeypatch):
+    """The keeper that finds the lease gone closes this process's fenced connections to
+    the run's host (its libvirt tunnel), so nothing more reaches the host for the run."""
+    cut: list[str] = []
+    monkeypatch.setattr("vclvirt.runner.cut_fenced", cut.append)
+    rid = toy_reservation().reservation_id
+    op = world.operation("toy", {"long": taking_the_lease(world, rid, {}, report=False)})
+    assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
+    assert cut == [HOST]
+
+
+def test_the_computer_lock_names_the_run_that_holds_it(world: ToyWorld):
+    """Reservation, generation and the worker process: what another run's record shows
+    as the holder while it waits."""
+    held: list[bytes | None] = []
+
+    def look(ctx: StepContext) -> dict[str, Any]:
+        held.append(world.redis.get(keys.lock(f"computer:{HOST}:unit-vm1")))
+        return {}
+
+    op = world.operation("toy", {"only": look})
+    rid = toy_reservation().reservation_id
+    generation = world.begin(op)
+    world.runner.run(rid, generation)
+    assert held == [f"r{rid}.g{generation}|{world.identity.holder()}".encode()]
+
+
+def test_a_guest_key_pinned_after_the_lease_was_lost_is_refused(world: ToyWorld):
+    """Writes deep inside a step (the guest's host key) go through the run's fence too:
+    once another holder has the lease, the pin is refused and nothing is pinned."""
+    rid = toy_reservation().reservation_id
+
+    def pins_late(ctx: StepContext) -> dict[str, Any]:
+        world.redis.set(keys.lease(rid), "node-b|boot|1")  # taken over meanwhile
+        GuestHostKeys(world.redis).pin(rid, "ssh-ed25519 AAAAlate")
+        return {}
+
+    op = world.operation("toy", {"only": pins_late})
+    assert world.runner.run(rid, world.begin(op))["state"] == "lease_lost"
+    assert world.redis.get(keys.guest_host_key(rid)) is None
+
+
+def test_a_run_whose_steps_all_ended_before_its_worker_died_just_finishes(
+    world: ToyWorld, monkeypatch
+):
+    """The worker died between its last step and the record's end: the run sent again
+    finds no step left, runs nothing and ends the operation."""
+    ran: list[str] = []
+
+    def only(ctx: StepContext) -> dict[str, Any]:
+        ran.append("only")
+        return {}
+
+    class Killed(BaseException):
+        pass
+
+    real_finish = FencedRecord.finish
+    deaths = [1]
+
+    def dies_once(self: FencedRecord, *args: Any, **kwargs: Any) -> None:
+        if deaths:
+            deaths.pop()
+            raise Killed
+        real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(FencedRecord, "finish", dies_once)
+    op = world.operation("toy", {"only": only})
+    rid = toy_reservation().reservation_id
+    with pytest.raises(Killed):
+        world.runner.run(rid, world.begin(op))
+    world.redis.delete(keys.lease(rid))
+    world.reconciler().recover(HOST)
+    ((_, again, _),) = world.published
+    assert world.runner.run(rid, again)["state"] == "succeeded"
+    assert ran == ["only"]
+
+
+def test_progress_is_paced_by_the_second_exactly(world: ToyWorld, monkeypatch):
+    """Written at the first report, not again within a second, again at one second."""
+    clock = [1000.0]
+    monkeypatch.setattr(
+        "vclvirt.runner.time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
+    seen: list[Any] = []
+
+    def copy(ctx: StepContext) -> dict[str, Any]:
+        for done, at in ((1, 1000.0), (2, 1000.999), (3, 1001.0), (4, 1001.5)):
+            clock[0] = at
+            ctx.progress(done, 10)
+            seen.append(world.record().step_records["copy"]["progress"]["done_bytes"])
+        return {}
+
+    op = world.operation("toy", {"copy": copy})
+    world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    assert seen == [1, 1, 3, 3]

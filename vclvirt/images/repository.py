@@ -59,7 +59,7 @@ def is_master_file(path: str) -> bool:
     """A file in a datastore that can be a master: a disk format vclvirt loads, by its
     extension (a key, a note or a lock beside the masters never answers for an image)."""
     extension = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-    return extension in _RANK_OF_EXTENSION and not path.lower().endswith(NOT_DISKS)
+    return extension in _RANK_OF_EXTENSION  # so never one of NOT_DISKS
 
 
 # VMware extents of `<image>.vmdk`: split sparse (-s001), split flat (-f001), flat (-flat).
