@@ -19,6 +19,7 @@ from kombu.transport.redis import Channel
 
 from tests.unit._runs import HOST, SETTINGS, RecoveryClock, ToyWorld, toy_reservation
 from vclvirt.cancellation import Cancelled
+from vclvirt.config.settings import Settings
 from vclvirt.errors import LeaseLost, Superseded
 from vclvirt.locks import ResourceLock
 from vclvirt.operation import StepContext
@@ -687,3 +688,43 @@ def test_a_worker_on_a_freshly_booted_machine_beats_and_scans_in_its_first_cycle
 
     assert reconciler.registry.live(HOST) == [world.identity.holder().node]
     assert scans == [HOST]
+
+
+def test_the_keeper_looks_every_second_and_renews_every_third_of_the_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """At the deployed lease (30 s): the computer's owner is looked at every second, the
+    lease renewed from 10 s after the last renewal on (not before, and not later), on the
+    keeper's monotonic clock (here a test clock that moves only when told)."""
+    ttl = Settings.model_fields["lease_ttl"].default
+    assert ttl == 30
+    clock = RecoveryClock(monkeypatch, 1_000_000.0)
+    start = clock.mono
+    renewals: list[float] = []
+    looks: list[float] = []
+
+    class Counted:
+        def renew(self, reservation_id: int, holder: Holder) -> bool:
+            renewals.append(clock.mono)
+            return True
+
+        def release(self, reservation_id: int, holder: Holder) -> None:
+            pass
+
+        def owner_of(self, host: str, computer: str) -> int | None:
+            looks.append(time.monotonic())
+            return None
+
+    counted: Any = Counted()
+    holder = Holder("n", "b", os.getpid())
+    with LeaseKeeper(counted, counted, 7, holder, ttl=ttl, watch_owner=(HOST, "vm1")):
+        started = time.monotonic()
+        time.sleep(3.6)
+        assert len(looks) >= 3 and looks[0] - started < 1.5  # once a second
+        assert renewals == []  # no time passed on the keeper's clock
+        clock.advance(ttl / 3)  # exactly a third of the TTL
+        deadline = time.monotonic() + 5
+        while not renewals and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
+    assert renewals == [start + ttl / 3]
