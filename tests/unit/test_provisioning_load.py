@@ -431,3 +431,21 @@ def test_the_load_time_in_the_description_is_utc_whatever_the_local_zone(host, m
     assert stamp is not None
     loaded = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
     assert abs((datetime.now(UTC) - loaded).total_seconds()) < 120
+
+
+def test_a_cached_master_is_found_through_libvirt_without_a_search(host, monkeypatch):
+    """`<datastore>/<image>.qcow2` is looked up through the host's files (a libvirt
+    storage pool on a real host) first: no recursive search runs on the host for a master
+    they know. (The test driver's files have no pools: they are told here.)"""
+    master = host.master("linux-Unit-11-v0")
+    known = {str(master): "qcow2"}
+    monkeypatch.setattr(
+        "vclvirt.images.files.CommandFiles.master_format", lambda _self, path: known.get(path)
+    )
+
+    def searched(*_args, **_kwargs):
+        raise AssertionError("searched the datastore for a master that is in place")
+
+    monkeypatch.setattr("vclvirt.images.master.find_master", searched)
+    result = LoadSteps(host.context).pre_define(reservation())
+    assert (result["master"], result["master_copied"]) == (str(master), False)

@@ -728,3 +728,21 @@ def test_the_keeper_looks_every_second_and_renews_every_third_of_the_ttl(
             time.sleep(0.05)
         time.sleep(1.5)
     assert renewals == [start + ttl / 3]
+
+
+def test_a_host_with_a_live_worker_is_never_failed_as_abandoned(world: ToyWorld):
+    """Even with a no-worker deadline shorter than a worker's life (3 heartbeats): the
+    host's worker beat 25 s ago, it is alive (30 s), so its reservation waits for it."""
+    op = world.operation("toy", {"only": lambda ctx: {}})
+    rid = toy_reservation().reservation_id
+    world.begin(op)
+    world.redis.hset(keys.record(rid), "dispatched_at", time.time() - 200)
+    world.redis.zadd(keys.host_workers(HOST), {"slow@m9": time.time() - 25})
+    settings = SETTINGS.model_copy(update={"heartbeat_interval": 10, "no_worker_deadline": 20})
+    reconciler = world.reconciler(settings)
+    reconciler.hosts = ["another-host"]
+    assert reconciler.registry.live(HOST) == ["slow@m9"]
+
+    reconciler.fail_abandoned()
+
+    assert world.record().state == "queued"

@@ -947,9 +947,15 @@ def test_a_run_cancelled_before_its_first_step_fails_at_the_first_step(
         raise cancellation.Cancelled(CommandFailed("the host is shutting down", host=HOST))
 
     monkeypatch.setattr("vclvirt.holdings.RunHoldings.take_host_slot", refused)
+    hooks = Recorded()
+    runner = Runner(
+        world.redis, SETTINGS, lambda _n: world.host, identity=world.identity, hooks=hooks
+    )
     op = world.operation("toy", {"first": ok, "second": ok})
-    summary = world.runner.run(toy_reservation().reservation_id, world.begin(op))
+    summary = runner.run(toy_reservation().reservation_id, world.begin(op))
     assert (summary["state"], summary["failed_step"]) == ("failed", "first")
+    # the hooks hear of the failure at a step never attempted: attempt 0
+    assert [(kind, e.step, e.attempt) for kind, e, _ in hooks.calls] == [("failed", "first", 0)]
     record = world.record()
     assert record.error is not None and record.error["message"] == "the host is shutting down"
 
