@@ -11,6 +11,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -746,3 +747,79 @@ def test_a_host_with_a_live_worker_is_never_failed_as_abandoned(world: ToyWorld)
     reconciler.fail_abandoned()
 
     assert world.record().state == "queued"
+
+
+class Scripted:
+    """Leases and owners whose renewals answer as the test says: True, or the broker away."""
+
+    def __init__(self) -> None:
+        self.away = False
+        self.renewed = 0
+        self.release_fails = False
+
+    def renew(self, reservation_id: int, holder: Holder) -> bool:
+        if self.away:
+            raise redis.ConnectionError("broker away")
+        self.renewed += 1
+        return True
+
+    def release(self, reservation_id: int, holder: Holder) -> None:
+        if self.release_fails:
+            raise redis.ConnectionError("broker away at release")
+
+    def owner_of(self, host: str, computer: str) -> int | None:
+        return None
+
+
+def wait_until(condition: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_with_the_broker_away_the_keeper_gives_up_0_6_ttl_after_its_last_renewal(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """At the deployed lease (30 s), on a test clock: renewed at 10 s; the broker goes
+    away; the run is still kept at 18 s after that renewal, and stopped just past it."""
+    ttl = Settings.model_fields["lease_ttl"].default
+    clock = RecoveryClock(monkeypatch, 1_000_000.0)
+    scripted: Any = Scripted()
+    kept = LeaseKeeper(
+        scripted, scripted, 7, Holder("n", "b", os.getpid()), ttl=ttl, watch_owner=None
+    )
+    with kept:
+        clock.advance(ttl / 3)
+        assert wait_until(lambda: scripted.renewed == 1, within=3)
+        scripted.away = True
+        clock.advance(ttl * 0.6)  # exactly the deadline after the renewal: not past it
+        time.sleep(2.2)
+        assert not kept.token.cancelled
+        clock.advance(0.5)
+        assert wait_until(lambda: kept.token.cancelled, within=3)
+    assert kept.token.reason is not None
+    assert kept.token.reason.message == "cannot renew the lease: broker away"
+
+
+def test_the_keeper_thread_is_named_and_never_holds_its_process_up(world: ToyWorld):
+    """Named for thread dumps; a daemon, so a worker process that exits without leaving
+    the keeper's block is not kept alive by it."""
+    with keeper(world, toy_reservation().reservation_id, watch=False):
+        (thread,) = [t for t in threading.enumerate() if t.name == "lease-keeper"]
+        assert thread.daemon
+
+
+def test_a_release_the_broker_refuses_is_logged_and_left_to_expire(world: ToyWorld, logged):
+    scripted: Any = Scripted()
+    scripted.release_fails = True
+    kept = LeaseKeeper(
+        scripted, scripted, 7, world.identity.holder(), ttl=SETTINGS.lease_ttl, watch_owner=None
+    )
+    with logged() as logs, kept:
+        pass
+    assert logs == [
+        {"event": "lease_release_failed", "error": "broker away at release", "log_level": "warning"}
+    ]

@@ -16,6 +16,7 @@ import structlog
 
 from tests.unit._runs import HOST, SETTINGS, ToyWorld, toy_reservation
 from vclvirt import cancellation
+from vclvirt.config.settings import Settings
 from vclvirt.errors import CommandFailed, CommandTimeout, NodeUnreachable, Superseded
 from vclvirt.guest.hostkeys import GuestHostKeys
 from vclvirt.hooks import StepEvent
@@ -1073,3 +1074,17 @@ def test_progress_is_paced_by_the_second_exactly(world: ToyWorld, monkeypatch):
     op = world.operation("toy", {"copy": copy})
     world.runner.run(toy_reservation().reservation_id, world.begin(op))
     assert seen == [1, 1, 3, 3]
+
+
+def test_what_keeps_a_lease_fails_each_broker_call_within_a_tenth_of_the_ttl(world: ToyWorld):
+    """The keeper's client: at the deployed lease (30 s) every call gives up within 3 s,
+    so 0.6 of the TTL leaves room for several renewals before the lease could expire."""
+    ttl = Settings.model_fields["lease_ttl"].default
+    runner = Runner(
+        world.redis,
+        SETTINGS.model_copy(update={"lease_ttl": ttl}),
+        lambda _n: world.host,
+        identity=world.identity,
+    )
+    kwargs = runner.keeping.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == ttl / 10 == 3.0

@@ -16,6 +16,7 @@ from vclvirt.state.machine import (
     MOVES,
     NEW,
     State,
+    _lua_string,
     allowed,
     lua_prelude,
     may_write,
@@ -109,3 +110,16 @@ def test_a_write_that_keeps_the_state_is_allowed_only_in_flight(state: str | Non
     into an ended one or one that does not exist."""
     assert may_write(state) is (state in IN_FLIGHT)
     assert may_write(state) is (state in ("queued", "running", "waiting", "retrying"))
+
+
+@pytest.mark.parametrize("name", ["in_flight", "RUNNING", "a1", ""])
+def test_a_name_goes_into_lua_quoted(name: str) -> None:
+    assert _lua_string(name) == f"'{name}'"
+
+
+@pytest.mark.parametrize("text", ["_", "a'b", "a b", "x\\"])
+def test_anything_but_a_name_never_goes_into_lua(text: str) -> None:
+    """The prelude is built from the state table's names only; anything else (a quote
+    would end the Lua string) stops the import instead."""
+    with pytest.raises(AssertionError):
+        _lua_string(text)
