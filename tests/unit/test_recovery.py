@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -109,7 +110,9 @@ def test_a_run_whose_holder_is_alive_is_left_alone(world: ToyWorld):
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
     me = world.identity.holder()
-    with subprocess.Popen(["sleep", "60"]) as process:
+    # A child that any signal ends (one started under nohup would ignore SIGHUP).
+    child = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", child]) as process:
         try:
             alive = Holder(me.node, me.boot, process.pid)
             assert world.runner.leases.claim(rid, generation, alive).ok
@@ -747,6 +750,12 @@ def test_a_host_with_a_live_worker_is_never_failed_as_abandoned(world: ToyWorld)
     reconciler.fail_abandoned()
 
     assert world.record().state == "queued"
+    assert (
+        fail_if_abandoned(  # and the deadline itself never counts a live host
+            world.records, time.time() - 25, settings, world.record()
+        )
+        is False
+    )
 
 
 class Scripted:
