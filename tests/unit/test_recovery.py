@@ -110,9 +110,14 @@ def test_a_run_whose_holder_is_alive_is_left_alone(world: ToyWorld):
     op = world.operation("toy", {"only": lambda ctx: {}})
     rid, generation = toy_reservation().reservation_id, world.begin(op)
     me = world.identity.holder()
-    # A child that any signal ends (one started under nohup would ignore SIGHUP).
-    child = "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"
-    with subprocess.Popen([sys.executable, "-c", child]) as process:
+    # A child that any signal ends (one started under nohup would ignore SIGHUP), ready
+    # once it says so.
+    child = (
+        "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
         try:
             alive = Holder(me.node, me.boot, process.pid)
             assert world.runner.leases.claim(rid, generation, alive).ok
