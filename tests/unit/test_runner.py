@@ -185,6 +185,16 @@ def test_a_lost_lease_stops_the_run_with_no_write(world: ToyWorld, report: bool)
     assert world.redis.get(keys.lease(rid)) == b"node-b|boot|1"  # not released by us
 
 
+def newer_owner_begins(world: ToyWorld, reservation_id: int = 9999) -> None:
+    """Another reservation begins a load on the same computer: it owns it from now on."""
+    world.records.begin(
+        toy_reservation(reservation_id=reservation_id, request_id=9998),
+        "toy",
+        ["first", "second"],
+        owns_computer=True,
+    )
+
+
 @pytest.mark.parametrize("newer_id", [9999, 7])
 def test_a_superseded_reservation_stops_and_cleans_up(world: ToyWorld, newer_id: int):
     """A newer reservation takes the computer while a load runs: the run stops before its
@@ -193,12 +203,7 @@ def test_a_superseded_reservation_stops_and_cleans_up(world: ToyWorld, newer_id:
     abandoned: list[int] = []
 
     def newer_reservation_arrives(ctx: StepContext) -> dict[str, Any]:
-        world.records.begin(
-            toy_reservation(reservation_id=newer_id, request_id=9998),
-            "toy",
-            ["first", "second"],
-            owns_computer=True,
-        )
+        newer_owner_begins(world, newer_id)
         return {}
 
     def undo(ctx: StepContext) -> dict[str, Any]:
@@ -582,12 +587,7 @@ def test_a_superseded_run_cleans_up_to_the_end_and_records_the_step_it_stopped_a
     cleaned: list[str] = []
 
     def newer_reservation_arrives(ctx: StepContext) -> dict[str, Any]:
-        world.records.begin(
-            toy_reservation(reservation_id=9999, request_id=9998),
-            "toy",
-            ["first", "second"],
-            owns_computer=True,
-        )
+        newer_owner_begins(world)
         return {}
 
     def undo(ctx: StepContext) -> dict[str, Any]:
@@ -922,12 +922,7 @@ def test_a_run_superseded_before_its_first_step_stops_at_the_first_step(world: T
     op = world.operation("toy", {"first": ok, "second": ok}, on_abandon=undo)
     rid = toy_reservation().reservation_id
     generation = world.begin(op)
-    world.records.begin(
-        toy_reservation(reservation_id=9999, request_id=9998),
-        "toy",
-        ["first", "second"],
-        owns_computer=True,
-    )
+    newer_owner_begins(world)
 
     summary = world.runner.run(rid, generation)
 
@@ -970,12 +965,7 @@ def test_an_operation_that_does_not_own_the_computer_is_not_superseded_by_its_ow
     op = world.operation("toy", {"first": ok, "second": ok}, owns_computer=False)
     rid = toy_reservation().reservation_id
     generation = world.begin(op)
-    world.records.begin(
-        toy_reservation(reservation_id=9999, request_id=9998),
-        "toy",
-        ["first", "second"],
-        owns_computer=True,
-    )
+    newer_owner_begins(world)
     assert world.runner.run(rid, generation)["state"] == "succeeded"
 
 
